@@ -1,0 +1,102 @@
+"""The exception tree. Every error ringwal raises on purpose is a :class:`WALError`.
+
+::
+
+    WALError
+    ├── ConfigError (ValueError)          a Config value that cannot work; names the setting
+    ├── InvalidRecordError (ValueError)   a record rejected at the call; nothing was written
+    ├── LockedError                       another writer holds the directory; carries its pid
+    ├── ClosedError                       the object was closed; open a new one
+    ├── LogFailedError                    an earlier write or fsync failed; the log refuses
+    │                                     all work until reopened (the cause is chained)
+    └── FormatError                       what is on disk cannot be read as a ringwal log
+        ├── UnsupportedVersionError       a format version this build does not know
+        ├── SerializerMismatchError       the log was written with another serializer
+        ├── CorruptSegmentError           a bad segment header, a seq gap between segments,
+        │                                 or an index that cannot be rebuilt
+        └── CorruptRecordError            a bad checksum or impossible length *before* the
+                                          tail; carries path, offset, expected and computed
+
+A torn tail (the last frame of the active segment left incomplete by a crash) is not an
+error: readers stop there and the next writer truncates it.
+"""
+
+from __future__ import annotations
+
+
+class WALError(Exception):
+    """Base class of every error ringwal raises on purpose."""
+
+
+class ConfigError(WALError, ValueError):
+    """A Config value (or the directory it names) cannot work. The message names the setting."""
+
+
+class InvalidRecordError(WALError, ValueError):
+    """A record was rejected at the call (bad type, time, data or size); nothing was written."""
+
+
+class LockedError(WALError):
+    """Another process holds the writer lock of the directory.
+
+    ``pid`` is the holder's process id as it recorded it (None when unreadable).
+    """
+
+    def __init__(self, message: str, *, path: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pid = pid
+
+
+class ClosedError(WALError):
+    """The log, handle or reader was closed."""
+
+
+class LogFailedError(WALError):
+    """A write, fsync or rotation failed earlier; the log accepts no more work.
+
+    fsync failures can drop dirty pages, so retrying and carrying on could silently lose
+    records. Close the log and open it again: recovery finds what really reached the disk.
+    """
+
+
+class FormatError(WALError):
+    """The bytes on disk cannot be read as a ringwal log."""
+
+    def __init__(self, message: str, *, path: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+class UnsupportedVersionError(FormatError):
+    """A segment carries a format version this build of ringwal does not read."""
+
+
+class SerializerMismatchError(FormatError):
+    """The log was written with a serializer other than the one asked for."""
+
+
+class CorruptSegmentError(FormatError):
+    """A segment header is damaged, or segments do not join up (a seq gap or overlap)."""
+
+
+class CorruptRecordError(FormatError):
+    """A frame before the tail fails its checksum or claims an impossible length.
+
+    ``expected`` and ``computed`` are the stored and recomputed checksums when the failure
+    was a checksum mismatch (None otherwise).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        offset: int | None = None,
+        expected: int | None = None,
+        computed: int | None = None,
+    ) -> None:
+        super().__init__(message, path=path, offset=offset)
+        self.expected = expected
+        self.computed = computed

@@ -1,0 +1,219 @@
+"""Every on-disk byte layout of ringwal, the checksum and the format version. No I/O here.
+
+``docs/FORMAT.md`` is the full specification with a worked example; this docstring is the
+summary the code is checked against (``tests/test_format.py`` pins every size and a golden
+frame). All integers are little-endian.
+
+Segment file (``current.wal`` or ``NNNNNN.wal``)::
+
+    +-------------------+--------+--------+--------+--------+-- ... --+
+    | segment header    | frame  | frame  |  ...   | zeros (preallocated, = end)
+    | 64 bytes          | 8-aligned frames start at offset 64       |
+    +-------------------+--------+--------+--------+--------+-- ... --+
+
+Segment header, 64 bytes::
+
+     0       8    10   12       16               32       40       48         60    64
+    +--------+----+----+--------+----------------+--------+--------+----------+-----+
+    | magic  |ver |hlen| flags  | serializer     |first   |created |reserved  |crc  |
+    | 8s     |u16 |u16 | u32    | 16s, NUL-padded|seq u64 |ns i64  |12 x 0    |u32  |
+    +--------+----+----+--------+----------------+--------+--------+----------+-----+
+    crc = CRC32C(bytes 0..60)
+
+Frame (one checksummed batch of one or more records)::
+
+     0        4        8                16       20       24
+    +--------+--------+----------------+--------+--------+------------------+---------+
+    | length | count  | first_seq      | flags  | crc    | body (length B)  | pad 0-7 |
+    | u32    | u32    | u64            | u32 = 0| u32    | count records    | zeros   |
+    +--------+--------+----------------+--------+--------+------------------+---------+
+    crc = CRC32C(header bytes 0..20 ++ body ++ pad); next frame at 24 + align8(length)
+
+Record inside a body: ``u32 payload_length`` then the serializer's payload. The record's seq
+is ``first_seq + position`` in the batch; it is never inside the payload.
+
+Zero means nothing: a frame whose 24 header bytes are all zero is the end of the data, and
+``length`` 0, ``count`` 0 or a record ``payload_length`` of 0 are never valid, so preallocated
+(zero-filled) space reads as the end.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from crc32c import crc32c
+
+from .errors import CorruptSegmentError, UnsupportedVersionError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FRAME_HEADER",
+    "FRAME_HEADER_SIZE",
+    "MAGIC",
+    "MAX_FRAME_BODY",
+    "RECORD_LENGTH",
+    "SEGMENT_HEADER",
+    "SEGMENT_HEADER_SIZE",
+    "SERIALIZER_NAME_SIZE",
+    "SegmentHeader",
+    "align8",
+    "checksum",
+    "encode_frame",
+    "frame_checksum",
+]
+
+#: Identifies a ringwal segment; the last byte is a NUL so `file` shows "RINGWAL".
+MAGIC: Final = b"RINGWAL\x00"
+#: The only version this build writes and reads. Bumped for any layout change.
+FORMAT_VERSION: Final = 1
+
+SEGMENT_HEADER: Final = struct.Struct("<8sHHI16sQq12xI")
+SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 64
+SERIALIZER_NAME_SIZE: Final = 16
+
+FRAME_HEADER: Final = struct.Struct("<IIQII")
+FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 24
+#: Header bytes covered by the checksum: everything before the crc field.
+FRAME_CRC_PREFIX: Final = FRAME_HEADER_SIZE - 4
+
+RECORD_LENGTH: Final = struct.Struct("<I")
+
+#: Largest body a frame may declare (u32). Readers also bound it by the bytes left in the file.
+MAX_FRAME_BODY: Final = 0xFFFF_FFFF
+
+_ZERO_FRAME_HEADER: Final = bytes(FRAME_HEADER_SIZE)
+_PADS: Final = tuple(bytes(n) for n in range(8))
+
+checksum = crc32c
+"""CRC32C (Castagnoli), hardware-accelerated by the ``crc32c`` package. ``checksum(data, crc)``
+continues a running checksum. Chosen over zlib's CRC32 by measurement (docs/FORMAT.md)."""
+
+
+def align8(n: int) -> int:
+    """Round ``n`` up to a multiple of 8."""
+    return (n + 7) & ~7
+
+
+class SegmentHeader:
+    """The decoded 64-byte segment header."""
+
+    __slots__ = ("created_ns", "first_seq", "serializer", "version")
+
+    def __init__(self, serializer: str, first_seq: int, created_ns: int, version: int = FORMAT_VERSION):
+        self.serializer = serializer
+        self.first_seq = first_seq
+        self.created_ns = created_ns
+        self.version = version
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentHeader(serializer={self.serializer!r}, first_seq={self.first_seq}, "
+            f"created_ns={self.created_ns}, version={self.version})"
+        )
+
+    def encode(self) -> bytes:
+        name = self.serializer.encode("ascii")
+        if not 0 < len(name) <= SERIALIZER_NAME_SIZE:
+            raise ValueError(f"serializer name {self.serializer!r} must be 1-{SERIALIZER_NAME_SIZE} ASCII bytes")
+        if self.first_seq < 1:
+            raise ValueError(f"first_seq must be >= 1, got {self.first_seq}")
+        body = SEGMENT_HEADER.pack(MAGIC, self.version, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns, 0)
+        return body[:-4] + crc32c(body[:-4]).to_bytes(4, "little")
+
+    @classmethod
+    def decode(cls, buf: bytes, path: str) -> SegmentHeader:
+        """Parse and check a segment header; raise a FormatError naming ``path`` when it is bad."""
+        if len(buf) < SEGMENT_HEADER_SIZE:
+            raise CorruptSegmentError(
+                f"{path}: segment header is {len(buf)} bytes, expected {SEGMENT_HEADER_SIZE}", path=path, offset=0
+            )
+        magic, version, hlen, flags, name, first_seq, created, crc = SEGMENT_HEADER.unpack_from(buf, 0)
+        if magic != MAGIC:
+            raise CorruptSegmentError(f"{path}: not a ringwal segment (magic {magic!r})", path=path, offset=0)
+        computed = crc32c(buf[: SEGMENT_HEADER_SIZE - 4])
+        if computed != crc:
+            raise CorruptSegmentError(
+                f"{path}: segment header checksum mismatch at offset 60: stored {crc:#010x}, computed {computed:#010x}",
+                path=path,
+                offset=60,
+            )
+        if version != FORMAT_VERSION:
+            raise UnsupportedVersionError(
+                f"{path}: segment format version {version} is not supported by this ringwal "
+                f"(it reads version {FORMAT_VERSION}); upgrade ringwal to read this log",
+                path=path,
+                offset=8,
+            )
+        if hlen != SEGMENT_HEADER_SIZE or flags != 0 or first_seq < 1:
+            raise CorruptSegmentError(
+                f"{path}: segment header fields invalid (header_size={hlen}, flags={flags:#x}, first_seq={first_seq})",
+                path=path,
+                offset=0,
+            )
+        try:
+            serializer = name.rstrip(b"\x00").decode("ascii")
+        except UnicodeDecodeError:
+            serializer = ""
+        if not serializer:
+            raise CorruptSegmentError(f"{path}: segment header names no serializer", path=path, offset=16)
+        return cls(serializer, first_seq, created, version)
+
+
+def frame_checksum(header_prefix: bytes, body: bytes, pad: bytes) -> int:
+    """CRC32C over the first 20 header bytes, the body and the zero padding."""
+    return crc32c(pad, crc32c(body, crc32c(header_prefix)))
+
+
+def encode_frame(body: bytes, count: int, first_seq: int) -> tuple[bytes, bytes, bytes]:
+    """Frame ``body`` (``count`` length-prefixed records) as (header, body, pad) for ``os.writev``."""
+    n = len(body)
+    if not 0 < n <= MAX_FRAME_BODY:
+        raise ValueError(f"frame body of {n} bytes is outside 1..{MAX_FRAME_BODY}")
+    if count < 1:
+        raise ValueError("a frame holds at least one record")
+    pad = _PADS[-n & 7]
+    prefix = FRAME_HEADER.pack(n, count, first_seq, 0, 0)[:FRAME_CRC_PREFIX]
+    crc = crc32c(pad, crc32c(body, crc32c(prefix)))
+    return prefix + crc.to_bytes(4, "little"), body, pad
+
+
+# Outcomes of parse_frame, in the order a reader checks them.
+FRAME_OK: Final = 0
+FRAME_END: Final = 1  # 24 zero bytes, or exactly at the end of the buffer: nothing more
+FRAME_INCOMPLETE: Final = 2  # header or body runs past the end of the buffer
+FRAME_BAD: Final = 3  # fields impossible or checksum mismatch
+
+FrameInfo = tuple[int, int, int, int, int, int, int]
+"""(outcome, length, count, first_seq, stored_crc, computed_crc, next_offset)"""
+
+
+def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
+    """Look at the frame starting at ``pos`` of ``buf[:limit]`` without trusting any field.
+
+    A length is used only after it has been checked against the bytes left, so a corrupt
+    header never causes a large allocation. On FRAME_BAD with a checksum mismatch the
+    stored and computed checksums are set; for impossible fields both are -1.
+    """
+    if pos == limit:
+        return (FRAME_END, 0, 0, 0, -1, -1, pos)
+    if pos + FRAME_HEADER_SIZE > limit:
+        if not any(buf[pos:limit]):
+            return (FRAME_END, 0, 0, 0, -1, -1, pos)
+        return (FRAME_INCOMPLETE, 0, 0, 0, -1, -1, pos)
+    length, count, first_seq, flags, crc = FRAME_HEADER.unpack_from(buf, pos)
+    if length == 0:
+        if buf[pos : pos + FRAME_HEADER_SIZE] == _ZERO_FRAME_HEADER:
+            return (FRAME_END, 0, 0, 0, -1, -1, pos)
+        return (FRAME_BAD, length, count, first_seq, -1, -1, pos)
+    # Each record needs at least its 4-byte length and one payload byte.
+    if count == 0 or flags != 0 or count > length // 5 or first_seq == 0:
+        return (FRAME_BAD, length, count, first_seq, -1, -1, pos)
+    end = pos + FRAME_HEADER_SIZE + align8(length)
+    if end > limit:
+        return (FRAME_INCOMPLETE, length, count, first_seq, crc, -1, pos)
+    start = pos + FRAME_HEADER_SIZE
+    computed = crc32c(buf[start + length : end], crc32c(buf[start : start + length], crc32c(buf[pos : pos + FRAME_CRC_PREFIX])))
+    if computed != crc:
+        return (FRAME_BAD, length, count, first_seq, crc, computed, pos)
+    return (FRAME_OK, length, count, first_seq, crc, computed, end)

@@ -1,0 +1,207 @@
+"""Replay: read records back from the segment files, with or without a writer running.
+
+Vocabulary: records, sequence numbers and corruption reports. ``replay(dir, after_seq)``
+yields every record with ``seq > after_seq`` in order, opening only the segments it needs
+(the index, or the 64-byte segment headers when the index is stale, say where each starts).
+
+Reading while a writer appends:
+
+* ``current.wal`` is read as it is at that moment; the read stops cleanly at the last
+  complete frame (a frame being written looks like a torn tail: stop, no error).
+* If ``current.wal`` was renamed meanwhile (rotation), the open descriptor still names the
+  now-completed segment, which the writer fsynced and truncated *before* the rename: the
+  rest of it is read through that descriptor, then replay continues with the next segment.
+
+A checksum failure or impossible length before the tail raises CorruptRecordError with the
+path, offset and both checksums. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from itertools import islice
+from typing import NamedTuple
+
+from .errors import ConfigError, CorruptSegmentError, FormatError, SerializerMismatchError
+from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader
+from .index import reconcile
+from .record import Record
+from .segment import CURRENT, SegmentScan, read_fd, read_file
+from .serializers import Serializer, get_serializer
+
+__all__ = ["replay"]
+
+
+class _Seg(NamedTuple):
+    first_seq: int
+    last_seq: int  # -1 when not known (the active segment, or a stale index)
+    path: str
+    current: bool
+
+
+def replay(directory: str, after_seq: int = 0, serializer: Serializer | None = None) -> Iterator[Record]:
+    """Yield every record with ``seq > after_seq``, in seq order.
+
+    ``serializer=None`` decodes with the serializer named in each segment header; passing one
+    checks that the log was written with it (SerializerMismatchError otherwise).
+    """
+    if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+        raise ValueError(f"after_seq must be an int >= 0, got {after_seq!r}")
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
+    return _replay(directory, after_seq + 1, serializer)
+
+
+def _plan(directory: str) -> list[_Seg]:
+    entries, _ = reconcile(directory, full=False)
+    plan = [_Seg(e.first_seq, e.last_seq, os.path.join(directory, e.file), False) for e in entries]
+    cur = os.path.join(directory, CURRENT)
+    try:
+        with open(cur, "rb", buffering=0) as f:
+            header = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), cur)
+        plan.append(_Seg(header.first_seq, -1, cur, True))
+    except FileNotFoundError:
+        pass
+    return plan
+
+
+def _pick(plan: list[_Seg], want: int, done: set[str]) -> _Seg | None:
+    """The segment to read for seq ``want``: the last unread one starting at or before it;
+    failing that the first unread one (which then starts after ``want``: a gap). None when
+    every segment is read or known to end before ``want``."""
+    holder = first_live = None
+    for seg in plan:
+        if seg.path in done or (seg.last_seq != -1 and seg.last_seq < want):
+            continue
+        if first_live is None:
+            first_live = seg
+        if seg.first_seq > want:
+            break
+        holder = seg
+    return holder if holder is not None else first_live
+
+
+def _replay(directory: str, want: int, serializer: Serializer | None) -> Iterator[Record]:
+    plan = _plan(directory)
+    if plan and want < plan[0].first_seq:
+        want = plan[0].first_seq  # the records before it were removed by retention
+    done: set[str] = set()
+    fresh = True  # whether ``plan`` was read after the last segment we finished
+    while True:
+        seg = _pick(plan, want, done)
+        if seg is None or seg.first_seq > want:
+            if not fresh:
+                # A rotation may have happened since the plan was made: look again, once.
+                plan, fresh = _plan(directory), True
+                continue
+            if seg is None:
+                return
+            raise CorruptSegmentError(
+                f"{seg.path}: starts at seq {seg.first_seq} but seq {want} is in no segment; "
+                f"records {want}-{seg.first_seq - 1} are missing",
+                path=seg.path,
+                offset=32,
+            )
+        if not seg.current:
+            want = yield from _replay_completed(seg, want, serializer)
+            done.add(seg.path)
+            fresh = False
+            continue
+        result = yield from _replay_current(seg, want, serializer)
+        if result is None:
+            # Rotated away (or replaced by a newer one) between planning and opening.
+            plan, fresh = _plan(directory), True
+            continue
+        want, renamed = result
+        if not renamed:
+            return
+        plan, fresh = _plan(directory), True
+
+
+def _serializer_for(header: SegmentHeader, path: str, serializer: Serializer | None) -> Serializer:
+    if serializer is None:
+        try:
+            return get_serializer(header.serializer)
+        except KeyError:
+            raise FormatError(
+                f"{path}: written with serializer {header.serializer!r}, which is not registered in this "
+                "process; register it with ringwal.register_serializer",
+                path=path,
+                offset=16,
+            ) from None
+    if serializer.name != header.serializer:
+        raise SerializerMismatchError(
+            f"{path}: written with serializer {header.serializer!r}, not {serializer.name!r}; "
+            "pass serializer=None to use the one named in the log",
+            path=path,
+            offset=16,
+        )
+    return serializer
+
+
+def _records(scan: SegmentScan, want: int, ser: Serializer) -> Iterator[Record]:
+    """Records of every valid frame of ``scan`` with seq >= want. Returns the next seq."""
+    buf = scan.buf
+    path = scan.path
+    decode = getattr(ser, "decode_batch", None)
+    for off, first, count, length in scan.frames():
+        if first + count <= want:
+            continue
+        start = off + FRAME_HEADER_SIZE
+        body = buf[start : start + length]
+        if decode is not None:
+            recs = decode(body, count, first, (path, off))
+        else:
+            from .serializers import split_body
+
+            recs = [ser.decode(p, first + k) for k, p in enumerate(split_body(body, count, (path, off)))]
+        if first < want:
+            recs = islice(recs, want - first, None)
+        yield from recs
+
+
+def _replay_completed(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Record]:
+    buf = read_file(seg.path)
+    header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], seg.path)
+    if header.first_seq != seg.first_seq:
+        raise CorruptSegmentError(
+            f"{seg.path}: header says first seq {header.first_seq}, expected {seg.first_seq}", path=seg.path, offset=32
+        )
+    ser = _serializer_for(header, seg.path, serializer)
+    scan = SegmentScan(buf, seg.path, sealed=True, next_seq=header.first_seq)
+    yield from _records(scan, want, ser)
+    return max(want, scan.next_seq)
+
+
+def _replay_current(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Record]:
+    """Replay current.wal; returns (next want, renamed) or None if it vanished before opening."""
+    try:
+        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        ino = os.fstat(fd).st_ino
+        buf = read_fd(fd)
+        header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], seg.path)
+        if header.first_seq != seg.first_seq:
+            return None  # a newer current.wal replaced the planned one
+        ser = _serializer_for(header, seg.path, serializer)
+        scan = SegmentScan(buf, seg.path, sealed=False, next_seq=header.first_seq)
+        yield from _records(scan, want, ser)
+        want = max(want, scan.next_seq)
+        try:
+            renamed = os.stat(seg.path).st_ino != ino
+        except FileNotFoundError:
+            renamed = True
+        if not renamed:
+            return want, False
+        # Rotated while we read: the file behind fd is sealed now (truncated and fsynced
+        # before the rename), so whatever follows scan.end is complete.
+        rest = read_fd(fd)
+        tail = SegmentScan(rest, f"{seg.path} (rotated while reading)", sealed=True, start=scan.end, next_seq=scan.next_seq)
+        yield from _records(tail, want, ser)
+        return max(want, tail.next_seq), True
+    finally:
+        os.close(fd)

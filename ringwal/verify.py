@@ -1,0 +1,133 @@
+"""``verify(dir)``: read every byte of a log and report every problem with file and offset.
+
+Checks: each segment header (magic, version, checksum, serializer the same everywhere),
+every frame checksum, seq continuity inside and across segments, completed segments ending
+exactly at their last frame, and ``wal_index.json`` agreeing with the files. A torn tail of
+``current.wal`` is reported as a note, not a problem: it is the normal result of a crash and
+the next writer truncates it. Safe to run while a writer appends.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .errors import FormatError
+from .format import SEGMENT_HEADER_SIZE, SegmentHeader
+from .index import INDEX_NAME, load_index
+from .segment import CURRENT, TORN, SegmentScan, list_segments, read_file
+
+__all__ = ["Problem", "VerifyReport", "verify"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    offset: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.offset}" if self.offset is not None else self.path
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    directory: str
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    segments: int = 0
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(directory: str) -> VerifyReport:
+    directory = os.path.abspath(directory)
+    report = VerifyReport(directory)
+    if not os.path.isdir(directory):
+        report.problems.append(Problem(directory, None, "not a directory"))
+        return report
+    found: dict[str, tuple[int, int, int]] = {}  # file -> (first_seq, last_seq, size)
+    serializer = None
+    expected: int | None = None  # next seq the following segment must start at
+    names = [name for _, name in list_segments(directory)]
+    if os.path.exists(os.path.join(directory, CURRENT)):
+        names.append(CURRENT)
+    for name in names:
+        path = os.path.join(directory, name)
+        sealed = name != CURRENT
+        buf = read_file(path)
+        report.segments += 1
+        report.bytes += len(buf)
+        try:
+            header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], path)
+        except FormatError as exc:
+            report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
+            expected = None
+            continue
+        if serializer is None:
+            serializer = header.serializer
+        elif header.serializer != serializer:
+            report.problems.append(Problem(path, 16, f"serializer {header.serializer!r} differs from {serializer!r} of earlier segments"))
+        if expected is not None and header.first_seq != expected:
+            what = "gap" if header.first_seq > expected else "overlap"
+            report.problems.append(Problem(path, 32, f"seq {what}: starts at {header.first_seq}, previous segment ends at {expected - 1}"))
+        if report.first_seq is None:
+            report.first_seq = header.first_seq
+        scan = SegmentScan(buf, path, sealed=sealed, next_seq=header.first_seq)
+        try:
+            for _ in scan.frames():
+                pass
+        except FormatError as exc:
+            report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
+            report.records += scan.records
+            expected = None
+            continue
+        report.records += scan.records
+        if scan.records:
+            report.last_seq = scan.next_seq - 1
+        expected = scan.next_seq
+        if sealed:
+            if scan.records == 0:
+                report.problems.append(Problem(path, SEGMENT_HEADER_SIZE, "completed segment holds no records"))
+            if scan.end != len(buf):
+                report.problems.append(Problem(path, scan.end, f"{len(buf) - scan.end} bytes after the last frame of a completed segment"))
+            found[name] = (header.first_seq, scan.next_seq - 1, len(buf))
+        elif scan.outcome == TORN:
+            report.notes.append(f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); the next writer truncates it")
+    _check_index(directory, found, report)
+    for stray in ("current.wal.tmp", "wal_index.json.tmp"):
+        if os.path.exists(os.path.join(directory, stray)):
+            report.notes.append(f"{os.path.join(directory, stray)}: left by an interrupted writer; the next writer removes it")
+    return report
+
+
+def _check_index(directory: str, found: dict[str, tuple[int, int, int]], report: VerifyReport) -> None:
+    path = os.path.join(directory, INDEX_NAME)
+    entries, reason = load_index(directory)
+    if entries is None:
+        if found or reason != "missing":
+            report.problems.append(Problem(path, None, f"index {reason}; the next writer rebuilds it"))
+        return
+    listed = {e.file: e for e in entries}
+    for name, (first, last, size) in found.items():
+        e = listed.pop(name, None)
+        if e is None:
+            report.problems.append(Problem(path, None, f"does not list {name}"))
+        elif (e.first_seq, e.last_seq, e.size) != (first, last, size):
+            report.problems.append(
+                Problem(path, None, f"entry for {name} says seqs {e.first_seq}-{e.last_seq}, {e.size} bytes; the file holds {first}-{last}, {size} bytes")
+            )
+    for name in sorted(listed):
+        report.problems.append(Problem(path, None, f"lists {name}, which does not exist"))
+
+
+def _strip(message: str, path: str) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
