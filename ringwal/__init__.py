@@ -38,7 +38,6 @@ from .verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
-    "FORMAT_VERSION",
     "BaseSerializer",
     "BinarySerializer",
     "ClosedError",
@@ -46,6 +45,7 @@ __all__ = [
     "ConfigError",
     "CorruptRecordError",
     "CorruptSegmentError",
+    "FORMAT_VERSION",
     "FormatError",
     "InvalidRecordError",
     "JSONSerializer",

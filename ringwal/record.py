@@ -48,6 +48,10 @@ class Record(_RecordBase):
     def __new__(cls, type: int, time: int, data: bytes, seq: int = 0) -> Record:  # noqa: A002
         return _tuple_new(cls, check_record(type, time, data, seq))
 
+    @classmethod
+    def _make(cls, iterable: object) -> Record:  # namedtuple's would skip validation
+        return cls(*iterable)  # type: ignore[misc]
+
     def __repr__(self) -> str:
         data = self.data
         shown = repr(data[:32]) + ("..." if len(data) > 32 else "")

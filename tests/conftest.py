@@ -1,0 +1,69 @@
+"""Shared helpers: a controllable clock, record factories, and a child-process runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ringwal import Config, Record, RecordType
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class FakeClock:
+    """A clock for the ``clock=`` seam: time moves only when a test says so."""
+
+    def __init__(self, start_ns: int = 1_700_000_000_000_000_000) -> None:
+        self.now = start_ns
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+def rec(i: int, size: int = 100) -> Record:
+    """Record number ``i``: deterministic type, time and ``size`` bytes of data naming ``i``."""
+    tag = b"rec-%d|" % i
+    return Record(RecordType.PLACE + i % 3, 1_700_000_000_000_000_000 + i, (tag * (size // len(tag) + 1))[:size])
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def cfg(tmp_path) -> Config:
+    return Config(dir=str(tmp_path / "wal"), segment_size=64 * 1024)
+
+
+def run_child(code: str, *args: str, timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process (with ringwal importable); return the result."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kw,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def spawn_child(code: str, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        **kw,
+    )

@@ -1,0 +1,131 @@
+"""The byte layouts are pinned: sizes, a golden frame, a golden segment header."""
+
+from __future__ import annotations
+
+import pytest
+
+import ringwal
+from ringwal.errors import CorruptSegmentError, UnsupportedVersionError
+from ringwal.format import (
+    FORMAT_VERSION,
+    FRAME_BAD,
+    FRAME_END,
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    FRAME_INCOMPLETE,
+    FRAME_OK,
+    SEGMENT_HEADER,
+    SEGMENT_HEADER_SIZE,
+    SegmentHeader,
+    align8,
+    encode_frame,
+    parse_frame,
+)
+from ringwal.record import Record
+from ringwal.serializers import BinarySerializer
+
+GOLDEN_RECORDS = [
+    (1, 1_700_000_000_000_000_000, b"order-1"),
+    (2, 1_700_000_000_000_000_001, b"cancel-1"),
+    (3, 1_700_000_000_000_000_002, b"match"),
+]
+# The three records above as one frame with first_seq 1 (docs/FORMAT.md walks through it).
+GOLDEN_FRAME = bytes.fromhex(
+    # frame header: length=62, count=3, first_seq=1, flags=0, crc
+    "3e000000" "03000000" "0100000000000000" "00000000" "378bd2d4"
+    # record: payload length 17, type 1, time, b"order-1"
+    "11000000" "0100" "00002a36fe9c9717" "6f726465722d31"
+    # record: payload length 18, type 2, time + 1, b"cancel-1"
+    "12000000" "0200" "01002a36fe9c9717" "63616e63656c2d31"
+    # record: payload length 15, type 3, time + 2, b"match"
+    "0f000000" "0300" "02002a36fe9c9717" "6d61746368"
+    # padding to a multiple of 8
+    "0000"
+)
+GOLDEN_HEADER = bytes.fromhex(
+    "52494e4757414c00" "0100" "4000" "00000000" "62696e61727900000000000000000000"
+    "0100000000000000" "00002a36fe9c9717" + "00" * 12 + "eae8b922"
+)
+
+
+def golden_body() -> bytes:
+    ser = BinarySerializer()
+    return b"".join(ser.frame(Record(*r)) for r in GOLDEN_RECORDS)
+
+
+def test_documented_sizes():
+    assert SEGMENT_HEADER_SIZE == SEGMENT_HEADER.size == 64
+    assert FRAME_HEADER_SIZE == FRAME_HEADER.size == 24
+    assert FORMAT_VERSION == 1
+    assert ringwal.FORMAT_VERSION == FORMAT_VERSION
+
+
+def test_golden_frame_bytes():
+    header, body, pad = encode_frame(golden_body(), 3, 1)
+    assert header + body + pad == GOLDEN_FRAME
+    assert len(GOLDEN_FRAME) % 8 == 0
+    assert len(GOLDEN_FRAME) == FRAME_HEADER_SIZE + align8(len(body))
+
+
+def test_golden_frame_parses_back():
+    outcome, length, count, first_seq, stored, computed, nxt = parse_frame(GOLDEN_FRAME, 0, len(GOLDEN_FRAME))
+    assert (outcome, length, count, first_seq, nxt) == (FRAME_OK, 62, 3, 1, len(GOLDEN_FRAME))
+    assert stored == computed == 0xD4D28B37
+    recs = list(BinarySerializer().decode_batch(GOLDEN_FRAME[24 : 24 + length], count, first_seq))
+    assert [(r.type, r.time, r.data, r.seq) for r in recs] == [(*g, i + 1) for i, g in enumerate(GOLDEN_RECORDS)]
+
+
+def test_golden_segment_header_bytes():
+    h = SegmentHeader("binary", 1, 1_700_000_000_000_000_000)
+    assert h.encode() == GOLDEN_HEADER
+    back = SegmentHeader.decode(GOLDEN_HEADER, "x.wal")
+    assert (back.serializer, back.first_seq, back.created_ns, back.version) == ("binary", 1, 1_700_000_000_000_000_000, 1)
+
+
+def test_zero_header_is_end_and_zero_length_never_valid():
+    zeros = bytes(64)
+    assert parse_frame(zeros, 0, 64)[0] == FRAME_END
+    assert parse_frame(b"", 0, 0)[0] == FRAME_END
+    bad = bytearray(GOLDEN_FRAME)
+    bad[0:4] = b"\0\0\0\0"  # length 0 with other fields set
+    assert parse_frame(bytes(bad), 0, len(bad))[0] == FRAME_BAD
+
+
+def test_frame_cut_short_is_incomplete():
+    for cut in (5, 24, 30, len(GOLDEN_FRAME) - 1):
+        assert parse_frame(GOLDEN_FRAME[:cut], 0, cut)[0] == FRAME_INCOMPLETE, cut
+
+
+def test_every_single_bit_flip_of_the_golden_frame_is_caught():
+    for i in range(len(GOLDEN_FRAME) * 8):
+        b = bytearray(GOLDEN_FRAME)
+        b[i // 8] ^= 1 << (i % 8)
+        outcome = parse_frame(bytes(b), 0, len(b))[0]
+        assert outcome != FRAME_OK, f"flip of bit {i} went unnoticed"
+
+
+def test_huge_claimed_length_does_not_allocate():
+    b = bytearray(GOLDEN_FRAME)
+    b[0:4] = (0xFFFF_FFF0).to_bytes(4, "little")
+    assert parse_frame(bytes(b), 0, len(b))[0] in (FRAME_INCOMPLETE, FRAME_BAD)
+
+
+def test_unknown_version_is_a_clear_error():
+    h = SegmentHeader("binary", 1, 0, version=2).encode()
+    with pytest.raises(UnsupportedVersionError, match=r"version 2 is not supported.*reads version 1"):
+        SegmentHeader.decode(h, "/d/current.wal")
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda b: b.__setitem__(slice(0, 8), b"NOTAWAL!"), "not a ringwal segment"),
+        (lambda b: b.__setitem__(40, b[40] ^ 1), "checksum mismatch at offset 60"),
+    ],
+)
+def test_bad_segment_header_names_the_file(mutate, match):
+    b = bytearray(GOLDEN_HEADER)
+    mutate(b)
+    with pytest.raises(CorruptSegmentError, match=match) as info:
+        SegmentHeader.decode(bytes(b), "/d/000001.wal")
+    assert info.value.path == "/d/000001.wal"
