@@ -371,7 +371,8 @@ class WAL:
     @property
     def durable_seq(self) -> int:
         """The seq of the last record known to be on stable storage."""
-        return self._durable_seq
+        with self._mutex:
+            return self._durable_seq
 
     @property
     def closed(self) -> bool:
