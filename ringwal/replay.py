@@ -19,8 +19,8 @@ path, offset and both checksums. Nothing is skipped silently.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from itertools import islice
+from collections.abc import Iterable, Iterator
+from itertools import chain, islice
 from typing import NamedTuple
 
 from .errors import ConfigError, CorruptSegmentError, FormatError, SerializerMismatchError
@@ -51,7 +51,9 @@ def replay(directory: str, after_seq: int = 0, serializer: Serializer | None = N
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
-    return _replay(directory, after_seq + 1, serializer)
+    # The generators below yield one iterable per frame; chain flattens them in C, so no
+    # Python frame runs per record (the binary fast path decodes a frame in C as well).
+    return chain.from_iterable(_replay(directory, after_seq + 1, serializer))
 
 
 def _plan(directory: str) -> list[_Seg]:
@@ -83,7 +85,7 @@ def _pick(plan: list[_Seg], want: int, done: set[str]) -> _Seg | None:
     return holder if holder is not None else first_live
 
 
-def _replay(directory: str, want: int, serializer: Serializer | None) -> Iterator[Record]:
+def _replay(directory: str, want: int, serializer: Serializer | None) -> Iterator[Iterable[Record]]:
     plan = _plan(directory)
     if plan and want < plan[0].first_seq:
         want = plan[0].first_seq  # the records before it were removed by retention
@@ -141,8 +143,8 @@ def _serializer_for(header: SegmentHeader, path: str, serializer: Serializer | N
     return serializer
 
 
-def _records(scan: SegmentScan, want: int, ser: Serializer) -> Iterator[Record]:
-    """Records of every valid frame of ``scan`` with seq >= want. Returns the next seq."""
+def _records(scan: SegmentScan, want: int, ser: Serializer) -> Iterator[Iterable[Record]]:
+    """The records with seq >= want of each valid frame of ``scan``, one iterable per frame."""
     buf = scan.buf
     path = scan.path
     decode = getattr(ser, "decode_batch", None)
@@ -159,10 +161,10 @@ def _records(scan: SegmentScan, want: int, ser: Serializer) -> Iterator[Record]:
             recs = [ser.decode(p, first + k) for k, p in enumerate(split_body(body, count, (path, off)))]
         if first < want:
             recs = islice(recs, want - first, None)
-        yield from recs
+        yield recs
 
 
-def _replay_completed(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Record]:
+def _replay_completed(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Iterable[Record]]:
     buf = read_file(seg.path)
     header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], seg.path)
     if header.first_seq != seg.first_seq:
@@ -175,7 +177,7 @@ def _replay_completed(seg: _Seg, want: int, serializer: Serializer | None) -> It
     return max(want, scan.next_seq)
 
 
-def _replay_current(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Record]:
+def _replay_current(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Iterable[Record]]:
     """Replay current.wal; returns (next want, renamed) or None if it vanished before opening."""
     try:
         fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
