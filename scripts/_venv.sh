@@ -12,7 +12,9 @@ fi
 extras=${RINGWAL_EXTRAS:-}
 stamp=".venv/.ringwal-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) [$extras]"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+have=$(cat "$stamp" 2>/dev/null || true)
+# An install with the test extras also serves a run that asks for none.
+if [ "$have" != "$want" ] && { [ -n "$extras" ] || [ "${have%% *}" != "${want%% *}" ]; }; then
   spec="."
   [ -n "$extras" ] && spec=".[$extras]"
   echo "installing ringwal${extras:+ with $extras} into .venv" >&2

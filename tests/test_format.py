@@ -129,3 +129,27 @@ def test_bad_segment_header_names_the_file(mutate, match):
     with pytest.raises(CorruptSegmentError, match=match) as info:
         SegmentHeader.decode(bytes(b), "/d/000001.wal")
     assert info.value.path == "/d/000001.wal"
+
+
+def test_golden_segments_of_the_format_doc_example(tmp_path):
+    """The worked example of docs/FORMAT.md, byte for byte: three records and a rotation."""
+    from ringwal import WAL, Config
+
+    from .conftest import FakeClock
+
+    d = str(tmp_path / "wal")
+    with WAL(Config(dir=d, segment_size=176), clock=FakeClock()) as w:
+        for r in GOLDEN_RECORDS:
+            w.append(Record(*r))
+            w.flush()
+    seg1 = open(f"{d}/000001.wal", "rb").read()
+    cur = open(f"{d}/current.wal", "rb").read()
+    assert seg1 == GOLDEN_HEADER + bytes.fromhex(
+        "150000000100000001000000000000000000000" "01ff3686711000000010000002a36fe9c97176f726465722d31000000"
+        "16000000010000000200000000000000" "00000000e62549bb12000000020001002a36fe9c971763616e63656c2d310000"
+    )
+    assert len(cur) == 176 and cur[:32] == GOLDEN_HEADER[:32]
+    assert cur[64:112] == bytes.fromhex(
+        "13000000010000000300000000000000" "00000000bf0bdf720f000000030002002a36fe9c97176d61746368" + "00" * 5
+    )
+    assert cur[112:] == bytes(64)
