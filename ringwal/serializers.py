@@ -12,6 +12,7 @@ whose records all have the same length entirely in C; that is replay's fast path
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import json
@@ -53,16 +54,18 @@ class Serializer(Protocol):
     def decode(self, payload: bytes, seq: int) -> Record: ...
 
 
-class BaseSerializer:
+class BaseSerializer(abc.ABC):
     """Default batch methods built on ``encode``/``decode``; subclasses override for speed."""
 
     name: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def encode(self, record: Record) -> bytes:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The payload for ``record``'s type, time and data (non-empty bytes)."""
 
+    @abc.abstractmethod
     def decode(self, payload: bytes, seq: int) -> Record:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The Record for ``payload``, with ``seq`` (raise CorruptRecordError if it does not decode)."""
 
     def frame(self, record: Record) -> bytes:
         """The record as it sits in a frame body: u32 payload length, then the payload."""

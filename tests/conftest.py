@@ -43,6 +43,18 @@ def cfg(tmp_path) -> Config:
     return Config(dir=str(tmp_path / "wal"), segment_size=64 * 1024)
 
 
+def write_log(directory: str, n: int, *, segment_size: int = 2048) -> Config:
+    """A log of ``n`` records, one frame each, rotated into several segments."""
+    from ringwal import WAL
+
+    cfg = Config(dir=directory, segment_size=segment_size)
+    with WAL(cfg) as w:
+        for i in range(n):
+            w.append(rec(i))
+            w.flush()
+    return cfg
+
+
 def run_child(code: str, *args: str, timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python process (with ringwal importable); return the result."""
     proc = subprocess.run(

@@ -8,10 +8,9 @@ import shutil
 import subprocess
 import sys
 
-from ringwal import WAL, Config
 from ringwal.segment import list_segments
 
-from .conftest import rec
+from .conftest import write_log
 
 
 def ringwal_cli(*args):
@@ -19,12 +18,7 @@ def ringwal_cli(*args):
 
 
 def make_log(tmp_path):
-    cfg = Config(dir=str(tmp_path / "wal"), segment_size=2048)
-    with WAL(cfg) as w:
-        for i in range(100):
-            w.append(rec(i))
-            w.flush()
-    return cfg.dir
+    return write_log(str(tmp_path / "wal"), 100).dir
 
 
 def test_verify_clean_log_exits_zero(tmp_path):

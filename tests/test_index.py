@@ -8,20 +8,15 @@ import os
 
 import pytest
 
-from ringwal import WAL, Config, replay, verify
+from ringwal import WAL, replay, verify
 from ringwal.index import INDEX_NAME, load_index
 
-from .conftest import rec
+from .conftest import write_log
 
 
 @pytest.fixture
 def log(tmp_path):
-    cfg = Config(dir=str(tmp_path / "wal"), segment_size=2048)
-    with WAL(cfg) as w:
-        for i in range(200):
-            w.append(rec(i))
-            w.flush()
-    return cfg
+    return write_log(str(tmp_path / "wal"), 200)
 
 
 def index_path(cfg):
