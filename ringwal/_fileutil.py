@@ -133,20 +133,3 @@ def read_lock_pid(fd: int) -> int | None:
     except (OSError, ValueError):
         return None
 
-
-def holder_pid(directory: str) -> int | None:
-    """The pid holding the writer lock of ``directory``, or None when nobody holds it."""
-    path = os.path.join(directory, LOCK_NAME)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return read_lock_pid(fd) or -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)

@@ -42,16 +42,17 @@ from .config import Config
 from .errors import (
     ClosedError,
     CorruptSegmentError,
+    FormatError,
     InvalidRecordError,
     LogFailedError,
     SerializerMismatchError,
-    WALError,
 )
 from .format import FRAME_HEADER_SIZE, MAX_FRAME_BODY, SegmentHeader
 from .index import IndexEntry, reconcile, write_index
 from .record import Record
 from .replay import replay
-from .segment import CURRENT, TORN, ActiveSegment, SegmentScan, list_segments, read_file, read_header, segment_name
+from .segment import CURRENT, TORN, ActiveSegment, SegmentScan, read_file, read_header, segment_name, segment_number
+from .serializers import with_batch_methods
 
 __all__ = ["WAL"]
 
@@ -86,9 +87,9 @@ class WAL:
         config = Config() if config is None else config
         config.validate()
         self.config = config
-        self._ser = config.serializer
-        self._frame = getattr(self._ser, "frame", None) or _default_frame(self._ser)
-        self._frame_many = getattr(self._ser, "frame_many", None) or (lambda rs: [self._frame(r) for r in rs])
+        self._ser = with_batch_methods(config.serializer)
+        self._frame = self._ser.frame
+        self._frame_many = self._ser.frame_many
         self._clock = clock
         self._fsync = fsync
         self._fdatasync = fdatasync
@@ -148,8 +149,8 @@ class WAL:
                 )
             prev = e
         self._entries = entries
-        numbers = [n for n, _ in list_segments(d)]
-        self._next_number = (numbers[-1] + 1) if numbers else 1
+        # entries list every NNNNNN.wal in the directory, in number order
+        self._next_number = segment_number(entries[-1].file) + 1 if entries else 1
         expected = entries[-1].last_seq + 1 if entries else None
         cur = os.path.join(d, CURRENT)
         prealloc = self._segment_size
@@ -167,15 +168,13 @@ class WAL:
             try:
                 for _ in scan.frames():
                     pass
-            except WALError as exc:
-                raise type(exc)(
-                    f"{exc} -- refusing to open for writing: valid records follow the damage, so it is not "
-                    "a torn tail; cutting it would lose them (copy the directory aside and salvage with a "
-                    "repair tool)",
-                    path=getattr(exc, "path", cur),
-                    offset=getattr(exc, "offset", None),
-                    **({"expected": exc.expected, "computed": exc.computed} if hasattr(exc, "expected") else {}),
-                ) from None
+            except FormatError as exc:
+                # Same error, type and coordinates; only the message says what the writer does.
+                exc.args = (
+                    f"{exc} -- refusing to open for writing: this is not a torn tail, and cutting it "
+                    "away could lose valid records (copy the directory aside and salvage with a repair tool)",
+                )
+                raise
             if scan.outcome == TORN:
                 log.warning(
                     "%s: dropped a torn tail of %d bytes at offset %d (a crash mid-write); continuing at seq %d",
@@ -270,16 +269,15 @@ class WAL:
     def _write_pending(self) -> None:
         """Frame the buffered records into current.wal, rotating at segment_size (mutex held)."""
         if not self._pending:
-            if self._seg.records and self._clock() - self._seg.header.created_ns >= self._duration_ns:
+            if self._segment_expired():
                 self._rotate_guarded()
             return
         pending, total = self._pending, self._pending_bytes
         self._pending, self._pending_bytes = [], 0
         try:
-            seg = self._seg
-            if seg.records and self._clock() - seg.header.created_ns >= self._duration_ns:
+            if self._segment_expired():
                 self._rotate()
-                seg = self._seg
+            seg = self._seg
             i, n = 0, len(pending)
             while i < n:
                 room = min(self._segment_size - seg.write_pos - FRAME_HEADER_SIZE - 7, MAX_FRAME_BODY)
@@ -306,6 +304,11 @@ class WAL:
             raise self._fail(exc, "writing to current.wal") from exc
 
     # ----------------------------------------------------------------- rotation
+
+    def _segment_expired(self) -> bool:
+        """current.wal holds records and is older than segment_duration."""
+        seg = self._seg
+        return bool(seg.records) and self._clock() - seg.header.created_ns >= self._duration_ns
 
     def _rotate_guarded(self) -> None:
         try:
@@ -429,16 +432,3 @@ def _too_large(size: int, limit: int) -> InvalidRecordError:
     return InvalidRecordError(
         f"record encodes to {size} bytes, more than max_record_size={limit}; raise max_record_size in Config"
     )
-
-
-def _default_frame(ser: object) -> Callable[[Record], bytes]:
-    from .format import RECORD_LENGTH
-
-    def frame(r: Record) -> bytes:
-        p = ser.encode(r)  # type: ignore[attr-defined]
-        if not isinstance(p, bytes) or not p:
-            raise InvalidRecordError(f"serializer {ser!r} returned {type(p).__name__} of length {len(p) if isinstance(p, bytes) else '?'}; it must return non-empty bytes")
-        return RECORD_LENGTH.pack(len(p)) + p
-
-    return frame
-

@@ -28,7 +28,7 @@ from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader
 from .index import reconcile
 from .record import Record
 from .segment import CURRENT, SegmentScan, read_fd, read_file
-from .serializers import Serializer, get_serializer
+from .serializers import Serializer, get_serializer, with_batch_methods
 
 __all__ = ["replay"]
 
@@ -147,18 +147,13 @@ def _records(scan: SegmentScan, want: int, ser: Serializer) -> Iterator[Iterable
     """The records with seq >= want of each valid frame of ``scan``, one iterable per frame."""
     buf = scan.buf
     path = scan.path
-    decode = getattr(ser, "decode_batch", None)
+    decode = with_batch_methods(ser).decode_batch
     for off, first, count, length in scan.frames():
         if first + count <= want:
             continue
         start = off + FRAME_HEADER_SIZE
         body = buf[start : start + length]
-        if decode is not None:
-            recs = decode(body, count, first, (path, off))
-        else:
-            from .serializers import split_body
-
-            recs = [ser.decode(p, first + k) for k, p in enumerate(split_body(body, count, (path, off)))]
+        recs = decode(body, count, first, (path, off))
         if first < want:
             recs = islice(recs, want - first, None)
         yield recs

@@ -54,6 +54,7 @@ __all__ = [
     "list_segments",
     "read_file",
     "segment_name",
+    "segment_number",
 ]
 
 CURRENT = "current.wal"
@@ -65,6 +66,14 @@ TORN = "torn"
 
 def segment_name(number: int) -> str:
     return f"{number:06d}.wal"
+
+
+def segment_number(name: str) -> int:
+    """The number of a completed segment's file name (``000042.wal`` -> 42)."""
+    m = _SEGMENT_RE.match(name)
+    if m is None:
+        raise ValueError(f"{name!r} is not a segment file name")
+    return int(m.group(1))
 
 
 def list_segments(directory: str) -> list[tuple[int, str]]:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import count as _count
 from itertools import repeat
 from operator import add
-from typing import ClassVar, Final, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from .errors import CorruptRecordError, InvalidRecordError
 from .format import RECORD_LENGTH
@@ -36,6 +36,7 @@ __all__ = [
     "get_serializer",
     "register_serializer",
     "serializer_names",
+    "with_batch_methods",
 ]
 
 _tuple_new = tuple.__new__
@@ -91,6 +92,28 @@ class BaseSerializer(abc.ABC):
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+class _ProtocolAdapter(BaseSerializer):
+    """Gives a serializer that only has name/encode/decode the batch methods."""
+
+    def __init__(self, inner: Serializer) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+
+    def encode(self, record: Record) -> bytes:
+        return self.inner.encode(record)
+
+    def decode(self, payload: bytes, seq: int) -> Record:
+        return self.inner.decode(payload, seq)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
+def with_batch_methods(ser: Serializer) -> BaseSerializer:
+    """``ser`` itself when it has the batch methods (a BaseSerializer), else an adapter."""
+    return ser if isinstance(ser, BaseSerializer) else _ProtocolAdapter(ser)
 
 
 def split_body(body: bytes, count: int, where: tuple[str, int]) -> list[bytes]:

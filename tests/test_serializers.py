@@ -111,3 +111,26 @@ def test_generated_proto_module_is_current(tmp_path):
     assert _serialized_descriptor(committed) == _serialized_descriptor(fresh), (
         "ringwal/record_pb2.py is stale against proto/ringwal/record.proto: run scripts/gen-proto"
     )
+
+
+def test_serializer_with_only_the_protocol_methods_writes_and_replays(tmp_path):
+    """A plain class with name/encode/decode (no BaseSerializer) gets the batch methods."""
+    from ringwal import WAL, Config, replay
+
+    class Plain:
+        name = "test-plain"
+
+        def encode(self, r):
+            return BinarySerializer().encode(r)
+
+        def decode(self, p, seq):
+            return BinarySerializer().decode(p, seq)
+
+    register_serializer(Plain)
+    d = str(tmp_path / "wal")
+    with WAL(Config(dir=d, serializer=Plain())) as w:
+        assert w.append_many([Record(1, 2, b"ab"), Record(3, 4, b"cd")]) == range(1, 3)
+        assert w.append(Record(5, 6, b"ef")) == 3
+    got = list(replay(d, serializer=Plain()))
+    assert got == [Record(1, 2, b"ab", 1), Record(3, 4, b"cd", 2), Record(5, 6, b"ef", 3)]
+    assert list(replay(d)) == got  # found through the registry by the name in the header
