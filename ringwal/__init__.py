@@ -1,7 +1,9 @@
 """ringwal: a durable, totally ordered write-ahead log shared by many Python processes.
 
-This release holds the storage core: the segment format, rotation, the index, replay,
-recovery and verification (``WAL``, ``replay``, ``verify``).
+``ringwal.open(config)`` attaches this process to the log in ``config.dir`` through a
+shared-memory ring, starting the writer process (the durability sidecar) when none runs.
+``WAL`` is the single-process storage core the writer drives; ``replay`` and ``verify``
+read the segment files directly, with or without a writer.
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ from .errors import (
     InvalidRecordError,
     LockedError,
     LogFailedError,
+    RingError,
+    RingFullError,
     SerializerMismatchError,
+    SlotsExhaustedError,
     UnsupportedVersionError,
+    WaitTimeoutError,
     WALError,
+    WriterGoneError,
 )
 from .format import FORMAT_VERSION
 from .log import WAL
+from .producer import BatchReceipt, Handle, Receipt, open
 from .record import Record, RecordType
 from .replay import replay
 from .serializers import (
@@ -39,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseSerializer",
+    "BatchReceipt",
     "BinarySerializer",
     "ClosedError",
     "Config",
@@ -47,19 +56,27 @@ __all__ = [
     "CorruptSegmentError",
     "FORMAT_VERSION",
     "FormatError",
+    "Handle",
     "InvalidRecordError",
     "JSONSerializer",
     "LockedError",
     "LogFailedError",
     "ProtoSerializer",
+    "Receipt",
     "Record",
     "RecordType",
+    "RingError",
+    "RingFullError",
     "Serializer",
     "SerializerMismatchError",
+    "SlotsExhaustedError",
     "UnsupportedVersionError",
     "WAL",
     "WALError",
+    "WaitTimeoutError",
+    "WriterGoneError",
     "get_serializer",
+    "open",
     "register_serializer",
     "replay",
     "verify",

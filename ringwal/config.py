@@ -30,8 +30,29 @@ class Config:
         Risk: with None, records appended but not flushed are lost if the process dies.
     write_buffer_size: bytes of encoded records buffered in the process before they are
         written to the OS as one checksummed batch (1 MiB). Larger batches cost less per record.
-    max_record_size: largest encoded record accepted (16 MiB); larger ones raise
-        InvalidRecordError at ``append``. At most 4 GiB - 1.
+    max_record_size: largest encoded record payload accepted (1 MiB); larger ones raise
+        InvalidRecordError at ``append``. Through the ring it must fit a lane: at most
+        ``ring_size - 4``.
+
+    Ring settings (used by ``ringwal.open`` and the writer process; when ``open`` attaches to a
+    running writer, the ring it created rules and these are ignored):
+
+    ring_size: bytes of shared memory per producer lane (2 MiB), a power of two >= 64 KiB.
+        A producer blocks in ``append`` when its lane is full, so this bounds how far one
+        producer can run ahead of the writer. Memory is only touched by lanes in use.
+    producer_slots: lanes in the ring, i.e. processes that can be attached at once (32).
+        A slot whose process died is reclaimed (after its complete records are written).
+    append_timeout: seconds ``append`` waits for room in a full lane before raising
+        RingFullError (10).
+    sync_timeout: seconds ``flush``/``sync``/``close`` wait for a live writer before raising
+        WaitTimeoutError (30). A dead writer is noticed within ~0.1 s whatever this is.
+    start_writer: whether ``open`` (and a producer that finds the writer dead) starts a
+        detached writer process when none is running (True). Set False when a supervisor runs
+        ``ringwal serve``; then a dead writer raises WriterGoneError after ``writer_wait``.
+    writer_wait: seconds to wait for a writer to appear (started by us or by a supervisor)
+        before raising WriterGoneError (10).
+    writer_linger: seconds a writer started by ``open`` stays up with no producer attached
+        before it drains, cleans up its shared memory and exits (2).
     """
 
     dir: str = "./wal_data"
@@ -40,7 +61,14 @@ class Config:
     serializer: Serializer = field(default_factory=BinarySerializer)
     flush_interval: float | None = None
     write_buffer_size: int = 1 * MiB
-    max_record_size: int = 16 * MiB
+    max_record_size: int = 1 * MiB
+    ring_size: int = 2 * MiB
+    producer_slots: int = 32
+    append_timeout: float = 10.0
+    sync_timeout: float = 30.0
+    start_writer: bool = True
+    writer_wait: float = 10.0
+    writer_linger: float = 2.0
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
@@ -54,9 +82,38 @@ class Config:
         _positive_int("max_record_size", self.max_record_size)
         if self.max_record_size > MAX_FRAME_BODY - 4:
             raise ConfigError(f"max_record_size={self.max_record_size} exceeds the format's limit of {MAX_FRAME_BODY - 4} bytes")
+        _positive_number("append_timeout", self.append_timeout)
+        _positive_number("sync_timeout", self.sync_timeout)
+        _positive_number("writer_wait", self.writer_wait)
+        if isinstance(self.writer_linger, bool) or not isinstance(self.writer_linger, (int, float)) or not 0 <= self.writer_linger < math.inf:
+            raise ConfigError(f"writer_linger must be a number of seconds >= 0, got {self.writer_linger!r}")
+        if not isinstance(self.start_writer, bool):
+            raise ConfigError(f"start_writer must be True or False, got {self.start_writer!r}")
         name = getattr(self.serializer, "name", None)
         if not (isinstance(name, str) and callable(getattr(self.serializer, "encode", None)) and callable(getattr(self.serializer, "decode", None))):
             raise ConfigError(f"serializer={self.serializer!r} is not a Serializer (needs name, encode, decode)")
+
+
+    def validate_ring(self) -> None:
+        """Also check the ring settings (``ringwal.open`` and the writer call this)."""
+        self.validate()
+        rs, slots = self.ring_size, self.producer_slots
+        _positive_int("ring_size", rs)
+        _positive_int("producer_slots", slots)
+        if rs & (rs - 1) or not MIN_RING_SIZE <= rs <= MAX_RING_SIZE:
+            raise ConfigError(f"ring_size must be a power of two from {MIN_RING_SIZE} to {MAX_RING_SIZE} bytes, got {rs}")
+        if slots > MAX_PRODUCER_SLOTS:
+            raise ConfigError(f"producer_slots must be at most {MAX_PRODUCER_SLOTS}, got {slots}")
+        if self.max_record_size + 4 > rs:
+            raise ConfigError(
+                f"max_record_size={self.max_record_size} does not fit a ring lane of ring_size={rs} bytes "
+                "(a record plus its 4-byte length must fit); raise ring_size or lower max_record_size"
+            )
+
+
+MIN_RING_SIZE = 64 * 1024
+MAX_RING_SIZE = 1 << 30
+MAX_PRODUCER_SLOTS = 1024
 
 
 def _positive_int(name: str, value: object) -> None:

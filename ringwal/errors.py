@@ -9,6 +9,15 @@
     ├── ClosedError                       the object was closed; open a new one
     ├── LogFailedError                    an earlier write or fsync failed; the log refuses
     │                                     all work until reopened (the cause is chained)
+    ├── WriterGoneError                   the writer process died or stopped and no new one
+    │                                     took over in time (``start_writer=False`` or it failed)
+    ├── RingError                         the shared-memory ring cannot be used: an unknown
+    │   │                                 layout version, or every producer slot is taken
+    │   └── SlotsExhaustedError           all ``producer_slots`` lanes are held by live producers
+    ├── RingFullError (TimeoutError)      ``append`` waited ``append_timeout`` for room in the
+    │                                     ring while a live writer did not drain it
+    ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
+    │                                     writer that did not finish
     └── FormatError                       what is on disk cannot be read as a ringwal log
         ├── UnsupportedVersionError       a format version this build does not know
         ├── SerializerMismatchError       the log was written with another serializer
@@ -58,6 +67,30 @@ class LogFailedError(WALError):
     fsync failures can drop dirty pages, so retrying and carrying on could silently lose
     records. Close the log and open it again: recovery finds what really reached the disk.
     """
+
+
+class WriterGoneError(WALError):
+    """The writer serving the directory is gone and no new writer took over in time.
+
+    Records appended but not yet written stay in the shared-memory ring; the next writer
+    started on the directory writes them (exactly once).
+    """
+
+
+class RingError(WALError):
+    """The shared-memory ring cannot be used (an unknown layout version, a damaged header)."""
+
+
+class SlotsExhaustedError(RingError):
+    """Every producer slot of the ring is held by a live process; raise ``producer_slots``."""
+
+
+class RingFullError(WALError, TimeoutError):
+    """``append`` waited ``append_timeout`` seconds for room in the ring; nothing was written."""
+
+
+class WaitTimeoutError(WALError, TimeoutError):
+    """``flush``/``sync`` waited ``sync_timeout`` seconds on a live writer that did not finish."""
 
 
 class FormatError(WALError):

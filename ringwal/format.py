@@ -217,3 +217,85 @@ def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
     if computed != crc:
         return (FRAME_BAD, length, count, first_seq, crc, computed, pos)
     return (FRAME_OK, length, count, first_seq, crc, computed, end)
+
+
+# --------------------------------------------------------------------------- the ring
+#
+# The shared-memory ring (``/dev/shm/ringwal.<id>``) is not stored on disk, but it outlives
+# processes (a writer that dies leaves it for the next one), so its layout is versioned like
+# the segments'. ``ringwal/ring.py`` holds the algorithms and the memory-ordering argument;
+# the layout lives here. Every field is a little-endian 64-bit word at an 8-aligned offset,
+# read and written whole (see ring.py for why a word is never seen half-written).
+#
+# Region::
+#
+#     0                  4096                     S                    D
+#     +------------------+------------------------+--------------------+-------------------+
+#     | ring header      | lane control blocks    | span logs          | lane data         |
+#     | 512 words        | slots x 256 B          | slots x SPAN_LOG x | slots x ring_size |
+#     |                  |                        | 16 B               |                   |
+#     +------------------+------------------------+--------------------+-------------------+
+#     S = align4096(4096 + slots*256), D = align4096(S + slots*SPAN_LOG*16)
+#
+# Ring header words (who writes each: W = the writer, C = whoever holds the claim lock)::
+#
+#     0 magic "RWRING\0\0"   1 version      2 slots        3 ring_size (lane bytes)
+#     4 max_record_size      5 SPAN_LOG     6-7 serializer name (16 bytes, NUL-padded)
+#     8 state (W)            9 writer pid (W)  10 writer create time, f64 bits (W)
+#     11 writer generation (W)              12 attach generation (C)
+#     13 pending (W)         14 pending first seq (W)   15 pending last seq (W)
+#     16 next seq (W)        17 durable seq (W)         18 heartbeat (W)
+#     19 records written (W) 20 fsyncs (W)  21 writer started, ns (W)
+#
+# Lane control block, 32 words; each group on its own 64-byte line so that producer and
+# writer stores never share a cache line::
+#
+#     0 head = count32 << 32 | pos32 (producer)   1 want_written (producer)
+#     2 want_durable (producer)                    (a want is 1 << 32 | count32, 0 = none)
+#     8 tail = count32 << 32 | pos32 (W)            9 pending tail (W)
+#     10 progress version, odd while changing (W)  11 written count32 (W)  12 written seq (W)
+#     13 durable count32 (W)  14 durable seq (W)  15 span head: spans logged so far (W)
+#     16 owner pid (C)  17 owner create time, f64 bits (C)  18 owner token (C)
+#     19 first seq of this lane's span in the pending drain (W)
+#
+# Span log entry (16 bytes; entry i of a lane at i % SPAN_LOG): the writer drained the
+# lane's records with counts start+1 .. end (mod 2**32) as seqs first_seq ..::
+#
+#     word 0 = start32 << 32 | end32        word 1 = first_seq
+#
+# Lane data holds records exactly as a frame body holds them (u32 length + payload),
+# contiguous, wrapping at ring_size (a record may straddle the end).
+
+RING_MAGIC: Final = b"RWRING\x00\x00"
+RING_VERSION: Final = 1
+RING_HEADER_SIZE: Final = 4096
+LANE_CTL_SIZE: Final = 256
+SPAN_LOG: Final = 1024
+SPAN_SIZE: Final = 16
+
+# ring header word indices
+RH_MAGIC, RH_VERSION, RH_SLOTS, RH_RING_SIZE, RH_MAX_RECORD, RH_SPAN_LOG = range(6)
+RH_SERIALIZER_OFFSET: Final = 48
+RH_STATE, RH_WRITER_PID, RH_WRITER_CTIME, RH_WRITER_GEN, RH_ATTACH_GEN = range(8, 13)
+RH_PENDING, RH_PENDING_FIRST, RH_PENDING_LAST, RH_NEXT_SEQ, RH_DURABLE_SEQ = range(13, 18)
+RH_HEARTBEAT, RH_RECORDS, RH_FSYNCS, RH_STARTED_NS = range(18, 22)
+
+# ring states
+RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)
+
+# lane control word indices (relative to the lane's block)
+L_HEAD, L_WANT_WRITTEN, L_WANT_DURABLE = 0, 1, 2
+L_TAIL, L_PENDING_TAIL, L_VERSION, L_WRITTEN_COUNT, L_WRITTEN_SEQ, L_DURABLE_COUNT, L_DURABLE_SEQ, L_SPAN_HEAD = range(8, 16)
+L_OWNER_PID, L_OWNER_CTIME, L_OWNER_TOKEN, L_PENDING_SEQ = 16, 17, 18, 19
+LANE_WORDS: Final = LANE_CTL_SIZE // 8
+
+
+def _align4096(n: int) -> int:
+    return (n + 4095) & ~4095
+
+
+def ring_layout(slots: int, ring_size: int) -> tuple[int, int, int]:
+    """(span log offset, lane data offset, total region size) for a ring of this shape."""
+    spans = _align4096(RING_HEADER_SIZE + slots * LANE_CTL_SIZE)
+    data = _align4096(spans + slots * SPAN_LOG * SPAN_SIZE)
+    return spans, data, data + slots * ring_size

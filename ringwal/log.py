@@ -111,6 +111,16 @@ class WAL:
             self._dirlock.release()
             raise
         self._next_seq = self._seg.next_seq
+        if self._seg.records:
+            # A writer killed before its fdatasync leaves frames that are only in the page
+            # cache. They are not durable until someone syncs them; do it before calling
+            # anything durable.
+            try:
+                self._seg.sync(self._fdatasync)
+            except BaseException:
+                self._seg.close()
+                self._dirlock.release()
+                raise
         self._durable_seq = self._seg.next_seq - 1
         self._closed = False
         if config.flush_interval is not None:
@@ -242,6 +252,31 @@ class WAL:
             if self._pending_bytes >= self._buffer_size:
                 self._write_pending()
         return range(first, first + len(framed))
+
+    def write_body(self, body: bytes | memoryview, count: int) -> int:
+        """Write ``count`` records already in body layout as one frame; return its first seq.
+
+        The writer process's path: the body comes straight from the ring. Rotates first when
+        the segment is too old or the frame would not fit (a body larger than a segment gets
+        a segment of its own).
+        """
+        with self._mutex:
+            self._check_open()
+            if self._pending:
+                self._write_pending()
+            try:
+                if self._segment_expired():
+                    self._rotate()
+                seg = self._seg
+                if seg.records and seg.write_pos + FRAME_HEADER_SIZE + len(body) + 7 > self._segment_size:
+                    self._rotate()
+                    seg = self._seg
+                first = self._next_seq
+                seg.append_frame(body, count)
+            except BaseException as exc:
+                raise self._fail(exc, "writing to current.wal") from exc
+            self._next_seq = first + count
+            return first
 
     def flush(self) -> None:
         """Write every buffered record to the OS (not yet durable)."""

@@ -1,0 +1,521 @@
+"""The writer process: drains the ring into the log, assigns seqs, group-commits fsyncs.
+
+One writer per directory, decided by the ``wal.lock`` flock that ``WAL`` takes. The loop:
+
+1. drain: every lane's published span goes into one body, written as one frame (the
+   pending-drain protocol in ``ring.py`` makes this restartable without duplicates);
+   repeat until the lanes are empty;
+2. tell producers waiting in ``flush`` that their records reached the OS;
+3. if any producer waits in ``sync`` (or ``flush_interval`` is due), one ``fdatasync``
+   covers every record written so far: group commit. Records that arrive while it runs are
+   drained and covered by the next one;
+4. with nothing to do, sleep on the writer semaphore (producers post it when they wait or
+   their lane is half full; a timeout bounds every sleep).
+
+A producer is never woken per record: only a producer that waits is posted, once per wait.
+
+Start-up (``Writer.open``): take the directory lock and recover the log (which fdatasyncs
+whatever a dead writer left in the page cache), create or reuse the ring, resolve a pending
+drain against the last seq on disk, mark every lane's written records durable, then publish
+``state = READY`` with this process's pid and create time.
+
+Shutdown (SIGTERM/SIGINT, or an idle writer started by ``open``): drain, fsync, and under
+the claim lock either unlink the ring (no lane owned, all empty) or leave it ``STOPPED`` for
+the next writer. Producers that are still attached see the writer gone and start another
+(or raise WriterGoneError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+
+import posix_ipc
+
+from .config import Config
+from .errors import ConfigError, LogFailedError, WALError
+from .format import (
+    L_DURABLE_COUNT,
+    L_DURABLE_SEQ,
+    L_HEAD,
+    L_OWNER_PID,
+    L_PENDING_SEQ,
+    L_PENDING_TAIL,
+    L_SPAN_HEAD,
+    L_TAIL,
+    L_VERSION,
+    L_WANT_DURABLE,
+    L_WANT_WRITTEN,
+    L_WRITTEN_COUNT,
+    L_WRITTEN_SEQ,
+    RH_ATTACH_GEN,
+    RH_DURABLE_SEQ,
+    RH_FSYNCS,
+    RH_HEARTBEAT,
+    RH_NEXT_SEQ,
+    RH_PENDING,
+    RH_PENDING_FIRST,
+    RH_PENDING_LAST,
+    RH_RECORDS,
+    RH_STARTED_NS,
+    RH_STATE,
+    RH_WRITER_CTIME,
+    RH_WRITER_GEN,
+    RH_WRITER_PID,
+    RING_CLOSED,
+    RING_READY,
+    RING_STOPPED,
+    SPAN_LOG,
+)
+from .log import WAL
+from .ring import M32, Ring, bits_f64, check_machine, claim_lock, f64_bits, own_identity, process_alive
+from .serializers import BaseSerializer
+
+__all__ = ["Writer", "serve"]
+
+log = logging.getLogger("ringwal")
+
+#: Longest sleep with nothing to do; bounds how late an OS-buffered append reaches the OS.
+IDLE_SLEEP = 0.05
+#: How often lane owners are checked for death.
+LIVENESS_INTERVAL = 0.25
+#: Grace before an idle writer started by ``open`` exits if nobody ever attaches.
+FIRST_ATTACH_GRACE = 10.0
+
+
+class _NameOnly(BaseSerializer):
+    """The writer never encodes or decodes: it needs only the serializer's name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # type: ignore[misc]
+
+    def encode(self, record):  # pragma: no cover - never called
+        raise NotImplementedError
+
+    def decode(self, payload, seq):  # pragma: no cover - never called
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<serializer {self.name!r}>"
+
+
+class _Lane:
+    """The writer's view of one lane, with local mirrors of the words only it writes."""
+
+    __slots__ = ("k", "ctl", "data", "spans", "sem", "tail", "written_count", "written_seq", "durable_count", "posted_w", "posted_d")
+
+    def __init__(self, ring: Ring, k: int, sem: posix_ipc.Semaphore) -> None:
+        self.k = k
+        self.ctl = ring.lane_ctl(k)
+        self.data = ring.lane_data(k)
+        self.spans = ring.span_log(k)
+        self.sem = sem
+        c = self.ctl
+        self.tail = c[L_TAIL]
+        self.written_count = c[L_WRITTEN_COUNT]
+        self.written_seq = c[L_WRITTEN_SEQ]
+        self.durable_count = c[L_DURABLE_COUNT]
+        self.posted_w = 0
+        self.posted_d = 0
+
+
+class Writer:
+    """A writer serving one directory. ``run()`` loops until ``stop()`` (or idle exit)."""
+
+    wal: WAL | None = None
+    ring: Ring | None = None
+
+    def __init__(self, config: Config, *, linger: float | None = None) -> None:
+        config.validate_ring()
+        check_machine()
+        self.config = config
+        self.linger = linger  # None: run until stopped (serve); a number: exit when idle
+        self._stop = False
+        name = config.serializer.name
+        self.wal = WAL(dataclasses.replace(config, serializer=_NameOnly(name), flush_interval=None))
+        try:
+            self.dir = self.wal.dir
+            with claim_lock(self.dir):
+                self.ring = Ring.create_or_reuse(self.dir, config.producer_slots, config.ring_size, config.max_record_size, name)
+                ring = self.ring
+                if ring.serializer != name:
+                    raise ConfigError(
+                        f"the ring of {self.dir} was created for serializer {ring.serializer!r} but the log uses {name!r}; "
+                        f"stop its producers or remove /dev/shm{ring.name}"
+                    )
+                if not ring.created and (ring.slots, ring.ring_size) != (config.producer_slots, config.ring_size):
+                    log.warning(
+                        "%s: reusing the existing ring (%d slots of %d bytes); the configured ring settings apply after a clean shutdown",
+                        self.dir, ring.slots, ring.ring_size,
+                    )
+                self.wsem = ring.writer_sem(create=True)
+                self.lanes = [_Lane(ring, k, ring.lane_sem(k, create=True)) for k in range(ring.slots)]
+                self._recover()
+                self._publish_ready()
+        except BaseException:
+            self._close_resources()
+            raise
+        self._active: list[_Lane] = []
+        self._attach_gen = -1
+        self._rr = 0
+        self._budget = max(4096, min(config.write_buffer_size, config.segment_size // 2))
+        self._last_sync = time.monotonic()
+        self._unsynced = False
+        self._ever_attached = False
+        self._idle_since = time.monotonic()
+        self._next_liveness = 0.0
+        self._next_tick = 0.0
+
+    # ------------------------------------------------------------------ start-up
+
+    def _recover(self) -> None:
+        """Finish or undo a drain that a dead writer left pending; everything written is durable."""
+        w = self.ring.words
+        last = self.wal.last_seq  # after recovery, and the WAL fdatasynced it at open
+        if w[RH_PENDING]:
+            first, plast = w[RH_PENDING_FIRST], w[RH_PENDING_LAST]
+            if last >= plast:
+                log.warning("%s: finishing a drain of seqs %d-%d left pending by a dead writer", self.dir, first, plast)
+                for lane in self.lanes:
+                    c = lane.ctl
+                    if c[L_PENDING_TAIL] != c[L_TAIL]:
+                        self._finish_lane(lane, c[L_PENDING_TAIL], c[L_PENDING_SEQ], redo=True)
+            elif last < first:
+                log.warning("%s: seqs %d-%d of a dead writer's last drain never reached disk; writing them again", self.dir, first, plast)
+                for lane in self.lanes:
+                    lane.ctl[L_PENDING_TAIL] = lane.ctl[L_TAIL]
+            else:  # pragma: no cover - a frame is all or nothing
+                raise LogFailedError(f"{self.dir}: the log ends at seq {last}, inside a pending drain {first}-{plast}")
+            w[RH_PENDING] = 0
+        for lane in self.lanes:
+            self._publish_durable(lane)
+            lane.posted_w = lane.posted_d = 0
+        w[RH_NEXT_SEQ] = last + 1
+        w[RH_DURABLE_SEQ] = last
+
+    def _publish_ready(self) -> None:
+        w = self.ring.words
+        pid, ctime = own_identity()
+        w[RH_STATE] = 0
+        w[RH_WRITER_CTIME] = f64_bits(ctime)
+        w[RH_WRITER_PID] = pid
+        w[RH_WRITER_GEN] += 1
+        w[RH_STARTED_NS] = time.time_ns()
+        w[RH_STATE] = RING_READY  # last: producers attach only to a READY ring with a live writer
+
+    # ------------------------------------------------------------------ the drain
+
+    def _refresh_active(self) -> None:
+        w = self.ring.words
+        self._attach_gen = w[RH_ATTACH_GEN]
+        self._active = [ln for ln in self.lanes if ln.ctl[L_OWNER_PID] or ln.ctl[L_HEAD] != ln.tail]
+        if any(ln.ctl[L_OWNER_PID] for ln in self._active):
+            self._ever_attached = True
+
+    def drain(self) -> int:
+        """Move every published span into one frame; return the records written."""
+        lanes = self._active
+        n = len(lanes)
+        if not n:
+            return 0
+        start = self._rr
+        self._rr = start + 1 if start + 1 < n else 0
+        pieces: list[memoryview] = []
+        took: list[tuple[_Lane, int, int]] = []
+        total = count = 0
+        budget = self._budget
+        mask = self.ring.ring_size - 1
+        for i in range(n):
+            lane = lanes[(start + i) % n]
+            head = lane.ctl[L_HEAD]
+            tail = lane.tail
+            if head == tail:
+                continue
+            nbytes = (head - tail) & M32
+            ncount = ((head >> 32) - (tail >> 32)) & M32
+            off = tail & mask
+            end = off + nbytes
+            if end <= mask + 1:
+                pieces.append(lane.data[off:end])
+            else:
+                pieces.append(lane.data[off:])
+                pieces.append(lane.data[: end - mask - 1])
+            took.append((lane, head, ncount))
+            total += nbytes
+            count += ncount
+            if total >= budget:
+                break
+        if not count:
+            return 0
+        body = b"".join(pieces)
+        del pieces
+        w = self.ring.words
+        first = self.wal.last_seq + 1
+        s = first
+        for lane, head, ncount in took:  # ring.py step 3
+            lane.ctl[L_PENDING_SEQ] = s
+            lane.ctl[L_PENDING_TAIL] = head
+            s += ncount
+        w[RH_PENDING_FIRST] = first
+        w[RH_PENDING_LAST] = s - 1
+        w[RH_PENDING] = 1
+        got = self.wal.write_body(body, count)  # step 4
+        assert got == first, (got, first)
+        s = first
+        for lane, head, ncount in took:  # step 5
+            self._finish_lane(lane, head, s, redo=False)
+            s += ncount
+        w[RH_PENDING] = 0
+        w[RH_NEXT_SEQ] = s
+        w[RH_RECORDS] += count
+        self._unsynced = True
+        return count
+
+    def _finish_lane(self, lane: _Lane, head: int, first_seq: int, *, redo: bool) -> None:
+        """Log the span, publish written progress, advance the tail (ring.py step 5)."""
+        c = lane.ctl
+        tail = c[L_TAIL]
+        end32 = head >> 32
+        start32 = tail >> 32
+        last_seq = first_seq + ((end32 - start32) & M32) - 1
+        sl = lane.spans
+        h = c[L_SPAN_HEAD]
+        entry = (start32 << 32) | end32
+        if not (redo and h and sl[((h - 1) % SPAN_LOG) * 2] == entry and sl[((h - 1) % SPAN_LOG) * 2 + 1] == first_seq):
+            j = (h % SPAN_LOG) * 2
+            sl[j] = entry
+            sl[j + 1] = first_seq
+            c[L_SPAN_HEAD] = h + 1
+        v = c[L_VERSION] | 1  # odd: changing
+        c[L_VERSION] = v
+        c[L_WRITTEN_COUNT] = end32
+        c[L_WRITTEN_SEQ] = last_seq
+        c[L_VERSION] = v + 1
+        c[L_TAIL] = head
+        lane.tail = head
+        lane.written_count = end32
+        lane.written_seq = last_seq
+
+    def _publish_durable(self, lane: _Lane) -> None:
+        c = lane.ctl
+        wc = c[L_WRITTEN_COUNT]
+        if c[L_DURABLE_COUNT] == wc and lane.durable_count == wc:
+            return
+        v = c[L_VERSION] | 1
+        c[L_VERSION] = v
+        c[L_DURABLE_COUNT] = wc
+        c[L_DURABLE_SEQ] = c[L_WRITTEN_SEQ]
+        c[L_VERSION] = v + 1
+        lane.durable_count = wc
+
+    # ------------------------------------------------------------------ the loop
+
+    def _sync_wanted(self) -> bool:
+        for lane in self._active:
+            want = lane.ctl[L_WANT_DURABLE]
+            if want and ((lane.durable_count - want) & M32) >= 1 << 31:
+                return True
+        return False
+
+    def _notify(self, durable: bool) -> None:
+        for lane in self._active:
+            c = lane.ctl
+            if durable:
+                want = c[L_WANT_DURABLE]
+                if want and want != lane.posted_d and ((lane.durable_count - want) & M32) < 1 << 31:
+                    lane.posted_d = want
+                    lane.sem.release()
+            want = c[L_WANT_WRITTEN]
+            if want and want != lane.posted_w and ((lane.written_count - want) & M32) < 1 << 31:
+                lane.posted_w = want
+                lane.sem.release()
+
+    def sync(self) -> None:
+        self.wal.sync()
+        w = self.ring.words
+        w[RH_FSYNCS] += 1
+        for lane in self._active:
+            self._publish_durable(lane)
+        w[RH_DURABLE_SEQ] = self.wal.last_seq
+        self._unsynced = False
+        self._last_sync = time.monotonic()
+        self._notify(durable=True)
+
+    def step(self) -> bool:
+        """One pass of the loop; False when there was nothing to do."""
+        w = self.ring.words
+        if w[RH_ATTACH_GEN] != self._attach_gen:
+            self._refresh_active()
+        wrote = 0
+        while True:
+            got = self.drain()
+            if not got:
+                break
+            wrote += got
+            if wrote >= 1 << 20:
+                break
+        if wrote:
+            self._notify(durable=False)
+        fi = self.config.flush_interval
+        if self._sync_wanted() or (self._unsynced and fi is not None and time.monotonic() - self._last_sync >= fi):
+            self.sync()
+            return True
+        return bool(wrote)
+
+    def _sleep(self, timeout: float) -> None:
+        sem = self.wsem
+        try:
+            while True:  # swallow posts that the pass just served, without a syscall each
+                sem.acquire(0)
+        except posix_ipc.BusyError:
+            pass
+        if self.step():
+            return
+        try:
+            sem.acquire(timeout)
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            pass
+
+    def _housekeeping(self, now: float) -> None:
+        w = self.ring.words
+        w[RH_HEARTBEAT] += 1
+        if now >= self._next_tick:
+            self._next_tick = now + 1.0
+            self.wal.flush()  # rotates a current.wal older than segment_duration
+        if now >= self._next_liveness:
+            self._next_liveness = now + LIVENESS_INTERVAL
+            self._reclaim_dead()
+
+    def _reclaim_dead(self) -> None:
+        dead = []
+        for lane in self.lanes:
+            pid, ctime, token = self.ring.owner(lane.k)
+            if pid and not process_alive(pid, ctime):
+                dead.append((lane, token))
+        if not dead:
+            return
+        with claim_lock(self.dir):
+            for lane, token in dead:
+                pid = self.ring.owner(lane.k)[0]
+                if self.ring.release_lane(lane.k, token):
+                    log.info("%s: producer pid %d died; its lane %d is free (its published records are kept)", self.dir, pid, lane.k)
+                    lane.posted_w = lane.posted_d = 0
+
+    def _owned(self) -> bool:
+        return any(ln.ctl[L_OWNER_PID] for ln in self.lanes)
+
+    def run(self) -> None:
+        """Serve until ``stop()`` (a signal handler may call it) or, with a linger, until idle."""
+        try:
+            while not self._stop:
+                busy = self.step()
+                now = time.monotonic()
+                self._housekeeping(now)
+                if busy:
+                    self._idle_since = now
+                    continue
+                if self.linger is not None and self._idle_exit_due(now):
+                    break
+                self._sleep(IDLE_SLEEP)
+        finally:
+            self.shutdown()
+
+    def _idle_exit_due(self, now: float) -> bool:
+        if self._owned() or any(ln.ctl[L_HEAD] != ln.tail for ln in self.lanes):
+            self._idle_since = now
+            return False
+        grace = self.linger if self._ever_attached else max(self.linger, FIRST_ATTACH_GRACE)
+        return now - self._idle_since >= grace
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def shutdown(self) -> None:
+        """Drain, fsync, then unlink the ring if nobody uses it, else leave it for the next writer."""
+        if self.ring is None or self.wal is None:
+            return
+        try:
+            if not self.wal.closed:
+                self._refresh_active()
+                while self.drain():
+                    pass
+                self.sync()
+                self._notify(durable=False)
+                with claim_lock(self.dir):
+                    w = self.ring.words
+                    in_use = self._owned() or any(ln.ctl[L_HEAD] != ln.tail for ln in self.lanes)
+                    w[RH_STATE] = RING_STOPPED if in_use else RING_CLOSED
+                    if not in_use:
+                        self.ring.unlink()
+                    else:
+                        log.info("%s: producers are still attached; leaving the ring for the next writer", self.dir)
+        finally:
+            self._close_resources()
+
+    def _close_resources(self) -> None:
+        for lane in getattr(self, "lanes", ()):
+            lane.sem.close()
+        self.lanes = []
+        self._active = []
+        if getattr(self, "wsem", None) is not None:
+            self.wsem.close()
+            self.wsem = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.wal is not None:
+            self.wal.close()
+            self.wal = None
+
+
+def serve(config: Config, *, linger: float | None = None, ready_fd: int | None = None) -> int:
+    """Run a writer in this process until SIGTERM/SIGINT (or idle, with ``linger``); exit code."""
+    try:
+        writer = Writer(config, linger=linger)
+    except BaseException as exc:
+        if ready_fd is not None:
+            _report(ready_fd, f"error {type(exc).__name__} {getattr(exc, 'pid', '') or ''}|{exc}")
+        raise
+    def on_signal(signum: int, frame: object) -> None:
+        writer.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    if ready_fd is not None:
+        _report(ready_fd, "ready")
+    try:
+        writer.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0
+
+
+def _report(fd: int, message: str) -> None:
+    try:
+        os.write(fd, message.encode("utf-8", "replace") + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def writer_of(ring: Ring) -> tuple[int, float]:
+    w = ring.words
+    return w[RH_WRITER_PID], bits_f64(w[RH_WRITER_CTIME])
+
+
+def log_serializer(directory: str) -> str | None:
+    """The serializer named by the log's newest segment header, or None for an empty/new log."""
+    from .segment import CURRENT, list_segments, read_header
+
+    if not os.path.isdir(directory):
+        return None
+    candidates = [os.path.join(directory, CURRENT)] + [os.path.join(directory, n) for _, n in reversed(list_segments(directory))]
+    for path in candidates:
+        try:
+            return read_header(path).serializer
+        except (OSError, WALError):
+            continue
+    return None
