@@ -80,9 +80,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for f in ("segment_size", "segment_duration", "write_buffer_size", "max_record_size", "ring_size", "producer_slots"):
         if getattr(args, f) is None:
             setattr(config, f, getattr(defaults, f))
-    if not args.detach:
-        print(f"ringwal serve: pid {os.getpid()} writing {os.path.abspath(args.dir)} (serializer {name})", file=sys.stderr, flush=True)
-    return serve(config, linger=args.linger, ready_fd=args.ready_fd)
+    def announce(writer) -> None:
+        if not args.detach:
+            r = writer.ring
+            print(
+                f"ringwal serve: pid {os.getpid()} serving {writer.dir} (serializer {name}, "
+                f"{r.slots} lanes of {r.ring_size} bytes); SIGTERM drains and exits",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return serve(config, linger=args.linger, ready_fd=args.ready_fd, announce=announce)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import posix_ipc
 
@@ -70,6 +71,7 @@ from .format import (
     RING_STOPPED,
     SPAN_LOG,
 )
+from ._fileutil import FsyncFn
 from .log import WAL
 from .ring import M32, Ring, bits_f64, check_machine, claim_lock, f64_bits, own_identity, process_alive
 from .serializers import BaseSerializer
@@ -128,14 +130,21 @@ class Writer:
     wal: WAL | None = None
     ring: Ring | None = None
 
-    def __init__(self, config: Config, *, linger: float | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        linger: float | None = None,
+        fsync: FsyncFn = os.fsync,
+        fdatasync: FsyncFn = os.fdatasync,
+    ) -> None:
         config.validate_ring()
         check_machine()
         self.config = config
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
         name = config.serializer.name
-        self.wal = WAL(dataclasses.replace(config, serializer=_NameOnly(name), flush_interval=None))
+        self.wal = WAL(dataclasses.replace(config, serializer=_NameOnly(name), flush_interval=None), fsync=fsync, fdatasync=fdatasync)
         try:
             self.dir = self.wal.dir
             with claim_lock(self.dir):
@@ -262,11 +271,14 @@ class Writer:
         w[RH_PENDING_FIRST] = first
         w[RH_PENDING_LAST] = s - 1
         w[RH_PENDING] = 1
+        self._at("pending")
         got = self.wal.write_body(body, count)  # step 4
         assert got == first, (got, first)
+        self._at("written")
         s = first
         for lane, head, ncount in took:  # step 5
             self._finish_lane(lane, head, s, redo=False)
+            self._at("lane_finished")
             s += ncount
         w[RH_PENDING] = 0
         w[RH_NEXT_SEQ] = s
@@ -333,8 +345,12 @@ class Writer:
                 lane.posted_w = want
                 lane.sem.release()
 
+    def _at(self, point: str) -> None:
+        """A named crash point: the tests' subclass kills the process here."""
+
     def sync(self) -> None:
         self.wal.sync()
+        self._at("synced")
         w = self.ring.words
         w[RH_FSYNCS] += 1
         for lane in self._active:
@@ -471,10 +487,17 @@ class Writer:
             self.wal = None
 
 
-def serve(config: Config, *, linger: float | None = None, ready_fd: int | None = None) -> int:
+def serve(
+    config: Config,
+    *,
+    linger: float | None = None,
+    ready_fd: int | None = None,
+    announce: Callable[[Writer], None] | None = None,
+    writer_class: type[Writer] | None = None,
+) -> int:
     """Run a writer in this process until SIGTERM/SIGINT (or idle, with ``linger``); exit code."""
     try:
-        writer = Writer(config, linger=linger)
+        writer = (writer_class or Writer)(config, linger=linger)
     except BaseException as exc:
         if ready_fd is not None:
             _report(ready_fd, f"error {type(exc).__name__} {getattr(exc, 'pid', '') or ''}|{exc}")
@@ -485,6 +508,8 @@ def serve(config: Config, *, linger: float | None = None, ready_fd: int | None =
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     if ready_fd is not None:
         _report(ready_fd, "ready")
+    if announce is not None:
+        announce(writer)
     try:
         writer.run()
     finally:

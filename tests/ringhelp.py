@@ -1,0 +1,185 @@
+"""Helpers for tests that run real writer and producer processes over a real ring."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import posix_ipc
+import psutil
+
+from ringwal import replay
+from ringwal.ring import Ring, ring_names
+
+from .conftest import ROOT
+
+#: A producer: appends N records tagged with TAG, syncing every SYNC_EVERY, printing acks.
+PRODUCER = """
+import os, sys, ringwal
+d, tag, n, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+start_writer = sys.argv[5] == "1" if len(sys.argv) > 5 else True
+cfg = ringwal.Config(dir=d, start_writer=start_writer, writer_wait=float(os.environ.get("WW", "10")),
+                     writer_linger=0.0, sync_timeout=20)
+h = ringwal.open(cfg)
+print("attached", h.lane, flush=True)
+try:
+    for i in range(n):
+        h.append(ringwal.Record(1, i, b"%s:%d|" % (tag.encode(), i) + bytes(40)))
+        if (i + 1) % every == 0:
+            print("acked", i, h.sync(), flush=True)
+    h.close()
+except ringwal.WALError as exc:
+    print("error", type(exc).__name__, exc, flush=True)
+    sys.exit(3)
+print("done", flush=True)
+"""
+
+#: A writer whose Writer subclass SIGKILLs itself at a named crash point.
+KILLABLE_WRITER = """
+import os, signal, sys
+import ringwal
+from ringwal.writer import Writer, serve
+d, point, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = {"n": 0}
+
+def maybe_die(name):
+    if name == point:
+        calls["n"] += 1
+        if calls["n"] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+class Killable(Writer):
+    def _at(self, name):
+        maybe_die(name)
+
+def fdatasync(fd):
+    maybe_die("fdatasync")
+    os.fdatasync(fd)
+
+class WithSeam(Killable):
+    def __init__(self, config, linger=None):
+        super().__init__(config, linger=linger, fdatasync=fdatasync)
+
+def announce(w):
+    print("serving", os.getpid(), flush=True)
+
+sys.exit(serve(ringwal.Config(dir=d, segment_size=16384), announce=announce, writer_class=WithSeam))
+"""
+
+
+def spawn(code: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=full_env,
+    )
+
+
+def read_line(p: subprocess.Popen, timeout: float = 30.0, stream: str = "stdout") -> str:
+    """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout)."""
+    f = getattr(p, stream)
+    ready, _, _ = select.select([f], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"child printed nothing for {timeout}s")
+    line = f.readline()
+    if not line:
+        raise AssertionError(f"child exited ({p.wait(10)}): {p.stderr.read() if stream == 'stdout' else ''}")
+    return line.rstrip("\n")
+
+
+def start_serve(directory: str, *extra: str) -> subprocess.Popen:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ringwal", "serve", "--dir", directory, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    line = read_line(p, stream="stderr")
+    assert "serving" in line, line
+    return p
+
+
+def writer_pid(directory: str) -> int:
+    ring = Ring.attach(directory)
+    try:
+        return ring.words[9]
+    finally:
+        ring.close()
+
+
+def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``cond`` (another process's progress) until true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def ring_objects(directory: str) -> list[str]:
+    """Names in /dev/shm that belong to this directory's ring (memory and semaphores)."""
+    base = ring_names(directory)[0].lstrip("/")
+    return sorted(n for n in os.listdir("/dev/shm") if n == base or n.startswith("sem." + base))
+
+
+def kill_writers(directory: str) -> None:
+    """Test teardown: SIGKILL any writer of ``directory`` and remove its ring."""
+    with contextlib.suppress(FileNotFoundError, OSError):
+        pid = writer_pid(directory)
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            if directory in " ".join(p.cmdline()) or "ringwal" in " ".join(p.cmdline()):
+                p.send_signal(signal.SIGKILL)
+                p.wait(10)
+    from ringwal.ring import unlink_names
+
+    with contextlib.suppress(OSError):
+        unlink_names(directory, 64)
+    with contextlib.suppress(posix_ipc.Error, OSError):
+        posix_ipc.unlink_shared_memory(ring_names(directory)[0])
+
+
+def check_log(directory: str, acked: dict[str, int], complete: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """Replay and check: seqs gap-free, each producer's records in order, once, every acked one present.
+
+    ``acked[tag]`` is the highest index acknowledged by sync; ``complete[tag]`` (optional)
+    is the exact number of records the producer appended and must all be there.
+    """
+    per: dict[str, list[int]] = {}
+    expect_seq = 1
+    for r in replay(directory, 0):
+        assert r.seq == expect_seq, (r.seq, expect_seq)
+        expect_seq += 1
+        tag, _, rest = r.data.partition(b":")
+        i = int(rest.split(b"|", 1)[0])
+        assert r.time == i
+        per.setdefault(tag.decode(), []).append(i)
+    for tag, idx in per.items():
+        assert idx == list(range(len(idx))), f"{tag}: records out of order, duplicated or missing: {idx[:20]}..."
+    for tag, top in acked.items():
+        assert len(per.get(tag, [])) > top, f"{tag}: acked record {top} missing (have {len(per.get(tag, []))})"
+    for tag, n in (complete or {}).items():
+        assert len(per.get(tag, [])) == n, f"{tag}: expected {n} records, found {len(per.get(tag, []))}"
+    return per
+
+
+def collect(p: subprocess.Popen, timeout: float = 60.0) -> tuple[int, list[str]]:
+    """Wait for a producer; return (highest acked index, all its output lines)."""
+    out, err = p.communicate(timeout=timeout)
+    lines = out.splitlines()
+    top = -1
+    for line in lines:
+        if line.startswith("acked"):
+            top = max(top, int(line.split()[1]))
+    return top, lines + ["stderr: " + err] if err.strip() else lines
