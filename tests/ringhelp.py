@@ -105,9 +105,14 @@ def start_serve(directory: str, *extra: str) -> subprocess.Popen:
         text=True,
         cwd=ROOT,
     )
-    line = read_line(p, stream="stderr")
-    assert "serving" in line, line
-    return p
+    lines = []
+    while True:  # recovery warnings may come first
+        line = read_line(p, stream="stderr")
+        lines.append(line)
+        if "serving" in line:
+            p.startup_lines = lines  # type: ignore[attr-defined]
+            return p
+        assert "WARNING" in line, lines
 
 
 def writer_pid(directory: str) -> int:
