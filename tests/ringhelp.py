@@ -26,9 +26,9 @@ d, tag, n, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 start_writer = sys.argv[5] == "1" if len(sys.argv) > 5 else True
 cfg = ringwal.Config(dir=d, start_writer=start_writer, writer_wait=float(os.environ.get("WW", "10")),
                      writer_linger=0.0, sync_timeout=20)
-h = ringwal.open(cfg)
-print("attached", h.lane, flush=True)
 try:
+    h = ringwal.open(cfg)
+    print("attached", h.lane, flush=True)
     for i in range(n):
         h.append(ringwal.Record(1, i, b"%s:%d|" % (tag.encode(), i) + bytes(40)))
         if (i + 1) % every == 0:
