@@ -157,7 +157,7 @@ class Handle:
         from ._fileutil import check_directory
 
         self.dir = check_directory(config.dir, create=True)
-        self._lock = threading.RLock()  # guards the lane (appends)
+        self._lock = threading.Lock()  # guards the lane (appends)
         self._wait_lock = threading.Lock()  # one waiter at a time; appends go on meanwhile
         self._count = 0  # records appended by this handle, ever (local numbering)
         self._base = 0  # _count when the current lane was claimed
@@ -242,8 +242,10 @@ class Handle:
         self._gen = ring.words[RH_WRITER_GEN]
         head = self._ctl[L_HEAD]
         self._pos = head & M32
+        # Local numbering continues upwards and agrees with the lane's count mod 2**32, so
+        # the head word is just (count & M32) << 32 | pos.
+        self._count += ((head >> 32) - self._count) & M32
         self._base = self._count
-        self._lane_base32 = head >> 32
         self._harvested = self._ctl[L_SPAN_HEAD]
         self._forgotten = self._count
         self._refresh_room()
@@ -305,7 +307,8 @@ class Handle:
         b = self._frame(record)
         n = len(b)
         with self._lock:
-            if n > self._room or n > self._maxn:
+            room = self._room - n
+            if room < 0 or n > self._maxn:
                 return Receipt(self, self._publish_slow(b, 1, None))
             pos = self._pos
             off = pos & self._mask
@@ -316,13 +319,13 @@ class Handle:
                 cut = self._size - off
                 self._data[off:] = b[:cut]
                 self._data[: end - self._size] = b[cut:]
+            self._room = room
             self._pos = pos = (pos + n) & M32
             self._count = c = self._count + 1
-            self._room -= n
-            self._ctl[L_HEAD] = (((c - self._base + self._lane_base32) & M32) << 32) | pos
+            self._ctl[L_HEAD] = ((c & M32) << 32) | pos  # publish (ring.py: one 8-byte store)
             if not c & 255:
                 self._harvest()
-            return Receipt(self, c)
+        return Receipt(self, c)
 
     def try_append(self, record: Record) -> Receipt | None:
         """Like ``append`` but returns None at once when the lane is full (nothing written)."""
@@ -384,7 +387,7 @@ class Handle:
         self._pos = pos = (pos + n) & M32
         self._count = c = old + count
         self._room -= n
-        self._ctl[L_HEAD] = (((c - self._base + self._lane_base32) & M32) << 32) | pos
+        self._ctl[L_HEAD] = ((c & M32) << 32) | pos
         if (old >> 8) != (c >> 8):
             self._harvest()
         return c
@@ -405,8 +408,9 @@ class Handle:
 
     # ------------------------------------------------------------------ waiting
 
-    def _lane32(self, count: int) -> int:
-        return (count - self._base + self._lane_base32) & M32
+    @staticmethod
+    def _lane32(count: int) -> int:
+        return count & M32
 
     def _read_progress(self, durable: bool) -> tuple[int, int]:
         c = self._ctl
@@ -428,6 +432,8 @@ class Handle:
         while True:
             cnt, seq = self._read_progress(durable)
             if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
+                if posted:
+                    self._ctl[want_word] = 0  # lets the writer skip this lane at a glance
                 return seq
             if not posted:
                 self._ctl[want_word] = _WANT | t32
@@ -581,7 +587,7 @@ class Handle:
         # Runs in the child right after fork, before any other thread exists there.
         self._forked = True
         self._room = -1
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._wait_lock = threading.Lock()
 
     def _reattach_after_fork(self) -> None:
