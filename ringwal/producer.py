@@ -175,17 +175,23 @@ class Handle:
     # ------------------------------------------------------------------ attaching
 
     def _attach(self) -> None:
+        def attached() -> bool:
+            ring = self._try_ring()
+            if ring is None:
+                return False
+            try:
+                return self._claim(ring)
+            finally:
+                if self._ring is not ring:
+                    ring.close()
+
+        self._await_writer(attached, f"no writer serves {self.dir} after {self.config.writer_wait:g}s")
+
+    def _await_writer(self, ready: Callable[[], bool], gone: str) -> None:
+        """Poll ``ready`` until true, starting a writer when allowed; WriterGoneError after writer_wait."""
         deadline = time.monotonic() + self.config.writer_wait
         next_start = 0.0
-        while True:
-            ring = self._try_ring()
-            if ring is not None:
-                try:
-                    if self._claim(ring):
-                        return
-                finally:
-                    if self._ring is not ring:
-                        ring.close()
+        while not ready():
             now = time.monotonic()
             if self.config.start_writer and now >= next_start:
                 # Another process may be starting one right now (the lock decides); give a
@@ -194,10 +200,8 @@ class Handle:
                 if self._start_writer(deadline):
                     continue
             if now >= deadline:
-                raise WriterGoneError(
-                    f"no writer serves {self.dir} after {self.config.writer_wait:g}s"
-                    + ("" if self.config.start_writer else " (start_writer=False: start one with `ringwal serve --dir DIR`)")
-                )
+                hint = "" if self.config.start_writer else " (start_writer=False: start one with `ringwal serve --dir DIR`)"
+                raise WriterGoneError(gone + hint)
             _pause(0.02)
 
     def _try_ring(self) -> Ring | None:
@@ -470,23 +474,17 @@ class Handle:
                 self._gen = ring.words[RH_WRITER_GEN]
                 return True
             return False
-        deadline = time.monotonic() + self.config.writer_wait
-        next_start = 0.0
-        while True:
-            if ring.words[RH_STATE] == RING_READY and ring.writer_alive():
-                self._gen = ring.words[RH_WRITER_GEN]
-                return True
-            now = time.monotonic()
-            if self.config.start_writer and now >= next_start:
-                next_start = now + 1.0
-                if self._start_writer(deadline):
-                    continue
-            if now >= deadline:
-                raise WriterGoneError(
-                    f"the writer of {self.dir} is gone and no new writer took over within {self.config.writer_wait:g}s; "
-                    "records not yet written stay in the ring for the next writer"
-                )
-            _pause(0.02)
+
+        def taken_over() -> bool:
+            return ring.words[RH_STATE] == RING_READY and ring.writer_alive()
+
+        self._await_writer(
+            taken_over,
+            f"the writer of {self.dir} is gone and no new writer took over within {self.config.writer_wait:g}s; "
+            "records not yet written stay in the ring for the next writer",
+        )
+        self._gen = ring.words[RH_WRITER_GEN]
+        return True
 
     def flush(self) -> None:
         """Return once the writer has written every record appended here to the OS."""

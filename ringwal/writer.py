@@ -86,8 +86,6 @@ log = logging.getLogger("ringwal")
 
 #: Longest sleep with nothing to do; bounds how late an OS-buffered append reaches the OS.
 IDLE_SLEEP = 0.05
-#: After a busy pass, poll for this long (yielding) before sleeping on the semaphore.
-SPIN_AFTER_BUSY = 0.0
 #: How often lane owners are checked for death.
 LIVENESS_INTERVAL = 0.25
 #: Grace before an idle writer started by ``open`` exits if nobody ever attaches.
@@ -365,27 +363,23 @@ class Writer:
         Waking a process costs several microseconds per post, so the posts go to the poster
         thread and overlap with this thread's next drain and fdatasync (both release the GIL).
         """
-        wake = []
-        lanes = self.lanes
+        wake: list[posix_ipc.Semaphore] = []
         if durable:
-            wants = self._wants_d.tolist()
-            if any(wants):
-                for k, want in enumerate(wants):
-                    if want:
-                        lane = lanes[k]
-                        if want != lane.posted_d and ((lane.durable_count - want) & M32) < 1 << 31:
-                            lane.posted_d = want
-                            wake.append(lane.sem)
-        wants = self._wants_w.tolist()
-        if any(wants):
-            for k, want in enumerate(wants):
-                if want:
-                    lane = lanes[k]
-                    if want != lane.posted_w and ((lane.written_count - want) & M32) < 1 << 31:
-                        lane.posted_w = want
-                        wake.append(lane.sem)
+            self._satisfied(self._wants_d.tolist(), "durable_count", "posted_d", wake)
+        self._satisfied(self._wants_w.tolist(), "written_count", "posted_w", wake)
         if wake:
             self._posts.put(wake)
+
+    def _satisfied(self, wants: list[int], progress: str, posted: str, wake: list) -> None:
+        if not any(wants):
+            return
+        lanes = self.lanes
+        for k, want in enumerate(wants):
+            if want:
+                lane = lanes[k]
+                if want != getattr(lane, posted) and ((getattr(lane, progress) - want) & M32) < 1 << 31:
+                    setattr(lane, posted, want)
+                    wake.append(lane.sem)
 
     def _poster(self) -> None:
         get = self._posts.get
@@ -488,25 +482,11 @@ class Writer:
                 if busy:
                     self._idle_since = now
                     continue
-                if now - self._idle_since < SPIN_AFTER_BUSY and self._spin():
-                    continue
                 if self.linger is not None and self._idle_exit_due(now):
                     break
                 self._sleep(IDLE_SLEEP)
         finally:
             self.shutdown()
-
-    def _spin(self) -> bool:
-        """Right after a busy pass, poll briefly instead of sleeping: producers just woken by
-        a commit come back within microseconds, and a sleeping writer costs a wake-up each
-        time. Yields the CPU between polls (and the GIL, for the poster thread)."""
-        end = time.monotonic() + SPIN_AFTER_BUSY
-        step, yield_ = self.step, os.sched_yield
-        while time.monotonic() < end:
-            yield_()
-            if step():
-                return True
-        return False
 
     def _idle_exit_due(self, now: float) -> bool:
         if self._owned() or any(ln.ctl[L_HEAD] != ln.tail for ln in self.lanes):

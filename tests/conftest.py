@@ -43,6 +43,17 @@ def cfg(tmp_path) -> Config:
     return Config(dir=str(tmp_path / "wal"), segment_size=64 * 1024)
 
 
+@pytest.fixture
+def wdir(tmp_path):
+    """A log directory whose writer processes and shared-memory ring are removed afterwards."""
+    from .ringhelp import kill_writers
+
+    d = str(tmp_path / "wal")
+    os.makedirs(d)
+    yield d
+    kill_writers(d)
+
+
 def write_log(directory: str, n: int, *, segment_size: int = 2048) -> Config:
     """A log of ``n`` records, one frame each, rotated into several segments."""
     from ringwal import WAL

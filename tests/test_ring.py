@@ -25,15 +25,7 @@ from ringwal import (
 )
 
 from .conftest import ROOT, rec
-from .ringhelp import kill_writers, read_line, ring_objects, start_serve, wait_until, writer_pid
-
-
-@pytest.fixture
-def wdir(tmp_path):
-    d = str(tmp_path / "wal")
-    os.makedirs(d)
-    yield d
-    kill_writers(d)
+from .ringhelp import read_line, ring_objects, start_serve, wait_until, writer_pid
 
 
 def test_open_starts_a_writer_and_receipts_give_seqs(wdir):

@@ -34,21 +34,12 @@ from .ringhelp import (
     PRODUCER,
     check_log,
     collect,
-    kill_writers,
     read_line,
     ring_objects,
     spawn,
     start_serve,
     wait_until,
 )
-
-
-@pytest.fixture
-def wdir(tmp_path):
-    d = str(tmp_path / "wal")
-    os.makedirs(d)
-    yield d
-    kill_writers(d)
 
 
 def lane_owner(directory: str, lane: int) -> int:
