@@ -21,6 +21,7 @@ import time
 
 import ringwal
 from ringwal import Config, Record, replay, verify
+from ringwal.ring import ring_names
 
 PRODUCERS = 4
 SECONDS = 4.0
@@ -80,7 +81,6 @@ def main() -> int:
     for p in procs.values():
         p.join(30)
     elapsed = time.time() - t0
-    # The restarted writer lingers a second after the last producer leaves, then cleans up.
     per: dict[str, list[int]] = {}
     seq = 0
     for r in replay(directory, 0):
@@ -110,7 +110,18 @@ def main() -> int:
         print(f"sync() every {SYNC_EVERY} records: p50 {lat[len(lat) // 2] * 1e3:.2f} ms, p99 {lat[int(len(lat) * 0.99)] * 1e3:.2f} ms over {len(lat)} syncs")
     if lat:
         print(f"longest sync(), the one that spanned the writer's death and restart: {lat[-1] * 1e3:.0f} ms")
-    ok = ok and report.ok
+    # The restarted writer lingers a second after the last producer leaves, drains, fsyncs,
+    # removes the ring and its semaphores, and exits.
+    base = ring_names(directory)[0].lstrip("/")
+    deadline = time.time() + 15
+    left = None
+    while time.time() < deadline:
+        left = [n for n in os.listdir("/dev/shm") if n == base or n.startswith("sem." + base)]
+        if not left:
+            break
+        time.sleep(0.1)
+    print("shared memory after the writer's clean exit: " + ("none left" if not left else f"LEFT BEHIND {left}"))
+    ok = ok and report.ok and not left
     print("every acknowledged record is there exactly once" if ok else "DEMO FAILED")
     return 0 if ok else 1
 
