@@ -50,7 +50,7 @@ from .errors import (
 from .format import FRAME_HEADER_SIZE, MAX_FRAME_BODY, SegmentHeader
 from .index import IndexEntry, reconcile, write_index
 from .record import Record
-from .replay import replay
+from .replay import replay_into
 from .segment import CURRENT, TORN, ActiveSegment, SegmentScan, read_file, read_header, segment_name, segment_number
 from .serializers import with_batch_methods
 
@@ -419,10 +419,7 @@ class WAL:
     def replay_from(self, seq: int, fn: Callable[[Record], object]) -> int:
         """Flush, then call ``fn`` for every record with seq > ``seq``, in order; return the count."""
         self.flush()
-        n = 0
-        for n, rec in enumerate(replay(self.dir, seq, self._ser), 1):
-            fn(rec)
-        return n
+        return replay_into(self.dir, seq, self._ser, fn)
 
     def close(self) -> None:
         """Flush and sync buffered records, stop the flusher, release the lock. Idempotent."""

@@ -63,7 +63,7 @@ from .format import (
 )
 from .log import _as_record, _too_large
 from .record import Record
-from .replay import replay
+from .replay import replay_into
 from .ring import M32, Ring, check_machine, claim_lock, own_identity
 from .serializers import with_batch_methods
 
@@ -314,6 +314,8 @@ class Handle:
             room = self._room - n
             if room < 0 or n > self._maxn:
                 return Receipt(self, self._publish_slow(b, 1, None))
+            # The copy and publication below repeat _publish_slow's on purpose: this is the
+            # per-record path, and a method call would cost as much as the copy.
             pos = self._pos
             off = pos & self._mask
             end = off + n
@@ -561,10 +563,7 @@ class Handle:
     def replay_from(self, seq: int, fn: Callable[[Record], object]) -> int:
         """Flush this handle, then call ``fn`` for every record with seq > ``seq``; return the count."""
         self.flush()
-        n = 0
-        for n, rec in enumerate(replay(self.dir, seq, self._ser), 1):
-            fn(rec)
-        return n
+        return replay_into(self.dir, seq, self._ser, fn)
 
     @property
     def closed(self) -> bool:

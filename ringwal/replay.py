@@ -19,7 +19,7 @@ path, offset and both checksums. Nothing is skipped silently.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
 from typing import NamedTuple
 
@@ -202,3 +202,14 @@ def _replay_current(seg: _Seg, want: int, serializer: Serializer | None) -> Iter
         return max(want, tail.next_seq), True
     finally:
         os.close(fd)
+
+
+def replay_into(directory: str, after_seq: int, serializer, fn: Callable[[Record], object]) -> int:
+    """Call ``fn`` for every record with seq > ``after_seq``, in order; return how many.
+
+    The body of ``WAL.replay_from`` and ``Handle.replay_from`` (the Go original's callback form).
+    """
+    n = 0
+    for n, rec in enumerate(replay(directory, after_seq, serializer), 1):
+        fn(rec)
+    return n

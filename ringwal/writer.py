@@ -77,7 +77,7 @@ from .format import (
 )
 from ._fileutil import FsyncFn
 from .log import WAL
-from .ring import M32, Ring, bits_f64, check_machine, claim_lock, f64_bits, own_identity, process_alive
+from .ring import M32, Ring, check_machine, claim_lock, f64_bits, own_identity, process_alive
 from .serializers import BaseSerializer
 
 __all__ = ["Writer", "serve"]
@@ -98,11 +98,11 @@ class _NameOnly(BaseSerializer):
     def __init__(self, name: str) -> None:
         self.name = name  # type: ignore[misc]
 
-    def encode(self, record):  # pragma: no cover - never called
-        raise NotImplementedError
+    def encode(self, record):  # pragma: no cover - the writer only copies encoded bytes
+        raise TypeError(f"the writer process does not encode records (serializer {self.name!r} runs in producers)")
 
-    def decode(self, payload, seq):  # pragma: no cover - never called
-        raise NotImplementedError
+    def decode(self, payload, seq):  # pragma: no cover - the writer never reads records back
+        raise TypeError(f"the writer process does not decode records (serializer {self.name!r} runs in readers)")
 
     def __repr__(self) -> str:
         return f"<serializer {self.name!r}>"
@@ -578,11 +578,6 @@ def _report(fd: int, message: str) -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-def writer_of(ring: Ring) -> tuple[int, float]:
-    w = ring.words
-    return w[RH_WRITER_PID], bits_f64(w[RH_WRITER_CTIME])
 
 
 def log_serializer(directory: str) -> str | None:

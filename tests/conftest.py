@@ -81,12 +81,14 @@ def run_child(code: str, *args: str, timeout: float = 60, check: bool = True, **
     return proc
 
 
-def spawn_child(code: str, *args: str, **kw) -> subprocess.Popen:
+def spawn_child(code: str, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    """Start ``code`` in a fresh Python process with pipes for stdout/stderr (``env`` adds variables)."""
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env=dict(os.environ, **(env or {})),
         **kw,
     )

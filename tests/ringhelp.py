@@ -8,7 +8,6 @@ import select
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import posix_ipc
@@ -17,7 +16,7 @@ import psutil
 from ringwal import replay
 from ringwal.ring import Ring, ring_names
 
-from .conftest import ROOT
+from .conftest import ROOT, spawn_child
 
 #: A producer: appends N records tagged with TAG, syncing every SYNC_EVERY, printing acks.
 PRODUCER = """
@@ -73,16 +72,7 @@ sys.exit(serve(ringwal.Config(dir=d, segment_size=16384), announce=announce, wri
 """
 
 
-def spawn(code: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=full_env,
-    )
+spawn = spawn_child
 
 
 def read_line(p: subprocess.Popen, timeout: float = 30.0, stream: str = "stdout") -> str:
