@@ -75,12 +75,18 @@ sys.exit(serve(ringwal.Config(dir=d, segment_size=16384), announce=announce, wri
 spawn = spawn_child
 
 
-def read_line(p: subprocess.Popen, timeout: float = 30.0, stream: str = "stdout") -> str:
+def read_line(p: subprocess.Popen, timeout: float = 60.0, stream: str = "stdout") -> str:
     """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout)."""
     f = getattr(p, stream)
     ready, _, _ = select.select([f], [], [], timeout)
     if not ready:
-        raise AssertionError(f"child printed nothing for {timeout}s")
+        # Say where it was stuck: its Python stack (py-spy when installed) and what it printed.
+        where = ""
+        with contextlib.suppress(Exception):
+            where = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=20).stdout
+        p.kill()
+        _, err = p.communicate(timeout=10)
+        raise AssertionError(f"child printed nothing on {stream} for {timeout}s; stack:\n{where}\nstderr:\n{err}")
     line = f.readline()
     if not line:
         raise AssertionError(f"child exited ({p.wait(10)}): {p.stderr.read() if stream == 'stdout' else ''}")
