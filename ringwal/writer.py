@@ -178,7 +178,6 @@ class Writer:
         except BaseException:
             self._close_resources()
             raise
-        self._active: list[_Lane] = []
         self._attach_gen = -1
         self._rr = 0
         self._budget = max(4096, min(config.write_buffer_size, config.segment_size // 2))
@@ -231,11 +230,10 @@ class Writer:
 
     # ------------------------------------------------------------------ the drain
 
-    def _refresh_active(self) -> None:
-        w = self.ring.words
-        self._attach_gen = w[RH_ATTACH_GEN]
-        self._active = [ln for ln in self.lanes if ln.ctl[L_OWNER_PID] or ln.ctl[L_HEAD] != ln.tail]
-        if any(ln.ctl[L_OWNER_PID] for ln in self._active):
+    def _note_attachments(self) -> None:
+        """A lane was claimed or released: remember whether anyone ever attached (idle exit)."""
+        self._attach_gen = self.ring.words[RH_ATTACH_GEN]
+        if self._owned():
             self._ever_attached = True
 
     def drain(self) -> int:
@@ -413,7 +411,7 @@ class Writer:
         """One pass of the loop; False when there was nothing to do."""
         w = self.ring.words
         if w[RH_ATTACH_GEN] != self._attach_gen:
-            self._refresh_active()
+            self._note_attachments()
         wrote = 0
         while True:
             got = self.drain()
@@ -504,7 +502,6 @@ class Writer:
             return
         try:
             if not self.wal.closed:
-                self._refresh_active()
                 while self.drain():
                     pass
                 self.sync()
@@ -529,7 +526,6 @@ class Writer:
         for lane in getattr(self, "lanes", ()):
             lane.sem.close()
         self.lanes = []
-        self._active = []
         if getattr(self, "wsem", None) is not None:
             self.wsem.close()
             self.wsem = None
