@@ -27,10 +27,12 @@ from .errors import ConfigError, CorruptSegmentError, FormatError, SerializerMis
 from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader
 from .index import reconcile
 from .record import Record
-from .segment import CURRENT, SegmentScan, read_fd, read_file
+from .segment import CURRENT, SegmentScan, list_segments, read_fd, read_file
 from .serializers import Serializer, get_serializer, with_batch_methods
 
 __all__ = ["replay"]
+
+PLAN_ATTEMPTS = 100  # a writer rotating faster than a directory listing could starve the check
 
 
 class _Seg(NamedTuple):
@@ -57,15 +59,26 @@ def replay(directory: str, after_seq: int = 0, serializer: Serializer | None = N
 
 
 def _plan(directory: str) -> list[_Seg]:
-    entries, _ = reconcile(directory, full=False)
-    plan = [_Seg(e.first_seq, e.last_seq, os.path.join(directory, e.file), False) for e in entries]
-    cur = os.path.join(directory, CURRENT)
-    try:
-        with open(cur, "rb", buffering=0) as f:
-            header = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), cur)
-        plan.append(_Seg(header.first_seq, -1, cur, True))
-    except FileNotFoundError:
-        pass
+    """Completed segments plus ``current.wal``, as one consistent picture.
+
+    A rotation between listing the segments and opening ``current.wal`` would pair a listing
+    from before the rename with the ``current.wal`` (or its absence) from after it, and
+    replay would see an empty or gapped log. So the listing is taken again afterwards and
+    the plan is kept only if no segment appeared meanwhile.
+    """
+    for _attempt in range(PLAN_ATTEMPTS):
+        before = list_segments(directory)
+        entries, _ = reconcile(directory, full=False)
+        plan = [_Seg(e.first_seq, e.last_seq, os.path.join(directory, e.file), False) for e in entries]
+        cur = os.path.join(directory, CURRENT)
+        try:
+            with open(cur, "rb", buffering=0) as f:
+                header = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), cur)
+            plan.append(_Seg(header.first_seq, -1, cur, True))
+        except FileNotFoundError:
+            pass
+        if list_segments(directory) == before:
+            break
     return plan
 
 

@@ -59,3 +59,36 @@ def test_replay_survives_current_wal_being_renamed_mid_read(tmp_path):
         w.append_many(rec(i, 20) for i in range(10, 200))  # fills and rotates current.wal
         w.flush()
         assert [r.seq for r in it] == list(range(2, 201))
+
+
+def test_replay_planned_across_a_rotation_sees_every_record(tmp_path, monkeypatch):
+    """A rotation lands between listing the segments and opening current.wal.
+
+    Without the re-check, the plan pairs "no completed segment" with the new, empty
+    current.wal and replay returns nothing (seen once in CI as "replay went backwards").
+    """
+    import importlib
+
+    from ringwal import WAL, Config
+
+    from .conftest import rec
+
+    cfg = Config(dir=str(tmp_path / "wal"), segment_size=1 << 20)
+    with WAL(cfg) as w:
+        w.append_many(rec(i, 20) for i in range(50))
+        w.flush()
+        replay_mod = importlib.import_module("ringwal.replay")  # the module, not the function
+        real = replay_mod.reconcile
+        rotated = []
+
+        def reconcile_then_rotate(*args, **kwargs):
+            out = real(*args, **kwargs)
+            if not rotated:
+                rotated.append(True)
+                with w._mutex:
+                    w._rotate()  # the writer's own rotation, on the real files
+            return out
+
+        monkeypatch.setattr(replay_mod, "reconcile", reconcile_then_rotate)
+        assert [r.seq for r in replay(cfg.dir)] == list(range(1, 51))
+        assert rotated
