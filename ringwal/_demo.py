@@ -111,7 +111,7 @@ def main() -> int:
     if lat:
         print(f"longest sync(), the one that spanned the writer's death and restart: {lat[-1] * 1e3:.0f} ms")
     # The restarted writer lingers a second after the last producer leaves, drains, fsyncs,
-    # removes the ring and its semaphores, and exits.
+    # removes the ring and its semaphore, and exits.
     base = ring_names(directory)[0].lstrip("/")
     deadline = time.time() + 15
     left = None

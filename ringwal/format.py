@@ -246,6 +246,8 @@ def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
 #     13 pending (W)         14 pending first seq (W)   15 pending last seq (W)
 #     16 next seq (W)        17 durable seq (W)         18 heartbeat (W)
 #     19 records written (W) 20 fsyncs (W)  21 writer started, ns (W)
+#     24 wake word: low 32 bits bumped after each publication of progress, the futex that
+#        waiting producers sleep on (W; see _futex.py)
 #
 # Lane control block, 32 words; each group on its own 64-byte line so that producer and
 # writer stores never share a cache line::
@@ -267,7 +269,7 @@ def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
 # contiguous, wrapping at ring_size (a record may straddle the end).
 
 RING_MAGIC: Final = b"RWRING\x00\x00"
-RING_VERSION: Final = 1
+RING_VERSION: Final = 2  # 2: futex wake word (24) replaced the per-lane semaphores
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -279,6 +281,7 @@ RH_SERIALIZER_OFFSET: Final = 48
 RH_STATE, RH_WRITER_PID, RH_WRITER_CTIME, RH_WRITER_GEN, RH_ATTACH_GEN = range(8, 13)
 RH_PENDING, RH_PENDING_FIRST, RH_PENDING_LAST, RH_NEXT_SEQ, RH_DURABLE_SEQ = range(13, 18)
 RH_HEARTBEAT, RH_RECORDS, RH_FSYNCS, RH_STARTED_NS = range(18, 22)
+RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer stores 16-21
 
 # ring states
 RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)

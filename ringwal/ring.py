@@ -61,9 +61,14 @@ Memory ordering: what this relies on
     * The compiler cannot reorder either side's steps: each is a separate call through the
       interpreter loop into opaque C functions, which acts as a compiler barrier.
     * The one reordering x86 allows, a store followed by a load of another word, matters only
-      for wake-ups ("I published; is the writer asleep?"). ringwal never relies on it: a
-      producer that must be woken posts a semaphore (a locked instruction, a full barrier)
-      after storing its ``want`` word, and every sleeper also wakes on a timeout.
+      for wake-ups ("I published; is the writer asleep?"). A producer that must be woken
+      stores its ``want`` word and then posts the writer semaphore (a locked instruction, a
+      full barrier) before it re-checks and sleeps. The writer wakes producers through the
+      futex word ``RH_WAKE``, stored after the progress it announces (see ``_futex.py`` for
+      why a sleeper cannot miss it). The writer reads ``want`` words after storing progress
+      without a barrier, so in theory it can miss a want stored a few nanoseconds earlier;
+      the producer then still sees the bumped wake word (its futex wait returns at once) or,
+      at worst, re-checks at its ``POLL`` timeout. Every sleeper has a timeout.
     * A killed process's completed stores stay visible (the memory is shared, not private),
       which is what makes the crash windows above the only ones.
 
@@ -71,7 +76,7 @@ Memory ordering: what this relies on
     become visible after ``head``; ``open`` refuses such machines rather than risk it.
 
 Lifecycle
-    The writer creates the region and the semaphores (``O_CREAT``), sets ``state = READY``
+    The writer creates the region and its semaphore (``O_CREAT``), sets ``state = READY``
     last, and on a clean exit with no lane owned and every lane empty sets ``state = CLOSED``
     and unlinks them under the claim lock. Otherwise (a crash, or producers still attached)
     it leaves them, and the next writer on the directory reuses them, resolving a pending
@@ -94,6 +99,7 @@ from collections.abc import Iterator
 import posix_ipc
 import psutil
 
+from . import _futex
 from .errors import RingError, UnsupportedVersionError
 from .format import (
     L_OWNER_CTIME,
@@ -110,6 +116,7 @@ from .format import (
     RH_SPAN_LOG,
     RH_STATE,
     RH_VERSION,
+    RH_WAKE,
     RH_WRITER_CTIME,
     RH_WRITER_PID,
     RING_CLOSED,
@@ -151,8 +158,8 @@ def check_machine() -> None:
         )
 
 
-def ring_names(directory: str) -> tuple[str, str, str]:
-    """(shared memory name, writer semaphore name, lane semaphore prefix) for a directory.
+def ring_names(directory: str) -> tuple[str, str]:
+    """(shared memory name, writer semaphore name) for a directory.
 
     Derived from the directory's device and inode, so every path that reaches the same
     directory (symlinks, relative paths) names the same ring.
@@ -160,7 +167,7 @@ def ring_names(directory: str) -> tuple[str, str, str]:
     st = os.stat(directory)
     digest = hashlib.sha256(f"{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:16]
     base = f"/ringwal.{digest}"
-    return base, base + ".w", base + "."
+    return base, base + ".w"
 
 
 def process_alive(pid: int, ctime: float) -> bool:
@@ -215,7 +222,7 @@ class Ring:
 
     def __init__(self, directory: str, shm: posix_ipc.SharedMemory, created: bool) -> None:
         self.directory = directory
-        self.name, self.writer_sem_name, self.lane_sem_prefix = ring_names(directory)
+        self.name, self.writer_sem_name = ring_names(directory)
         self.created = created
         self._views = []
         try:
@@ -224,6 +231,7 @@ class Ring:
             shm.close_fd()
         self.buf = self._view(memoryview(self._mm))
         self.words = self._view(self.buf.cast("Q"))
+        self.wake_addr = _futex.base_address(self._mm) + RH_WAKE * 8
 
     def _view(self, v: memoryview) -> memoryview:
         self._views.append(v)
@@ -382,10 +390,6 @@ class Ring:
         flags = posix_ipc.O_CREAT if create else 0
         return posix_ipc.Semaphore(self.writer_sem_name, flags, mode=0o600)
 
-    def lane_sem(self, k: int, create: bool = False) -> posix_ipc.Semaphore:
-        flags = posix_ipc.O_CREAT if create else 0
-        return posix_ipc.Semaphore(f"{self.lane_sem_prefix}{k}", flags, mode=0o600)
-
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
@@ -399,16 +403,13 @@ class Ring:
             mm.close()
 
     def unlink(self) -> None:
-        """Remove the ring's shared memory and semaphores by name (mappings stay valid)."""
-        unlink_names(self.directory, self.slots)
+        """Remove the ring's shared memory and semaphore by name (mappings stay valid)."""
+        unlink_names(self.directory)
 
 
-def unlink_names(directory: str, slots: int) -> None:
-    name, wname, prefix = ring_names(directory)
+def unlink_names(directory: str) -> None:
+    name, wname = ring_names(directory)
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_shared_memory(name)
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_semaphore(wname)
-    for k in range(slots):
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_semaphore(f"{prefix}{k}")

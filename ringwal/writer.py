@@ -12,7 +12,8 @@ One writer per directory, decided by the ``wal.lock`` flock that ``WAL`` takes. 
 4. with nothing to do, sleep on the writer semaphore (producers post it when they wait or
    their lane is half full; a timeout bounds every sleep).
 
-A producer is never woken per record: only a producer that waits is posted, once per wait.
+A producer is never woken per record: only a producer that waits is woken, once per wait,
+and all the producers one pass satisfies are woken by a single futex syscall (``_futex.py``).
 
 Start-up (``Writer.open``): take the directory lock and recover the log (which fdatasyncs
 whatever a dead writer left in the page cache), create or reuse the ring, resolve a pending
@@ -30,14 +31,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import queue
 import signal
-import threading
 import time
 from collections.abc import Callable
 
 import posix_ipc
 
+from . import _futex
 from .config import Config
 from .errors import ConfigError, LogFailedError, WALError
 from .format import (
@@ -68,6 +68,7 @@ from .format import (
     RH_STATE,
     RH_WRITER_CTIME,
     RH_WRITER_GEN,
+    RH_WAKE,
     RH_WRITER_PID,
     RING_CLOSED,
     RING_HEADER_SIZE,
@@ -85,6 +86,7 @@ __all__ = ["Writer", "serve"]
 log = logging.getLogger("ringwal")
 
 #: Longest sleep with nothing to do; bounds how late an OS-buffered append reaches the OS.
+GATHER = 0.0001  # commit delay bound, seconds (see Writer._gather)
 IDLE_SLEEP = 0.05
 #: How often lane owners are checked for death.
 LIVENESS_INTERVAL = 0.25
@@ -111,14 +113,14 @@ class _NameOnly(BaseSerializer):
 class _Lane:
     """The writer's view of one lane, with local mirrors of the words only it writes."""
 
-    __slots__ = ("k", "ctl", "data", "spans", "sem", "tail", "written_count", "written_seq", "durable_count", "posted_w", "posted_d")
+    __slots__ = ("k", "bit", "ctl", "data", "spans", "tail", "written_count", "written_seq", "durable_count", "posted_w", "posted_d")
 
-    def __init__(self, ring: Ring, k: int, sem: posix_ipc.Semaphore) -> None:
+    def __init__(self, ring: Ring, k: int) -> None:
         self.k = k
+        self.bit = 1 << (k & 31)  # its producer's futex wait bit (lanes 32 apart share one)
         self.ctl = ring.lane_ctl(k)
         self.data = ring.lane_data(k)
         self.spans = ring.span_log(k)
-        self.sem = sem
         c = self.ctl
         self.tail = c[L_TAIL]
         self.written_count = c[L_WRITTEN_COUNT]
@@ -165,7 +167,7 @@ class Writer:
                         self.dir, ring.slots, ring.ring_size,
                     )
                 self.wsem = ring.writer_sem(create=True)
-                self.lanes = [_Lane(ring, k, ring.lane_sem(k, create=True)) for k in range(ring.slots)]
+                self.lanes = [_Lane(ring, k) for k in range(ring.slots)]
                 base = RING_HEADER_SIZE // 8
                 stop = base + ring.slots * LANE_WORDS
                 self._heads = ring._view(ring.words[base + L_HEAD : stop : LANE_WORDS])
@@ -180,6 +182,7 @@ class Writer:
             raise
         self._attach_gen = -1
         self._rr = 0
+        self._expect = 0  # producers the last fsync woke: how many to gather before the next
         self._budget = max(4096, min(config.write_buffer_size, config.segment_size // 2))
         self._last_sync = time.monotonic()
         self._unsynced = False
@@ -187,9 +190,6 @@ class Writer:
         self._idle_since = time.monotonic()
         self._next_liveness = 0.0
         self._next_tick = 0.0
-        self._posts: queue.SimpleQueue[list | None] = queue.SimpleQueue()
-        self._poster_thread = threading.Thread(target=self._poster, name="ringwal-poster", daemon=True)
-        self._poster_thread.start()
 
     # ------------------------------------------------------------------ start-up
 
@@ -345,51 +345,62 @@ class Writer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _sync_wanted(self) -> bool:
+    def _sync_wanted(self) -> int:
+        """How many lanes wait in ``sync`` for records not yet durable."""
         wants = self._wants_d.tolist()
         if not any(wants):
-            return False
+            return 0
         lanes = self.lanes
+        n = 0
         for k, want in enumerate(wants):
             if want and ((lanes[k].durable_count - want) & M32) >= 1 << 31:
-                return True
-        return False
+                n += 1
+        return n
+
+    def _gather(self, waiting: int) -> None:
+        """Commit delay: give the producers the last fsync woke a moment to queue again.
+
+        Without it, the first producer back triggers an fsync that covers only itself and
+        the rest wait a whole fsync more. Bounded by GATHER seconds; drains meanwhile, so
+        what arrives is already in the page cache when the fsync starts.
+        """
+        until = time.monotonic() + GATHER
+        expect = self._expect
+        while waiting < expect and time.monotonic() < until:
+            os.sched_yield()
+            self.drain()
+            waiting = self._sync_wanted()
+        while self.drain():
+            pass
 
     def _notify(self, durable: bool) -> None:
-        """Post the semaphore of every lane whose wait is now satisfied (each once per want).
+        """Wake every producer whose wait is now satisfied (each once per want), in one syscall.
 
-        Waking a process costs several microseconds per post, so the posts go to the poster
-        thread and overlap with this thread's next drain and fdatasync (both release the GIL).
+        The progress words were stored before this; the wake word is bumped after them and
+        before the futex wake (the protocol in ``_futex.py``).
         """
-        wake: list[posix_ipc.Semaphore] = []
+        bits = 0
         if durable:
-            self._satisfied(self._wants_d.tolist(), "durable_count", "posted_d", wake)
-        self._satisfied(self._wants_w.tolist(), "written_count", "posted_w", wake)
-        if wake:
-            self._posts.put(wake)
+            bits = self._satisfied(self._wants_d.tolist(), "durable_count", "posted_d")
+            self._expect = bits.bit_count()
+        bits |= self._satisfied(self._wants_w.tolist(), "written_count", "posted_w")
+        w = self.ring.words
+        w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
+        if bits:
+            _futex.wake(self.ring.wake_addr, bits)
 
-    def _satisfied(self, wants: list[int], progress: str, posted: str, wake: list) -> None:
+    def _satisfied(self, wants: list[int], progress: str, posted: str) -> int:
         if not any(wants):
-            return
+            return 0
+        bits = 0
         lanes = self.lanes
         for k, want in enumerate(wants):
             if want:
                 lane = lanes[k]
                 if want != getattr(lane, posted) and ((getattr(lane, progress) - want) & M32) < 1 << 31:
                     setattr(lane, posted, want)
-                    wake.append(lane.sem)
-
-    def _poster(self) -> None:
-        get = self._posts.get
-        while True:
-            sems = get()
-            if sems is None:
-                return
-            for sem in sems:
-                try:
-                    sem.release()
-                except posix_ipc.ExistentialError:  # pragma: no cover - closed at shutdown
-                    pass
+                    bits |= lane.bit
+        return bits
 
     def _at(self, point: str) -> None:
         """A named crash point: the tests' subclass kills the process here."""
@@ -423,7 +434,10 @@ class Writer:
         if wrote:
             self._notify(durable=False)
         fi = self.config.flush_interval
-        if self._sync_wanted() or (self._unsynced and fi is not None and time.monotonic() - self._last_sync >= fi):
+        waiting = self._sync_wanted()
+        if waiting and waiting < self._expect:
+            self._gather(waiting)
+        if waiting or (self._unsynced and fi is not None and time.monotonic() - self._last_sync >= fi):
             self.sync()
             return True
         return bool(wrote)
@@ -514,17 +528,12 @@ class Writer:
                         self.ring.unlink()
                     else:
                         log.info("%s: producers are still attached; leaving the ring for the next writer", self.dir)
+                        w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
+                        _futex.wake(self.ring.wake_addr, M32)  # waiters look for a new writer now
         finally:
             self._close_resources()
 
     def _close_resources(self) -> None:
-        t = getattr(self, "_poster_thread", None)
-        if t is not None:
-            self._posts.put(None)
-            t.join()
-            self._poster_thread = None
-        for lane in getattr(self, "lanes", ()):
-            lane.sem.close()
         self.lanes = []
         if getattr(self, "wsem", None) is not None:
             self.wsem.close()

@@ -146,7 +146,7 @@ def kill_writers(directory: str) -> None:
     from ringwal.ring import unlink_names
 
     with contextlib.suppress(OSError):
-        unlink_names(directory, 64)
+        unlink_names(directory)
     with contextlib.suppress(posix_ipc.Error, OSError):
         posix_ipc.unlink_shared_memory(ring_names(directory)[0])
 
