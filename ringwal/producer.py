@@ -3,11 +3,11 @@
 A ``Handle`` owns one lane of the ring (see ``ring.py``). ``append`` encodes the record
 straight into the on-disk body layout, copies it into the lane and publishes it with one
 word store; it returns a ``Receipt`` without talking to the writer. ``flush``/``sync`` post
-the writer's semaphore once, poll for up to ``SPIN`` seconds (yielding the CPU between
-looks: about one fsync, so a waiter whose fsync is already running never pays for a sleep
-and a wake-up, measured at about 20 us of CPU each on the 2-core VM), then sleep on the
-ring's futex word (``_futex.py``) until the writer says the records reached the OS /
-stable storage.
+the writer's semaphore once; when recent waits were short they poll for up to ``SPIN``
+seconds (about one fsync, yielding the CPU between looks), so a waiter whose fsync is
+already running does not pay for a sleep and a wake-up (about 20 us of CPU each on the
+2-core VM this was measured on); then they sleep on the ring's futex word (``_futex.py``)
+until the writer says the records reached the OS / stable storage.
 
 Every wait is bounded. While waiting, a handle checks every ``POLL`` seconds that the writer
 (pid + create time in the ring header) is alive; when it is gone, the handle starts a new
@@ -173,6 +173,7 @@ class Handle:
         self._spans_seq = array("q")
         self._harvested = 0
         self._forgotten = 0  # receipts with counts <= this can no longer be resolved
+        self._recent_wait = 0.0  # moving average of recent waits that slept or polled, seconds
         self._attach()
         self._closed = False
         _handles.add(self)
@@ -440,7 +441,7 @@ class Handle:
         t32 = self._lane32(count)
         want_word = L_WANT_DURABLE if durable else L_WANT_WRITTEN
         posted = False
-        spin_until = None
+        spin_until = began = None
         words = self._ring.words
         next_check = time.monotonic() + POLL
         while True:
@@ -449,6 +450,8 @@ class Handle:
             if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
                 if posted:
                     self._ctl[want_word] = 0  # lets the writer skip this lane at a glance
+                if spin_until is not None:
+                    self._recent_wait = 0.75 * self._recent_wait + 0.25 * (time.monotonic() - began)
                 return seq
             if not posted:
                 self._ctl[want_word] = _WANT | t32
@@ -457,7 +460,10 @@ class Handle:
                 continue  # re-check: the writer may have finished before seeing the want
             now = time.monotonic()
             if spin_until is None:
-                spin_until = now + SPIN
+                began = now
+                # Poll only when recent waits were short: with a busy CPU and long waits
+                # (many producers syncing in bulk) polling would only steal their CPU.
+                spin_until = now + SPIN if self._recent_wait < SPIN else now
             if now < spin_until:
                 os.sched_yield()
                 continue
