@@ -1,0 +1,49 @@
+"""bench/report.py turns medians into docs/benchmarks: tables, the targets, met or missed."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+
+from report import write_report  # noqa: E402
+
+META = {"date": "2026-11-25", "cpus": 2, "kernel": "x", "python": "3.11", "runs": 3, "seconds": 1.0}
+LIMITS = {"fdatasync_p50_us": 120.0, "fdatasync_p99_us": 200.0, "seq_write_mb_per_s": 1000.0, "shm_copy_mb_per_s": 5000.0}
+
+
+def row(system, producers, mode, rps, p99=None):
+    return {
+        "system": system, "producers": producers, "size": 100, "mode": mode, "runs": 3,
+        "records_per_s": rps, "mb_per_s": rps * 100 / 1e6,
+        "wait_p50_us": None if p99 is None else p99 / 2, "wait_p99_us": p99, "wait_p999_us": None if p99 is None else p99 * 2,
+        "cpu_s_per_m_records": 3.0, "writer_peak_rss_mb": 30.0 if system == "ringwal" else None, "fairness": 0.9,
+    }  # fmt: skip
+
+
+def test_report_states_each_target_with_its_figure(tmp_path):
+    summary = [
+        row("ringwal", 4, "buffered", 1_200_000),
+        row("sqlite", 4, "buffered", 300_000),
+        row("ringwal", 16, "sync_every_1", 50_000, 800.0),
+        row("sqlite", 16, "sync_every_1", 2_000, 9000.0),
+        row("redis", 16, "sync_every_1", 25_000, 700.0),
+        row("ringwal", 16, "sync_every_100", 700_000, 3000.0),
+        row("redis-pipe16", 16, "sync_every_100", 100_000, 900.0),
+        row("sqlite", 16, "sync_every_100", 800_000, 500.0),  # ahead of ringwal here
+    ]
+    replay = {"bench": "replay", "records": 1_000_000, "ringwal": 3_300_000, "bare_read_and_check": 3_500_000}
+    write_report(str(tmp_path), META, LIMITS, summary, replay)
+    text = (tmp_path / "README.md").read_text()
+    assert "| 16 producers, sync every record: ≥ 75,000 records/s | 50.0k | **missed** |" in text
+    assert "| … and ≥ 9× sqlite | 25.0× | met |" in text
+    assert "| … and ≥ 4.5× redis | 2.0× | **missed** |" in text
+    assert "| 16 producers, sync every 100: ≥ 3× Redis pipelined 16 deep | 7.0× | met |" in text
+    assert "| 4 producers, OS-buffered, 100 B: ≥ 1,000,000 records/s | 1.20M | met |" in text
+    assert "sqlite at 16p/100 B/sync_every_100 (800.0k vs 700.0k)" in text
+    assert "| replay ≥ 0.9× a bare read-and-check loop | 0.94× | met |" in text
+    assert "0.40 ms / 0.80 ms / 1.60 ms" in text  # ringwal's p50 / p99 / p99.9 cell
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["limits"] == LIMITS and len(saved["summary"]) == len(summary)
