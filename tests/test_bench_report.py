@@ -44,6 +44,6 @@ def test_report_states_each_target_with_its_figure(tmp_path):
     assert "| 4 producers, OS-buffered, 100 B: ≥ 1,000,000 records/s | 1.20M | met |" in text
     assert "sqlite at 16p/100 B/sync_every_100 (800.0k vs 700.0k)" in text
     assert "| replay ≥ 0.9× a bare read-and-check loop | 0.94× | met |" in text
-    assert "0.40 ms / 0.80 ms / 1.60 ms" in text  # ringwal's p50 / p99 / p99.9 cell
+    assert "400 µs / 800 µs / 1.60 ms" in text  # ringwal's p50 / p99 / p99.9 cell
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["limits"] == LIMITS and len(saved["summary"]) == len(summary)
