@@ -699,6 +699,26 @@ def summarize(rows):
 METRICS = ["records_per_s", "mb_per_s", "wait_p50_us", "wait_p99_us", "wait_p999_us", "cpu_s_per_m_records", "writer_peak_rss_mb", "fairness"]
 
 
+def rebuild(path, report_dir):
+    """Report from saved JSON lines; a cell counts only if every run of it finished."""
+    from report import write_report
+
+    meta, lim, rep, rows = {}, {}, {}, []
+    for line in open(path):
+        d = json.loads(line)
+        kind = d.get("bench")
+        if kind == "meta":
+            meta = d
+        elif kind == "limits":
+            lim = d
+        elif kind == "replay":
+            rep = d
+        elif kind is None and "error" not in d:
+            rows.append(d)
+    summary = [s for s in summarize(rows) if s["runs"] == meta.get("runs")]
+    write_report(report_dir or "docs/benchmarks", meta, lim, summary, rep)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
@@ -712,8 +732,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 run, 0.5 s, 100-byte records, 4 and 16 producers")
     ap.add_argument("--report", metavar="DIR", help="write results.json, README.md and PNG plots here")
     ap.add_argument("--ringwal-segment-size", type=int, default=64 << 20, help="segment_size of the ringwal writer (bytes)")
+    ap.add_argument("--from-jsonl", metavar="FILE", help="rebuild the report from a saved run's JSON lines (complete cells only)")
     ap.add_argument("--dir", help="where the logs go (default: a temp dir on the project's disk)")
     args = ap.parse_args()
+    if args.from_jsonl:
+        rebuild(args.from_jsonl, args.report)
+        return
     if args.quick:
         args.runs, args.seconds, args.sizes, args.producers = 1, 0.5, [100], [4, 16]
         args.replay_records = 100_000
