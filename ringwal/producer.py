@@ -248,7 +248,7 @@ class Handle:
         self._maxn = ring.max_record + 4
         self._max_record = ring.max_record
         self._wake_addr = ring.wake_addr
-        self._bit = 1 << (k & 31)
+        self._bit = ring.wake_bit(k)
         self._wsem = ring.writer_sem()
         self._gen = ring.words[RH_WRITER_GEN]
         head = self._ctl[L_HEAD]

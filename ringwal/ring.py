@@ -347,6 +347,11 @@ class Ring:
     def writer_alive(self) -> bool:
         return process_alive(*self.writer_identity())
 
+    @staticmethod
+    def wake_bit(k: int) -> int:
+        """Lane ``k``'s futex bit: its producer waits on it, the writer wakes it (lanes 32 apart share one)."""
+        return 1 << (k & 31)
+
     def owner(self, k: int) -> tuple[int, float, int]:
         base = (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
         w = self.words

@@ -117,7 +117,7 @@ class _Lane:
 
     def __init__(self, ring: Ring, k: int) -> None:
         self.k = k
-        self.bit = 1 << (k & 31)  # its producer's futex wait bit (lanes 32 apart share one)
+        self.bit = ring.wake_bit(k)
         self.ctl = ring.lane_ctl(k)
         self.data = ring.lane_data(k)
         self.spans = ring.span_log(k)
