@@ -2,8 +2,8 @@
 
 ``ringwal.open(config)`` attaches this process to the log in ``config.dir`` through a
 shared-memory ring, starting the writer process (the durability sidecar) when none runs.
-``WAL`` is the single-process storage core the writer drives; ``replay`` and ``verify``
-read the segment files directly, with or without a writer.
+``WAL`` is the single-process storage core the writer drives; ``replay``, ``follow`` and
+``verify`` read the segment files directly, with or without a writer.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .errors import (
     InvalidRecordError,
     LockedError,
     LogFailedError,
+    RecordsLostError,
     RingError,
     RingFullError,
     SerializerMismatchError,
@@ -27,6 +28,7 @@ from .errors import (
     WALError,
     WriterGoneError,
 )
+from .follow import follow
 from .format import FORMAT_VERSION
 from .log import WAL
 from .producer import BatchReceipt, Handle, Receipt, open
@@ -65,6 +67,7 @@ __all__ = [
     "Receipt",
     "Record",
     "RecordType",
+    "RecordsLostError",
     "RingError",
     "RingFullError",
     "Serializer",
@@ -75,6 +78,7 @@ __all__ = [
     "WALError",
     "WaitTimeoutError",
     "WriterGoneError",
+    "follow",
     "get_serializer",
     "open",
     "register_serializer",

@@ -1,14 +1,22 @@
 """The ``ringwal`` command line (also ``python -m ringwal``).
 
-Commands:
-  verify --dir DIR    check every checksum, header, seq and the index; exit 0 when clean,
-                      1 with one line per problem (file:offset: what) otherwise
-  replay --dir DIR    print records as JSON lines (``--after SEQ``, ``--limit N``)
-  serve --dir DIR     run the writer (durability sidecar) in the foreground; SIGTERM/SIGINT
-                      drain the ring, fsync and exit 0; exits 2 at once if another writer
-                      holds the directory, naming its pid
+Commands (each has ``--help``):
+  stats     segments, seq range, bytes, records; the running writer's pid, uptime, ring fill,
+            producers, durable seq, fsync latency percentiles and records/s (``--json``)
+  dump      records as JSON lines or text (``--after SEQ``, ``--limit N``, ``--format``)
+  tail      the last records (``-n``), or those after ``--after``; ``-f`` follows new ones
+            as they become durable, across rotations and writer restarts, until Ctrl-C
+  verify    check every checksum, header, seq and the index; exit 0 when clean, 1 with one
+            line per problem (file:offset: what) otherwise (``--json``)
+  repair    salvage a damaged log: cut damaged bytes, keep ``.broken`` copies, record lost
+            seqs in wal_holes.json, rebuild the index (``--dry-run`` shows the plan)
+  append    append stdin lines as records through the writer
+  truncate  remove completed segments whose records are all below ``--before SEQ``
+  serve     run the writer (durability sidecar) in the foreground; SIGTERM/SIGINT drain
+            the ring, fsync and exit 0; exits 2 at once if another writer holds the directory
 
-Errors print one line and exit 2; ``--debug`` shows the traceback.
+Errors print one line and exit 2 (verify and repair use 1 for "problems found"); ``--debug``
+shows the traceback.
 """
 
 from __future__ import annotations
@@ -17,38 +25,248 @@ import argparse
 import base64
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 
 from .errors import WALError
+
+
+def _require_log(directory: str) -> str:
+    from .errors import ConfigError
+
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{directory}: no such directory")
+    return os.path.abspath(directory)
+
+
+# ---------------------------------------------------------------------- printing records
+
+
+def _data_fields(data: bytes) -> dict:
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def _print_records(records: Iterable, fmt: str, limit: int | None = None, flush: bool = False) -> int:
+    out = sys.stdout
+    n = 0
+    for rec in records:
+        n += 1
+        if fmt == "jsonl":
+            out.write(json.dumps({"seq": rec.seq, "type": rec.type, "time": rec.time, **_data_fields(rec.data)}) + "\n")
+        else:
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.time / 1e9)) + f".{rec.time % 1_000_000_000:09d}Z"
+            d = _data_fields(rec.data)
+            shown = d["text"] if "text" in d else "base64:" + d["base64"]
+            out.write(f"{rec.seq}\t{rec.type}\t{when}\t{shown}\n")
+        if flush:
+            out.flush()
+        if limit is not None and n >= limit:
+            break
+    return n
+
+
+def _cmd_dump(args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    d = _require_log(args.dir)
+    _print_records(replay(d, args.after, skip_holes=args.skip_holes), args.format, args.limit)
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from .follow import follow
+    from .replay import replay
+
+    d = _require_log(args.dir)
+    after = args.after
+    if after is None:
+        # like tail(1): start at the last N records
+        from .stats import log_stats
+
+        st = log_stats(d)
+        after = max((st["last_seq"] or 0) - args.lines, (st["first_seq"] or 1) - 1, 0)
+    if not args.follow:
+        _print_records(replay(d, after, skip_holes=args.skip_holes), args.format)
+        return 0
+    try:
+        _print_records(follow(d, after, skip_holes=args.skip_holes, poll_interval=args.poll), args.format, flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+# ---------------------------------------------------------------------- verify, repair
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal and for big logs."""
+
+    MIN_BYTES = 16 << 20
+
+    def __init__(self) -> None:
+        self.on = sys.stderr.isatty()
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.on or total < self.MIN_BYTES:
+            return
+        width = 40
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\rverifying [{'#' * filled}{'.' * (width - filled)}] {done >> 20}/{total >> 20} MiB")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def done(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
-    report = verify(args.dir)
+    bar = _Progress() if not args.json else None
+    try:
+        report = verify(args.dir, progress=bar)
+    finally:
+        if bar is not None:
+            bar.done()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+        return 0 if report.ok else 1
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    for hole in report.holes:
+        print(f"hole: {hole.describe()}", file=sys.stderr)
     for problem in report.problems:
         print(problem)
     span = f"seqs {report.first_seq}-{report.last_seq}" if report.last_seq is not None else "no records"
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-    print(f"{status}: {report.segments} segment(s), {report.records} record(s), {span}, {report.bytes} bytes", file=sys.stderr)
+    holes = f", {len(report.holes)} recorded hole(s)" if report.holes else ""
+    print(f"{status}: {report.segments} segment(s), {report.records} record(s), {span}, {report.bytes} bytes{holes}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
-def _cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import replay
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from .repair import repair
 
-    out = sys.stdout
-    for n, rec in enumerate(replay(args.dir, args.after), 1):
-        try:
-            data = {"text": rec.data.decode("utf-8")}
-        except UnicodeDecodeError:
-            data = {"base64": base64.b64encode(rec.data).decode()}
-        out.write(json.dumps({"seq": rec.seq, "type": rec.type, "time": rec.time, **data}) + "\n")
-        if args.limit is not None and n >= args.limit:
-            break
+    report = repair(_require_log(args.dir), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+        return 0
+    prefix = "would: " if args.dry_run else ""
+    for line in report.actions:
+        print(prefix + line)
+    if not report.changed:
+        print("nothing to repair", file=sys.stderr)
+    else:
+        lost = sum(h.records for h in report.holes)
+        what = "would record" if args.dry_run else "recorded"
+        print(f"{'dry run: ' if args.dry_run else 'repaired: '}{what} {len(report.holes)} hole(s), {lost} record(s) lost", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------- stats, append, truncate
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import format_stats, log_stats
+
+    st = log_stats(_require_log(args.dir))
+    if args.json:
+        print(json.dumps(st, indent=1))
+    else:
+        print(format_stats(st))
+    return 0
+
+
+def _log_config(directory: str, **kw):
+    from .config import Config
+    from .serializers import get_serializer
+    from .writer import log_serializer
+
+    name = log_serializer(directory) or "binary"
+    return Config(dir=directory, serializer=get_serializer(name), **kw)
+
+
+def _cmd_append(args: argparse.Namespace) -> int:
+    import select
+
+    import ringwal
+
+    from .record import Record
+
+    if not 1 <= args.type <= 65535:
+        from .errors import InvalidRecordError
+
+        raise InvalidRecordError(f"--type must be 1..65535, got {args.type}")
+    fd = sys.stdin.fileno()
+    n = 0
+    first = last = None
+    with ringwal.open(_log_config(args.dir)) as h:
+        pending = b""
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+            else:
+                lines, pending = ([pending] if pending else []), b""
+            if lines:
+                now = time.time_ns()
+                r = h.append_many([Record(args.type, now, line) for line in lines])
+                n += len(lines)
+                if first is None:
+                    first = r
+            if not chunk:
+                break
+            if n and not select.select([fd], [], [], 0)[0]:
+                last = h.sync()  # the input paused: make what we have durable now
+        last = h.sync()
+        span = f"seqs {first.seqs[0]}-{last}" if n else "nothing"
+    print(f"appended {n} record(s): {span}", file=sys.stderr)
+    return 0
+
+
+def _cmd_truncate(args: argparse.Namespace) -> int:
+    from .errors import LockedError
+    from .log import WAL
+    from .ring import Ring
+    from .writer import _NameOnly
+
+    d = _require_log(args.dir)
+    try:
+        ring = Ring.attach(d)
+    except FileNotFoundError:
+        ring = None
+    except WALError:
+        ring = None
+    if ring is not None:
+        ring.close()
+    try:
+        cfg = _log_config(d)
+        cfg.serializer = _NameOnly(cfg.serializer.name)
+        wal = WAL(cfg)
+    except LockedError:
+        # A writer runs: ask it (through the ring) as a producer would.
+        import ringwal
+
+        with ringwal.open(_log_config(d, start_writer=False)) as h:
+            first = h.truncate_before(args.before)
+        print(f"the writer truncated the log before seq {args.before}; it now starts at seq {first}", file=sys.stderr)
+        return 0
+    try:
+        removed, first = wal.truncate_before(args.before)
+    finally:
+        wal.close()
+    for e in removed:
+        print(f"removed {e.file} (seqs {e.first_seq}-{e.last_seq}, {e.size} bytes)")
+    print(f"{len(removed)} segment(s) removed; the log now starts at seq {first}", file=sys.stderr)
     return 0
 
 
@@ -75,6 +293,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_record_size=args.max_record_size,
         ring_size=args.ring_size,
         producer_slots=args.producer_slots,
+        retention_max_bytes=args.retention_max_bytes,
+        retention_max_age=args.retention_max_age,
     )
     defaults = Config()
     for f in ("segment_size", "segment_duration", "write_buffer_size", "max_record_size", "ring_size", "producer_slots"):
@@ -97,16 +317,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ringwal", description="A durable write-ahead log shared by many processes.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    v = sub.add_parser("verify", help="check a log's checksums, headers, seqs and index")
-    v.add_argument("--dir", required=True, help="the log directory")
-    v.set_defaults(fn=_cmd_verify)
-    r = sub.add_parser("replay", help="print records as JSON lines")
-    r.add_argument("--dir", required=True, help="the log directory")
-    r.add_argument("--after", type=int, default=0, metavar="SEQ", help="only records with seq > SEQ")
-    r.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N records")
-    r.set_defaults(fn=_cmd_replay)
-    s = sub.add_parser("serve", help="run the writer process in the foreground (the durability sidecar)")
-    s.add_argument("--dir", required=True, help="the log directory")
+
+    def cmd(name: str, fn, help: str, **kw) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help, **kw)
+        c.add_argument("--dir", required=True, help="the log directory")
+        c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logging")
+        c.set_defaults(fn=fn)
+        return c
+
+    def records_opts(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--format", choices=("jsonl", "text"), default="jsonl", help="JSON lines (default) or tab-separated text")
+        c.add_argument("--skip-holes", action="store_true", help="step over seqs that repair recorded as lost instead of failing")
+
+    c = cmd("stats", _cmd_stats, "segments, seq range, bytes and records; the running writer's figures")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c = cmd("dump", _cmd_dump, "print records (data as UTF-8 text when it decodes, base64 otherwise)")
+    c.add_argument("--after", type=int, default=0, metavar="SEQ", help="only records with seq > SEQ")
+    c.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N records")
+    records_opts(c)
+    c = cmd("replay", _cmd_dump, "the same as dump (kept for scripts written against 0.1)")
+    c.add_argument("--after", type=int, default=0, metavar="SEQ", help="only records with seq > SEQ")
+    c.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N records")
+    records_opts(c)
+    c = cmd("tail", _cmd_tail, "print the last records; with -f, print new ones as they become durable until interrupted")
+    c.add_argument("-f", "--follow", action="store_true", help="keep printing records as they become durable")
+    c.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="start with the last N records (10)")
+    c.add_argument("--after", type=int, default=None, metavar="SEQ", help="start after SEQ instead of the last N")
+    c.add_argument("--poll", type=float, default=0.1, metavar="S", help="longest sleep between looks at the files (0.1)")
+    records_opts(c)
+    c = cmd("verify", _cmd_verify, "check a log's checksums, headers, seqs and index (exit 1 on problems)")
+    c.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    c = cmd("repair", _cmd_repair, "salvage a damaged log; lost seqs are recorded, originals kept as .broken")
+    c.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+    c.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    c = cmd("append", _cmd_append, "append each line of stdin as one record, through the writer")
+    c.add_argument("--type", type=int, default=1, metavar="T", help="record type, 1..65535 (1)")
+    c = cmd("truncate", _cmd_truncate, "remove completed segments whose records all have seq < SEQ")
+    c.add_argument("--before", type=int, required=True, metavar="SEQ", help="keep every record with seq >= SEQ")
+    s = cmd("serve", _cmd_serve, "run the writer process in the foreground (the durability sidecar)")
     s.add_argument("--segment-size", type=int, default=None, metavar="B", help="rotate current.wal after B bytes (2 MiB)")
     s.add_argument("--segment-duration", type=float, default=None, metavar="S", help="rotate after S seconds (300)")
     s.add_argument("--serializer", default=None, metavar="NAME", help="serializer name (default: the one in the log, else binary)")
@@ -115,10 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-record-size", type=int, default=None, metavar="B", help="largest record payload (1 MiB)")
     s.add_argument("--ring-size", type=int, default=None, metavar="B", help="bytes of ring per producer lane (2 MiB)")
     s.add_argument("--producer-slots", type=int, default=None, metavar="N", help="producer lanes in the ring (32)")
+    s.add_argument("--retention-max-bytes", type=int, default=None, metavar="B", help="remove the oldest completed segments beyond B bytes")
+    s.add_argument("--retention-max-age", type=float, default=None, metavar="S", help="remove completed segments closed more than S seconds ago")
     s.add_argument("--linger", type=float, default=None, help=argparse.SUPPRESS)
     s.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
-    s.set_defaults(fn=_cmd_serve)
     return p
 
 
@@ -127,12 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="ringwal: %(levelname)s: %(message)s")
     try:
         return args.fn(args)
-    except (WALError, OSError) as exc:
+    except BrokenPipeError:  # e.g. piped into head: not an error
+        with_devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(with_devnull, sys.stdout.fileno())
+        return 0
+    except (WALError, OSError, ValueError) as exc:
         if args.debug:
             raise
         print(f"ringwal {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # pragma: no cover - e.g. piped into head
-        return 0
     except KeyboardInterrupt:
         return 130

@@ -53,6 +53,16 @@ class Config:
         before raising WriterGoneError (10).
     writer_linger: seconds a writer started by ``open`` stays up with no producer attached
         before it drains, cleans up its shared memory and exits (2).
+
+    Retention (applied by the writer about once a second; None, the default, keeps everything):
+
+    retention_max_bytes: remove the oldest completed segments while the log's files hold
+        more than this many bytes. The active segment is never removed, so the log can stay
+        above the limit by up to one segment.
+    retention_max_age: remove completed segments closed more than this many seconds ago.
+        Risk: both delete records for good; replay from a seq that retention removed starts
+        at the first seq kept. ``Handle.truncate_before(seq)`` removes what a snapshot made
+        obsolete explicitly instead.
     """
 
     dir: str = "./wal_data"
@@ -69,6 +79,8 @@ class Config:
     start_writer: bool = True
     writer_wait: float = 10.0
     writer_linger: float = 2.0
+    retention_max_bytes: int | None = None
+    retention_max_age: float | None = None
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
@@ -87,6 +99,10 @@ class Config:
         _positive_number("writer_wait", self.writer_wait)
         if isinstance(self.writer_linger, bool) or not isinstance(self.writer_linger, (int, float)) or not 0 <= self.writer_linger < math.inf:
             raise ConfigError(f"writer_linger must be a number of seconds >= 0, got {self.writer_linger!r}")
+        if self.retention_max_bytes is not None:
+            _positive_int("retention_max_bytes", self.retention_max_bytes)
+        if self.retention_max_age is not None:
+            _positive_number("retention_max_age", self.retention_max_age)
         if not isinstance(self.start_writer, bool):
             raise ConfigError(f"start_writer must be True or False, got {self.start_writer!r}")
         name = getattr(self.serializer, "name", None)

@@ -23,8 +23,10 @@
         ├── SerializerMismatchError       the log was written with another serializer
         ├── CorruptSegmentError           a bad segment header, a seq gap between segments,
         │                                 or an index that cannot be rebuilt
-        └── CorruptRecordError            a bad checksum or impossible length *before* the
-                                          tail; carries path, offset, expected and computed
+        ├── CorruptRecordError            a bad checksum or impossible length *before* the
+        │                                 tail; carries path, offset, expected and computed
+        └── RecordsLostError              replay reached seqs that ``ringwal repair`` recorded
+                                          as lost (``wal_holes.json``); carries the range
 
 A torn tail (the last frame of the active segment left incomplete by a crash) is not an
 error: readers stop there and the next writer truncates it.
@@ -133,3 +135,17 @@ class CorruptRecordError(FormatError):
         super().__init__(message, path=path, offset=offset)
         self.expected = expected
         self.computed = computed
+
+
+class RecordsLostError(FormatError):
+    """Replay reached a range of seqs that ``ringwal repair`` recorded as lost to corruption.
+
+    ``first_seq``/``last_seq`` is the lost range, ``reason`` what was damaged. Replay with
+    ``skip_holes=True`` to step over recorded holes (each is logged as a warning).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, first_seq: int, last_seq: int, reason: str = "") -> None:
+        super().__init__(message, path=path, offset=None)
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+        self.reason = reason

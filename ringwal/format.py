@@ -248,6 +248,15 @@ def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
 #     19 records written (W) 20 fsyncs (W)  21 writer started, ns (W)
 #     24 wake word: low 32 bits bumped after each publication of progress, the futex that
 #        waiting producers sleep on (W; see _futex.py)
+#     32 follow word: low 32 bits bumped after records become durable while followers are
+#        registered, and after a truncation; the futex ``follow`` and ``truncate_before``
+#        sleep on (W)         33 followers registered (C; a dead follower leaves it high,
+#        which only costs the writer one futex wake per fsync)
+#     40 records/s over the last second (W)  41 truncation requested: remove completed
+#        segments below this seq (C: raised, never lowered)   42 truncation served up to (W)
+#     43 first seq still in the log after the last truncation (W)
+#     44 fsync count in the histogram (W)    45 sum of fsync ns (W)
+#     64-127 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket)
 #
 # Lane control block, 32 words; each group on its own 64-byte line so that producer and
 # writer stores never share a cache line::
@@ -269,7 +278,7 @@ def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
 # contiguous, wrapping at ring_size (a record may straddle the end).
 
 RING_MAGIC: Final = b"RWRING\x00\x00"
-RING_VERSION: Final = 2  # 2: futex wake word (24) replaced the per-lane semaphores
+RING_VERSION: Final = 3  # 2: futex wake word (24) replaced the per-lane semaphores; 3: stats, follow, truncation words
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -282,6 +291,28 @@ RH_STATE, RH_WRITER_PID, RH_WRITER_CTIME, RH_WRITER_GEN, RH_ATTACH_GEN = range(8
 RH_PENDING, RH_PENDING_FIRST, RH_PENDING_LAST, RH_NEXT_SEQ, RH_DURABLE_SEQ = range(13, 18)
 RH_HEARTBEAT, RH_RECORDS, RH_FSYNCS, RH_STARTED_NS = range(18, 22)
 RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer stores 16-21
+RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
+RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
+RH_FSYNC_HIST: Final = 64
+FSYNC_BUCKETS: Final = 64
+
+
+def fsync_bucket(us: int) -> int:
+    """Histogram bucket of an fsync of ``us`` microseconds: 4 buckets per power of two
+    (about 19% wide), exact below 4 us, everything from about 115 ms up in bucket 63."""
+    if us < 4:
+        return max(us, 0)
+    bl = us.bit_length()
+    return min(FSYNC_BUCKETS - 1, 4 * (bl - 2) + ((us >> (bl - 3)) & 3))
+
+
+def fsync_bucket_upper(b: int) -> int:
+    """The largest microsecond count that falls in bucket ``b`` (the value percentiles report)."""
+    if b < 4:
+        return b
+    bl = b // 4 + 2
+    sub = b % 4
+    return ((4 | sub) << (bl - 3)) + (1 << (bl - 3)) - 1
 
 # ring states
 RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)

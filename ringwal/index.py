@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from ._fileutil import FsyncFn, atomic_write
 from .errors import CorruptSegmentError
 from .format import FORMAT_VERSION
+from .holes import Holes
 from .segment import list_segments, read_header, scan_file
 
 __all__ = ["INDEX_NAME", "IndexEntry", "load_index", "reconcile", "write_index"]
@@ -73,7 +74,7 @@ def write_index(directory: str, serializer: str, entries: list[IndexEntry], fsyn
     atomic_write(os.path.join(directory, INDEX_NAME), json.dumps(doc, indent=1).encode() + b"\n", fsync)
 
 
-def reconcile(directory: str, *, full: bool = True) -> tuple[list[IndexEntry], str]:
+def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) -> tuple[list[IndexEntry], str]:
     """Index entries for the completed segments actually in ``directory``.
 
     Entries from the index are trusted when name and size match the file; anything else is
@@ -96,7 +97,7 @@ def reconcile(directory: str, *, full: bool = True) -> tuple[list[IndexEntry], s
             continue
         stale.append(name)
         if full:
-            header, scan = scan_file(path, sealed=True)
+            header, scan = scan_file(path, sealed=True, holes=holes)
             if scan.records == 0:
                 raise CorruptSegmentError(f"{path}: completed segment holds no records", path=path, offset=0)
             entries.append(IndexEntry(name, header.first_seq, scan.next_seq - 1, size, header.created_ns, int(os.stat(path).st_mtime_ns)))

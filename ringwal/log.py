@@ -48,6 +48,7 @@ from .errors import (
     SerializerMismatchError,
 )
 from .format import FRAME_HEADER_SIZE, MAX_FRAME_BODY, SegmentHeader
+from .holes import load_holes
 from .index import IndexEntry, reconcile, write_index
 from .record import Record
 from .replay import replay_into
@@ -142,7 +143,8 @@ class WAL:
         if removed:
             fsync_dir(d, self._fsync)
         name = self._ser.name
-        entries, reason = reconcile(d, full=True)
+        self._holes = holes = load_holes(d)
+        entries, reason = reconcile(d, full=True, holes=holes)
         prev = None
         for e in entries:
             path = os.path.join(d, e.file)
@@ -150,7 +152,7 @@ class WAL:
             self._check_serializer(header.serializer, path)
             if header.first_seq != e.first_seq:
                 reason = reason or f"stale ({e.file} starts at {header.first_seq}, index says {e.first_seq})"
-            if prev is not None and header.first_seq != prev.last_seq + 1:
+            if prev is not None and header.first_seq != prev.last_seq + 1 and not holes.bridging(prev.last_seq + 1, header.first_seq):
                 raise CorruptSegmentError(
                     f"{path}: starts at seq {header.first_seq} but {prev.file} ends at {prev.last_seq}; "
                     "segments must join without gaps",
@@ -168,13 +170,13 @@ class WAL:
             buf = read_file(cur)
             header = SegmentHeader.decode(buf[:64], cur)
             self._check_serializer(header.serializer, cur)
-            if expected is not None and header.first_seq != expected:
+            if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
                 raise CorruptSegmentError(
                     f"{cur}: starts at seq {header.first_seq} but the last completed segment ends at {expected - 1}",
                     path=cur,
                     offset=32,
                 )
-            scan = SegmentScan(buf, cur, sealed=False, next_seq=header.first_seq)
+            scan = SegmentScan(buf, cur, sealed=False, next_seq=header.first_seq, holes=holes)
             try:
                 for _ in scan.frames():
                     pass
@@ -182,7 +184,7 @@ class WAL:
                 # Same error, type and coordinates; only the message says what the writer does.
                 exc.args = (
                     f"{exc} -- refusing to open for writing: this is not a torn tail, and cutting it "
-                    "away could lose valid records (copy the directory aside and salvage with a repair tool)",
+                    "away could lose valid records (run `ringwal repair --dir DIR` to salvage every valid batch and record the lost seqs)",
                 )
                 raise
             if scan.outcome == TORN:
@@ -400,6 +402,65 @@ class WAL:
                     self._sync_locked()
                 except LogFailedError:
                     return
+
+    # ----------------------------------------------------------------- retention
+
+    def truncate_before(self, seq: int) -> tuple[list[IndexEntry], int]:
+        """Remove the completed segments whose last seq is below ``seq``; never current.wal.
+
+        Returns the entries removed and the first seq still in the log. Order: the files are
+        unlinked oldest first, then the directory is fsynced, then the index is replaced.
+        A crash in between leaves a contiguous suffix of the log (never a gap) and an index
+        that names files which are gone: stale, rebuilt by the next writer with a warning;
+        readers only ever look at files that exist.
+        """
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"truncate_before takes a seq (int >= 0), got {seq!r}")
+        with self._mutex:
+            self._check_open()
+            n = 0
+            while n < len(self._entries) and self._entries[n].last_seq < seq:
+                n += 1
+            return self._remove_oldest(n)
+
+    def apply_retention(self, max_bytes: int | None, max_age: float | None) -> tuple[list[IndexEntry], int]:
+        """Remove the oldest completed segments beyond ``max_bytes`` in all or closed more than
+        ``max_age`` seconds ago (the active segment counts towards the bytes, never goes)."""
+        with self._mutex:
+            self._check_open()
+            entries = self._entries
+            n = 0
+            if max_bytes is not None:
+                total = sum(e.size for e in entries) + self._seg.write_pos
+                while n < len(entries) and total > max_bytes:
+                    total -= entries[n].size
+                    n += 1
+            if max_age is not None:
+                cutoff = self._clock() - int(max_age * 1e9)
+                while n < len(entries) and entries[n].closed_ns < cutoff:
+                    n += 1
+            return self._remove_oldest(n)
+
+    def _remove_oldest(self, n: int) -> tuple[list[IndexEntry], int]:
+        victims = self._entries[:n]
+        if victims:
+            try:
+                for e in victims:
+                    try:
+                        os.unlink(os.path.join(self.dir, e.file))
+                    except FileNotFoundError:
+                        pass
+                fsync_dir(self.dir, self._fsync)
+                self._entries = self._entries[n:]
+                write_index(self.dir, self._ser.name, self._entries, self._fsync)
+            except BaseException as exc:
+                raise self._fail(exc, "removing old segments") from exc
+        return victims, self.first_seq
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the first record still in the log (1 unless retention removed some)."""
+        return self._entries[0].first_seq if self._entries else self._seg.first_seq
 
     @property
     def last_seq(self) -> int:

@@ -60,7 +60,11 @@ from .format import (
     L_WANT_WRITTEN,
     L_WRITTEN_COUNT,
     L_WRITTEN_SEQ,
+    RH_FIRST_SEQ,
+    RH_FOLLOW_WAKE,
     RH_STATE,
+    RH_TRUNC_DONE,
+    RH_TRUNC_REQ,
     RH_WAKE,
     RH_WRITER_GEN,
     RING_READY,
@@ -275,6 +279,10 @@ class Handle:
         ]  # fmt: skip
         if c.flush_interval is not None:
             cmd += ["--flush-interval", repr(c.flush_interval)]
+        if c.retention_max_bytes is not None:
+            cmd += ["--retention-max-bytes", str(c.retention_max_bytes)]
+        if c.retention_max_age is not None:
+            cmd += ["--retention-max-age", repr(c.retention_max_age)]
         r, w = os.pipe()
         try:
             cmd += ["--ready-fd", str(w)]
@@ -521,6 +529,39 @@ class Handle:
             return 0
         with self._wait_lock:
             return self._wait_progress(True, target, time.monotonic() + self.config.sync_timeout)
+
+    def truncate_before(self, seq: int) -> int:
+        """Remove the completed segments whose records all have seqs below ``seq`` (what a
+        snapshot taken at ``seq - 1`` made obsolete); return the first seq still in the log.
+
+        The writer does the removal (``WAL.truncate_before`` names its crash window); the
+        active segment is never removed, so records may remain below ``seq``. Replay from
+        ``after_seq >= seq - 1`` is unaffected. Waits up to ``sync_timeout``.
+        """
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"truncate_before takes a seq (int >= 0), got {seq!r}")
+        with self._lock:
+            self._check_usable()
+        ring = self._ring
+        w = ring.words
+        deadline = time.monotonic() + self.config.sync_timeout
+        with claim_lock(self.dir):
+            if w[RH_TRUNC_REQ] < seq:
+                w[RH_TRUNC_REQ] = seq
+        self._wsem.release()
+        next_check = time.monotonic() + POLL
+        while True:
+            word = w[RH_FOLLOW_WAKE]  # before the condition: the writer stores it, then bumps this
+            if w[RH_TRUNC_DONE] >= seq:
+                return w[RH_FIRST_SEQ]
+            now = time.monotonic()
+            if now >= deadline:
+                raise WaitTimeoutError(f"{self.dir}: the writer did not serve truncate_before({seq}) within {self.config.sync_timeout:g}s (sync_timeout)")
+            _futex.wait(ring.follow_addr, word, min(next_check, deadline), M32)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + POLL
+                if self._writer_changed():
+                    self._wsem.release()
 
     # ------------------------------------------------------------------ receipts
 

@@ -13,17 +13,23 @@ Reading while a writer appends:
   rest of it is read through that descriptor, then replay continues with the next segment.
 
 A checksum failure or impossible length before the tail raises CorruptRecordError with the
-path, offset and both checksums. Nothing is skipped silently.
+path, offset and both checksums. Nothing is skipped silently: seqs that ``ringwal repair``
+cut out of a damaged log are listed in ``wal_holes.json``, and replay raises
+RecordsLostError when the records it must yield cross one, unless ``skip_holes=True``
+(then each hole crossed is logged as a warning). Records removed by retention
+(``truncate_before``) are not a hole: replay from before the first kept seq starts there.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
 from typing import NamedTuple
 
-from .errors import ConfigError, CorruptSegmentError, FormatError, SerializerMismatchError
+from .errors import ConfigError, CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
+from .holes import load_holes
 from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader
 from .index import reconcile
 from .record import Record
@@ -31,6 +37,8 @@ from .segment import CURRENT, SegmentScan, list_segments, read_fd, read_file
 from .serializers import Serializer, get_serializer, with_batch_methods
 
 __all__ = ["replay"]
+
+log = logging.getLogger("ringwal")
 
 PLAN_ATTEMPTS = 100  # a writer rotating faster than a directory listing could starve the check
 
@@ -42,11 +50,15 @@ class _Seg(NamedTuple):
     current: bool
 
 
-def replay(directory: str, after_seq: int = 0, serializer: Serializer | None = None) -> Iterator[Record]:
+def replay(
+    directory: str, after_seq: int = 0, serializer: Serializer | None = None, *, skip_holes: bool = False
+) -> Iterator[Record]:
     """Yield every record with ``seq > after_seq``, in seq order.
 
     ``serializer=None`` decodes with the serializer named in each segment header; passing one
     checks that the log was written with it (SerializerMismatchError otherwise).
+    ``skip_holes=True`` steps over seq ranges that repair recorded as lost (with a warning)
+    instead of raising RecordsLostError.
     """
     if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
         raise ValueError(f"after_seq must be an int >= 0, got {after_seq!r}")
@@ -55,7 +67,7 @@ def replay(directory: str, after_seq: int = 0, serializer: Serializer | None = N
         raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
     # The generators below yield one iterable per frame; chain flattens them in C, so no
     # Python frame runs per record (the binary fast path decodes a frame in C as well).
-    return chain.from_iterable(_replay(directory, after_seq + 1, serializer))
+    return chain.from_iterable(_replay(directory, after_seq + 1, serializer, _HoleCheck(directory, skip_holes)))
 
 
 def _plan(directory: str) -> list[_Seg]:
@@ -98,7 +110,35 @@ def _pick(plan: list[_Seg], want: int, done: set[str]) -> _Seg | None:
     return holder if holder is not None else first_live
 
 
-def _replay(directory: str, want: int, serializer: Serializer | None) -> Iterator[Iterable[Record]]:
+class _HoleCheck:
+    """What replay does on meeting seqs that repair recorded as lost: raise, or warn and go on."""
+
+    def __init__(self, directory: str, skip: bool) -> None:
+        self.holes = load_holes(directory)
+        self.skip = skip
+
+    def cross(self, lo: int, hi: int, path: str) -> bool:
+        """Seqs ``lo..hi`` are absent where replay needs them. True if they are recorded holes
+        and may be stepped over; raises RecordsLostError if they are holes and skipping was
+        not asked for; False if they are not recorded at all (real corruption)."""
+        found = self.holes.explains(lo, hi)
+        if found is None:
+            return False
+        what = "; ".join(h.describe() for h in found)
+        if not self.skip:
+            raise RecordsLostError(
+                f"{path}: seqs {lo}-{hi} are not in the log: ringwal repair recorded them as lost ({what}); "
+                "replay with skip_holes=True (ringwal dump/tail --skip-holes) to step over them",
+                path=path,
+                first_seq=lo,
+                last_seq=hi,
+                reason=what,
+            )
+        log.warning("replay: stepping over seqs %d-%d, recorded as lost by ringwal repair (%s)", lo, hi, what)
+        return True
+
+
+def _replay(directory: str, want: int, serializer: Serializer | None, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
     plan = _plan(directory)
     if plan and want < plan[0].first_seq:
         want = plan[0].first_seq  # the records before it were removed by retention
@@ -113,6 +153,9 @@ def _replay(directory: str, want: int, serializer: Serializer | None) -> Iterato
                 continue
             if seg is None:
                 return
+            if holes.cross(want, seg.first_seq - 1, seg.path):
+                want = seg.first_seq
+                continue
             raise CorruptSegmentError(
                 f"{seg.path}: starts at seq {seg.first_seq} but seq {want} is in no segment; "
                 f"records {want}-{seg.first_seq - 1} are missing",
@@ -120,11 +163,18 @@ def _replay(directory: str, want: int, serializer: Serializer | None) -> Iterato
                 offset=32,
             )
         if not seg.current:
-            want = yield from _replay_completed(seg, want, serializer)
+            got = yield from _replay_completed(seg, want, serializer, holes)
+            if got is None:
+                # Removed by retention after we planned: the records now start later.
+                plan, fresh = _plan(directory), True
+                if plan and want < plan[0].first_seq:
+                    want = plan[0].first_seq
+                continue
+            want = got
             done.add(seg.path)
             fresh = False
             continue
-        result = yield from _replay_current(seg, want, serializer)
+        result = yield from _replay_current(seg, want, serializer, holes)
         if result is None:
             # Rotated away (or replaced by a newer one) between planning and opening.
             plan, fresh = _plan(directory), True
@@ -156,12 +206,19 @@ def _serializer_for(header: SegmentHeader, path: str, serializer: Serializer | N
     return serializer
 
 
-def _records(scan: SegmentScan, want: int, ser: Serializer) -> Iterator[Iterable[Record]]:
+def _records(scan: SegmentScan, want: int, ser: Serializer, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
     """The records with seq >= want of each valid frame of ``scan``, one iterable per frame."""
     buf = scan.buf
     path = scan.path
     decode = with_batch_methods(ser).decode_batch
+    crossed = scan.crossed
+    seen = 0
     for off, first, count, length in scan.frames():
+        if len(crossed) > seen:  # the scan stepped over a recorded hole to reach this frame
+            lo, found = crossed[-1]
+            seen = len(crossed)
+            if found > want:
+                holes.cross(max(lo, want), found - 1, path)
         if first + count <= want:
             continue
         start = off + FRAME_HEADER_SIZE
@@ -172,20 +229,23 @@ def _records(scan: SegmentScan, want: int, ser: Serializer) -> Iterator[Iterable
         yield recs
 
 
-def _replay_completed(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Iterable[Record]]:
-    buf = read_file(seg.path)
+def _replay_completed(seg: _Seg, want: int, serializer: Serializer | None, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
+    try:
+        buf = read_file(seg.path)
+    except FileNotFoundError:
+        return None
     header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], seg.path)
     if header.first_seq != seg.first_seq:
         raise CorruptSegmentError(
             f"{seg.path}: header says first seq {header.first_seq}, expected {seg.first_seq}", path=seg.path, offset=32
         )
     ser = _serializer_for(header, seg.path, serializer)
-    scan = SegmentScan(buf, seg.path, sealed=True, next_seq=header.first_seq)
-    yield from _records(scan, want, ser)
+    scan = SegmentScan(buf, seg.path, sealed=True, next_seq=header.first_seq, holes=holes.holes)
+    yield from _records(scan, want, ser, holes)
     return max(want, scan.next_seq)
 
 
-def _replay_current(seg: _Seg, want: int, serializer: Serializer | None) -> Iterator[Iterable[Record]]:
+def _replay_current(seg: _Seg, want: int, serializer: Serializer | None, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
     """Replay current.wal; returns (next want, renamed) or None if it vanished before opening."""
     try:
         fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -198,8 +258,8 @@ def _replay_current(seg: _Seg, want: int, serializer: Serializer | None) -> Iter
         if header.first_seq != seg.first_seq:
             return None  # a newer current.wal replaced the planned one
         ser = _serializer_for(header, seg.path, serializer)
-        scan = SegmentScan(buf, seg.path, sealed=False, next_seq=header.first_seq)
-        yield from _records(scan, want, ser)
+        scan = SegmentScan(buf, seg.path, sealed=False, next_seq=header.first_seq, holes=holes.holes)
+        yield from _records(scan, want, ser, holes)
         want = max(want, scan.next_seq)
         try:
             renamed = os.stat(seg.path).st_ino != ino
@@ -210,8 +270,8 @@ def _replay_current(seg: _Seg, want: int, serializer: Serializer | None) -> Iter
         # Rotated while we read: the file behind fd is sealed now (truncated and fsynced
         # before the rename), so whatever follows scan.end is complete.
         rest = read_fd(fd)
-        tail = SegmentScan(rest, f"{seg.path} (rotated while reading)", sealed=True, start=scan.end, next_seq=scan.next_seq)
-        yield from _records(tail, want, ser)
+        tail = SegmentScan(rest, f"{seg.path} (rotated while reading)", sealed=True, start=scan.end, next_seq=scan.next_seq, holes=holes.holes)
+        yield from _records(tail, want, ser, holes)
         return max(want, tail.next_seq), True
     finally:
         os.close(fd)

@@ -117,6 +117,7 @@ from .format import (
     RH_STATE,
     RH_VERSION,
     RH_WAKE,
+    RH_FOLLOW_WAKE,
     RH_WRITER_CTIME,
     RH_WRITER_PID,
     RING_CLOSED,
@@ -231,7 +232,9 @@ class Ring:
             shm.close_fd()
         self.buf = self._view(memoryview(self._mm))
         self.words = self._view(self.buf.cast("Q"))
-        self.wake_addr = _futex.base_address(self._mm) + RH_WAKE * 8
+        base = _futex.base_address(self._mm)
+        self.wake_addr = base + RH_WAKE * 8
+        self.follow_addr = base + RH_FOLLOW_WAKE * 8
 
     def _view(self, v: memoryview) -> memoryview:
         self._views.append(v)

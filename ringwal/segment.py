@@ -35,6 +35,7 @@ from collections.abc import Iterator
 
 from ._fileutil import FsyncFn, fsync_dir, preallocate
 from .errors import CorruptRecordError, CorruptSegmentError
+from .holes import Holes
 from .format import (
     FRAME_BAD,
     FRAME_END,
@@ -114,10 +115,25 @@ class SegmentScan:
     iteration. Afterwards ``end`` is the offset just past the last valid frame, ``next_seq``
     the seq after its last record, ``outcome`` is CLEAN or TORN and ``tail_bytes`` how many
     non-zero bytes a torn tail holds.
+
+    ``holes`` (from ``wal_holes.json``) lets a frame skip exactly a recorded lost range;
+    each such jump is appended to ``crossed`` as (expected seq, seq found). Any other jump
+    is corruption.
     """
 
-    def __init__(self, buf: bytes, path: str, *, sealed: bool, start: int = SEGMENT_HEADER_SIZE, next_seq: int) -> None:
+    def __init__(
+        self,
+        buf: bytes,
+        path: str,
+        *,
+        sealed: bool,
+        start: int = SEGMENT_HEADER_SIZE,
+        next_seq: int,
+        holes: Holes | None = None,
+    ) -> None:
         self.buf = buf
+        self.holes = holes
+        self.crossed: list[tuple[int, int]] = []
         self.path = path
         self.sealed = sealed
         self.end = start
@@ -135,6 +151,10 @@ class SegmentScan:
                 outcome, length, count, first_seq, stored, computed, nxt = parse_frame(buf, pos, limit)
                 if outcome == FRAME_OK:
                     if first_seq != self.next_seq:
+                        if self.holes and first_seq > self.next_seq and self.holes.bridging(self.next_seq, first_seq):
+                            self.crossed.append((self.next_seq, first_seq))
+                            self.next_seq = first_seq
+                            continue
                         raise CorruptSegmentError(
                             f"{self.path}: frame at offset {pos} starts at seq {first_seq}, expected "
                             f"{self.next_seq} (seqs must be gap-free)",
@@ -207,11 +227,11 @@ def read_header(path: str) -> SegmentHeader:
         return SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), path)
 
 
-def scan_file(path: str, *, sealed: bool) -> tuple[SegmentHeader, SegmentScan]:
+def scan_file(path: str, *, sealed: bool, holes: Holes | None = None) -> tuple[SegmentHeader, SegmentScan]:
     """Read and fully check one segment file; raise on corruption."""
     buf = read_file(path)
     header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], path)
-    scan = SegmentScan(buf, path, sealed=sealed, next_seq=header.first_seq)
+    scan = SegmentScan(buf, path, sealed=sealed, next_seq=header.first_seq, holes=holes)
     for _ in scan.frames():
         pass
     return header, scan

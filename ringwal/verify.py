@@ -4,16 +4,26 @@ Checks: each segment header (magic, version, checksum, serializer the same every
 every frame checksum, seq continuity inside and across segments, completed segments ending
 exactly at their last frame, and ``wal_index.json`` agreeing with the files. A torn tail of
 ``current.wal`` is reported as a note, not a problem: it is the normal result of a crash and
-the next writer truncates it. Safe to run while a writer appends.
+the next writer truncates it. Seq ranges that ``ringwal repair`` cut out are listed in
+``wal_holes.json``; each is reported in ``holes`` (the log is consistent, the loss is on
+record) and a jump over exactly such a range is not a problem. Safe to run while a writer
+appends.
+
+``progress(done_bytes, total_bytes)``, when given, is called after each segment (the CLI
+draws a progress bar with it on a terminal).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import FormatError
 from .format import SEGMENT_HEADER_SIZE, SegmentHeader
+from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
 from .segment import CURRENT, TORN, SegmentScan, list_segments, read_file
 
@@ -41,28 +51,61 @@ class VerifyReport:
     first_seq: int | None = None
     last_seq: int | None = None
     bytes: int = 0
+    holes: list[Hole] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def to_json(self) -> dict:
+        return {
+            "dir": self.directory,
+            "ok": self.ok,
+            "segments": self.segments,
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "bytes": self.bytes,
+            "problems": [{"path": p.path, "offset": p.offset, "message": p.message} for p in self.problems],
+            "notes": list(self.notes),
+            "holes": [dataclasses.asdict(h) for h in self.holes],
+        }
 
-def verify(directory: str) -> VerifyReport:
+
+def verify(directory: str, progress: Callable[[int, int], object] | None = None) -> VerifyReport:
     directory = os.path.abspath(directory)
     report = VerifyReport(directory)
     if not os.path.isdir(directory):
         report.problems.append(Problem(directory, None, "not a directory"))
         return report
+    try:
+        holes = load_holes(directory)
+    except FormatError as exc:
+        report.problems.append(Problem(exc.path or os.path.join(directory, HOLES_NAME), None, _strip(str(exc), exc.path or "")))
+        holes = Holes()
+    report.holes = list(holes)
     found: dict[str, tuple[int, int, int]] = {}  # file -> (first_seq, last_seq, size)
     serializer = None
     expected: int | None = None  # next seq the following segment must start at
     names = [name for _, name in list_segments(directory)]
     if os.path.exists(os.path.join(directory, CURRENT)):
         names.append(CURRENT)
+    sizes = {}
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            sizes[name] = os.stat(os.path.join(directory, name)).st_size
+    total, done = sum(sizes.values()), 0
     for name in names:
         path = os.path.join(directory, name)
         sealed = name != CURRENT
-        buf = read_file(path)
+        if progress is not None:
+            progress(done, total)
+            done += sizes.get(name, 0)
+        try:
+            buf = read_file(path)
+        except FileNotFoundError:
+            report.notes.append(f"{path}: removed while verify ran (rotation or retention)")
+            continue
         report.segments += 1
         report.bytes += len(buf)
         try:
@@ -75,12 +118,12 @@ def verify(directory: str) -> VerifyReport:
             serializer = header.serializer
         elif header.serializer != serializer:
             report.problems.append(Problem(path, 16, f"serializer {header.serializer!r} differs from {serializer!r} of earlier segments"))
-        if expected is not None and header.first_seq != expected:
+        if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
             what = "gap" if header.first_seq > expected else "overlap"
             report.problems.append(Problem(path, 32, f"seq {what}: starts at {header.first_seq}, previous segment ends at {expected - 1}"))
         if report.first_seq is None:
             report.first_seq = header.first_seq
-        scan = SegmentScan(buf, path, sealed=sealed, next_seq=header.first_seq)
+        scan = SegmentScan(buf, path, sealed=sealed, next_seq=header.first_seq, holes=holes)
         try:
             for _ in scan.frames():
                 pass
@@ -101,6 +144,8 @@ def verify(directory: str) -> VerifyReport:
             found[name] = (header.first_seq, scan.next_seq - 1, len(buf))
         elif scan.outcome == TORN:
             report.notes.append(f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); the next writer truncates it")
+    if progress is not None:
+        progress(total, total)
     _check_index(directory, found, report)
     for stray in ("current.wal.tmp", "wal_index.json.tmp"):
         if os.path.exists(os.path.join(directory, stray)):

@@ -57,8 +57,18 @@ from .format import (
     L_WRITTEN_SEQ,
     RH_ATTACH_GEN,
     RH_DURABLE_SEQ,
+    FSYNC_BUCKETS,
+    RH_FIRST_SEQ,
+    RH_FOLLOW_WAKE,
+    RH_FOLLOWERS,
+    RH_FSYNC_COUNT,
+    RH_FSYNC_HIST,
+    RH_FSYNC_NS,
     RH_FSYNCS,
     RH_HEARTBEAT,
+    RH_RATE,
+    RH_TRUNC_DONE,
+    RH_TRUNC_REQ,
     RH_NEXT_SEQ,
     RH_PENDING,
     RH_PENDING_FIRST,
@@ -75,6 +85,7 @@ from .format import (
     RING_READY,
     RING_STOPPED,
     SPAN_LOG,
+    fsync_bucket,
 )
 from ._fileutil import FsyncFn
 from .log import WAL
@@ -167,6 +178,7 @@ class Writer:
                         self.dir, ring.slots, ring.ring_size,
                     )
                 self.wsem = ring.writer_sem(create=True)
+                self._hist = ring._view(ring.words[RH_FSYNC_HIST : RH_FSYNC_HIST + FSYNC_BUCKETS])
                 self.lanes = [_Lane(ring, k) for k in range(ring.slots)]
                 base = RING_HEADER_SIZE // 8
                 stop = base + ring.slots * LANE_WORDS
@@ -190,6 +202,9 @@ class Writer:
         self._idle_since = time.monotonic()
         self._next_liveness = 0.0
         self._next_tick = 0.0
+        self._tick_at = 0.0
+        self._tick_records = 0
+        self._retention = config.retention_max_bytes is not None or config.retention_max_age is not None
 
     # ------------------------------------------------------------------ start-up
 
@@ -217,6 +232,8 @@ class Writer:
             lane.posted_w = lane.posted_d = 0
         w[RH_NEXT_SEQ] = last + 1
         w[RH_DURABLE_SEQ] = last
+        w[RH_FIRST_SEQ] = self.wal.first_seq
+        w[RH_TRUNC_DONE] = 0  # a request a dead writer left unserved is served (again) by this one
 
     def _publish_ready(self) -> None:
         w = self.ring.words
@@ -226,6 +243,9 @@ class Writer:
         w[RH_WRITER_PID] = pid
         w[RH_WRITER_GEN] += 1
         w[RH_STARTED_NS] = time.time_ns()
+        for i in range(FSYNC_BUCKETS):  # stats describe this writer, not the ring's earlier ones
+            self._hist[i] = 0
+        w[RH_FSYNC_COUNT] = w[RH_FSYNC_NS] = w[RH_RATE] = 0
         w[RH_STATE] = RING_READY  # last: producers attach only to a READY ring with a live writer
 
     # ------------------------------------------------------------------ the drain
@@ -406,10 +426,16 @@ class Writer:
         """A named crash point: the tests' subclass kills the process here."""
 
     def sync(self) -> None:
+        t0 = time.perf_counter_ns()
         self.wal.sync()
+        ns = time.perf_counter_ns() - t0
         self._at("synced")
         w = self.ring.words
         w[RH_FSYNCS] += 1
+        hist = self._hist
+        hist[fsync_bucket(ns // 1000)] += 1
+        w[RH_FSYNC_COUNT] += 1
+        w[RH_FSYNC_NS] += ns
         for lane in self._dirty:
             self._publish_durable(lane)
         self._dirty.clear()
@@ -417,6 +443,14 @@ class Writer:
         self._unsynced = False
         self._last_sync = time.monotonic()
         self._notify(durable=True)
+        if w[RH_FOLLOWERS]:
+            self._wake_followers()
+
+    def _wake_followers(self) -> None:
+        """Bump the follow word and wake everyone sleeping on it (followers, truncate_before)."""
+        w = self.ring.words
+        w[RH_FOLLOW_WAKE] = (w[RH_FOLLOW_WAKE] + 1) & M32
+        _futex.wake(self.ring.follow_addr, M32)
 
     def step(self) -> bool:
         """One pass of the loop; False when there was nothing to do."""
@@ -459,12 +493,37 @@ class Writer:
     def _housekeeping(self, now: float) -> None:
         w = self.ring.words
         w[RH_HEARTBEAT] += 1
+        if w[RH_TRUNC_REQ] > w[RH_TRUNC_DONE]:
+            self._truncate(w[RH_TRUNC_REQ])
         if now >= self._next_tick:
+            records = w[RH_RECORDS]
+            if self._tick_at:
+                w[RH_RATE] = int((records - self._tick_records) / max(now - self._tick_at, 1e-3))
+            self._tick_at, self._tick_records = now, records
             self._next_tick = now + 1.0
             self.wal.flush()  # rotates a current.wal older than segment_duration
+            if self._retention:
+                self._apply_retention()
         if now >= self._next_liveness:
             self._next_liveness = now + LIVENESS_INTERVAL
             self._reclaim_dead()
+
+    def _truncate(self, before: int) -> None:
+        """Serve ``truncate_before`` requests: remove completed segments ending below ``before``."""
+        w = self.ring.words
+        removed, first = self.wal.truncate_before(before)
+        for e in removed:
+            log.info("%s: truncate_before(%d) removed %s (seqs %d-%d)", self.dir, before, e.file, e.first_seq, e.last_seq)
+        w[RH_FIRST_SEQ] = first
+        w[RH_TRUNC_DONE] = before
+        self._wake_followers()
+
+    def _apply_retention(self) -> None:
+        removed, first = self.wal.apply_retention(self.config.retention_max_bytes, self.config.retention_max_age)
+        for e in removed:
+            log.info("%s: retention removed %s (seqs %d-%d, %d bytes)", self.dir, e.file, e.first_seq, e.last_seq, e.size)
+        if removed:
+            self.ring.words[RH_FIRST_SEQ] = first
 
     def _reclaim_dead(self) -> None:
         dead = []

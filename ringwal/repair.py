@@ -1,0 +1,379 @@
+"""``repair(dir)``: make a damaged log usable again without losing a byte silently.
+
+What it does, file by file (completed segments in order, then ``current.wal``):
+
+* a frame that fails its checksum (or has impossible fields, or a zero-filled gap) with
+  valid frames after it: the damaged bytes are cut out and every valid frame before and
+  after is kept, byte for byte (frames carry their own seqs, so nothing is renumbered);
+* a damaged tail (nothing valid after the damage) is cut off; a torn tail of
+  ``current.wal`` is cut off the same way (the next writer would do it anyway);
+* a damaged segment header is rebuilt from the log's serializer and the seqs around it;
+* a completed segment with nothing valid left, or holding no records, is set aside;
+* a valid frame repeating seqs already in the log is dropped;
+* zero bytes after the last frame of a completed segment are truncated (no data);
+* stray temp files are removed and ``wal_index.json`` is rebuilt from the files.
+
+Every seq range that disappears (inside a file, or between two files: a segment gone or
+cut short) is recorded as a hole in ``wal_holes.json`` (``holes.py``), with the file,
+offset and reason, so replay and verify report it instead of failing. Every file that
+loses non-zero bytes is first kept whole as ``<name>.broken``. The report names each seq
+that went. Refused, with a clear error and nothing changed: a writer holds the directory,
+a segment of an unknown format version, segments written with different serializers, or
+segments that overlap (two files claiming the same seqs: a human must pick one).
+
+Order of the changes and what a crash at each step leaves (rerunning repair finishes):
+
+1. the repaired content of each file is written to ``<name>.repair.tmp`` and fsynced
+   -> stray ``.repair.tmp`` files, which no reader looks at; the next repair removes them;
+2. each file to be changed is hard-linked to ``<name>.broken``; directory fsync
+   -> extra ``.broken`` names, nothing else changed;
+3. ``wal_holes.json`` is replaced with the new holes added
+   -> holes recorded while the damaged files are still in place: verify reports both the
+   corruption and the holes, and the next repair finds the same damage (holes are merged,
+   never duplicated);
+4. each ``.repair.tmp`` is renamed over its file (files set aside are unlinked: their
+   ``.broken`` link keeps the bytes); directory fsync
+   -> some files repaired, others not yet: the next repair does the rest;
+5. ``wal_index.json`` is rebuilt -> a stale index, which every writer rebuilds anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+
+from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
+from .errors import CorruptSegmentError, FormatError, UnsupportedVersionError
+from .format import (
+    FRAME_BAD,
+    FRAME_END,
+    FRAME_INCOMPLETE,
+    FRAME_OK,
+    SEGMENT_HEADER_SIZE,
+    SegmentHeader,
+    parse_frame,
+)
+from .holes import Hole, load_holes, write_holes
+from .index import INDEX_NAME, load_index, reconcile, write_index
+from .segment import CURRENT, find_valid_frame, list_segments, read_file
+
+__all__ = ["RepairReport", "repair"]
+
+_TMP_SUFFIX = ".repair.tmp"
+
+
+@dataclass
+class RepairReport:
+    directory: str
+    actions: list[str] = field(default_factory=list)
+    holes: list[Hole] = field(default_factory=list)  # the holes this run recorded
+    broken_copies: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        return {
+            "dir": self.directory,
+            "dry_run": self.dry_run,
+            "changed": self.changed,
+            "actions": list(self.actions),
+            "holes": [asdict(h) for h in self.holes],
+            "lost_records": sum(h.records for h in self.holes),
+            "broken_copies": list(self.broken_copies),
+        }
+
+
+@dataclass
+class _FilePlan:
+    name: str
+    content: bytes | None  # None: set the file aside (nothing valid left)
+    keep_copy: bool  # non-zero bytes are dropped: keep the original as .broken
+
+
+def repair(directory: str, *, dry_run: bool = False, fsync: FsyncFn = os.fsync) -> RepairReport:
+    """Repair the log in ``directory`` (see the module docstring); return what was done.
+
+    Raises LockedError while a writer holds the directory, and FormatError for damage it
+    will not decide alone (both leave everything untouched).
+    """
+    directory = check_directory(directory, create=False)
+    lock = DirLock(directory)
+    try:
+        return _Repair(directory, dry_run, fsync).run()
+    finally:
+        lock.release()
+
+
+class _Repair:
+    def __init__(self, directory: str, dry_run: bool, fsync: FsyncFn) -> None:
+        self.dir = directory
+        self.fsync = fsync
+        self.report = RepairReport(directory, dry_run=dry_run)
+        self.holes = load_holes(directory)
+        self.new_holes: list[Hole] = []
+        self.plans: list[_FilePlan] = []
+        self.now = time.time_ns()
+        index, _ = load_index(directory)
+        self.index = {e.file: e for e in index or ()}
+
+    def say(self, text: str) -> None:
+        self.report.actions.append(text)
+
+    # ------------------------------------------------------------------ planning
+
+    def run(self) -> RepairReport:
+        d = self.dir
+        names = [name for _, name in list_segments(d)]
+        if os.path.exists(os.path.join(d, CURRENT)):
+            names.append(CURRENT)
+        self.serializer = self._serializer(names)
+        expected: int | None = None
+        open_loss: tuple[str, int, str] | None = None  # damage cut from the end of a file: its seqs are known at the next file
+        for name in names:
+            expected, open_loss = self._file(name, expected, open_loss)
+        if open_loss is not None:
+            file, off, reason = open_loss
+            self.say(
+                f"{file}: the damaged bytes at offset {off} ({reason}) were the end of the log; whatever seqs they "
+                f"held, if any, are unknown (never readable); the log goes on at seq {expected}"
+            )
+        strays = [n for n in os.listdir(d) if n.endswith(_TMP_SUFFIX) or n in ("current.wal.tmp", "wal_index.json.tmp")]
+        for n in sorted(strays):
+            self.say(f"{n}: removed (left by an interrupted writer or repair)")
+        index_bad = self._index_needs_rebuild()
+        if not self.report.dry_run:
+            self._apply(strays, rebuild_index=index_bad or bool(self.plans))
+        elif index_bad:
+            self.say(f"{INDEX_NAME}: would be rebuilt from the segment files")
+        self.report.holes = self.new_holes
+        return self.report
+
+    def _serializer(self, names: list[str]) -> str:
+        found: dict[str, list[str]] = {}
+        for name in names:
+            path = os.path.join(self.dir, name)
+            try:
+                with open(path, "rb") as f:
+                    header = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), path)
+            except UnsupportedVersionError:
+                raise
+            except FormatError:
+                continue
+            found.setdefault(header.serializer, []).append(name)
+        if len(found) > 1:
+            parts = "; ".join(f"{s!r}: {', '.join(ns)}" for s, ns in found.items())
+            raise CorruptSegmentError(
+                f"{self.dir}: segments were written with different serializers ({parts}); repair will not pick one: move the foreign files away first",
+                path=self.dir,
+            )
+        if not found:
+            if not names:
+                return ""
+            raise CorruptSegmentError(f"{self.dir}: no segment has a readable header, so the log's serializer is unknown; nothing repaired", path=self.dir)
+        return next(iter(found))
+
+    def _hole(self, first: int, last: int, file: str, offset: int, reason: str, copy: bool) -> None:
+        if first > last or self.holes.with_added(self.new_holes).explains(first, last) is not None:
+            return
+        h = Hole(first, last, file, offset, reason, f"{file}.broken" if copy and file else "", self.now)
+        self.new_holes.append(h)
+        self.say(f"hole recorded: {h.describe()}")
+
+    def _file(self, name: str, expected: int | None, open_loss):
+        path = os.path.join(self.dir, name)
+        sealed = name != CURRENT
+        buf = read_file(path)
+        header = None
+        header_note = ""
+        try:
+            header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], path)
+        except UnsupportedVersionError:
+            raise
+        except FormatError as exc:
+            header_note = str(exc).removeprefix(f"{path}: ")
+        if header is not None:
+            first = header.first_seq
+        else:
+            at = find_valid_frame(memoryview(buf), SEGMENT_HEADER_SIZE, len(buf), expected or 1)
+            if at is None:
+                # Nothing readable at all: set the whole file aside.
+                nonzero = any(buf)
+                self.plans.append(_FilePlan(name, None, nonzero))
+                self.say(f"{name}: header damaged ({header_note}) and no valid frame in {len(buf)} bytes: set aside as {name}.broken")
+                if nonzero:
+                    self.report.broken_copies.append(f"{name}.broken")
+                return expected, open_loss or (name, 0, f"segment header damaged ({header_note}), no valid frame")
+            first = parse_frame(buf, at, len(buf))[3]
+            if expected is not None and expected < first:
+                first = expected
+            entry = self.index.get(name)
+            created = entry.created_ns if entry is not None else int(os.stat(path).st_mtime_ns)
+            header = SegmentHeader(self.serializer, first, created)
+            self.say(f"{name}: segment header damaged ({header_note}); rebuilt it (serializer {self.serializer!r}, first seq {first})")
+        # Seqs between the previous file and this one.
+        if expected is not None and first > expected and not self.holes.bridging(expected, first):
+            if open_loss is not None:
+                file, off, reason = open_loss
+                self._hole(expected, first - 1, file, off, reason, True)
+            else:
+                self._hole(expected, first - 1, "", 0, f"no segment file holds these seqs (before {name}: a segment is missing)", False)
+        elif expected is not None and first < expected:
+            raise CorruptSegmentError(
+                f"{path}: starts at seq {first} but the previous segment ends at {expected - 1}: two files claim the same seqs; "
+                "repair will not choose between them: move one aside (keep a copy) and run repair again",
+                path=path,
+                offset=32,
+            )
+        open_loss = None
+        out, nxt, records, copy, open_loss = self._frames(name, buf, first, sealed)
+        changed = bool(header_note) or out is not None
+        if records == 0 and sealed:
+            self.plans.append(_FilePlan(name, None, copy or any(buf[SEGMENT_HEADER_SIZE:])))
+            self.say(f"{name}: completed segment holds no valid records: set aside as {name}.broken")
+            self.report.broken_copies.append(f"{name}.broken")
+            return nxt, open_loss
+        if changed:
+            body = out if out is not None else bytes(buf[SEGMENT_HEADER_SIZE:])
+            content = header.encode() + body
+            self.plans.append(_FilePlan(name, content, copy or bool(header_note)))
+            if copy or header_note:
+                self.report.broken_copies.append(f"{name}.broken")
+        return nxt, open_loss
+
+    def _frames(self, name: str, buf: bytes, first: int, sealed: bool):
+        """Walk the frames; return (new body or None if unchanged, next seq, records kept,
+        whether non-zero bytes are dropped, damage at the end whose seqs are not known yet)."""
+        view = memoryview(buf)
+        limit = len(buf)
+        pos = SEGMENT_HEADER_SIZE
+        nxt = first
+        kept: list[tuple[int, int]] = []
+        records = 0
+        changed = copy = False
+        open_loss = None
+        while True:
+            outcome, length, count, fseq, stored, computed, end = parse_frame(view, pos, limit)
+            if outcome == FRAME_OK:
+                if fseq < nxt:
+                    self.say(f"{name}: dropped the frame at offset {pos}: its seqs {fseq}-{fseq + count - 1} repeat seqs already in the log")
+                    changed = copy = True
+                    pos = end
+                    continue
+                if fseq > nxt and not self.holes.bridging(nxt, fseq):
+                    self._hole(nxt, fseq - 1, name, pos, f"valid frame at offset {pos} starts at seq {fseq}, expected {nxt}", True)
+                    copy = True
+                kept.append((pos, end))
+                records += count
+                nxt = fseq + count
+                pos = end
+                continue
+            rest_zero = not bytes(view[pos:]).strip(b"\x00")
+            if outcome == FRAME_END and rest_zero:
+                if sealed and pos < limit:
+                    self.say(f"{name}: truncated {limit - pos} zero bytes after the last frame (no data)")
+                    changed = True
+                break
+            reason = _describe(outcome, length, stored, computed, limit)
+            later = find_valid_frame(view, pos + 8, limit, nxt)
+            if later is None:
+                dropped = limit - pos - (len(bytes(view[pos:])) - len(bytes(view[pos:]).rstrip(b"\x00")))
+                kind = "torn tail" if not sealed else "damaged tail"
+                self.say(f"{name}: cut a {kind} of {dropped} bytes at offset {pos} ({reason}); copy kept in {name}.broken")
+                changed = copy = True
+                open_loss = (name, pos, reason)
+                break
+            lseq = parse_frame(view, later, limit)[3]
+            changed = copy = True
+            self.say(f"{name}: cut {later - pos} damaged bytes at offsets {pos}-{later - 1} ({reason}); a valid frame follows at {later}")
+            if lseq > nxt:
+                self._hole(nxt, lseq - 1, name, pos, f"{later - pos} bytes damaged at offset {pos}: {reason}", True)
+                nxt = lseq
+            pos = later
+        view.release()
+        if not changed:
+            return None, nxt, records, False, None
+        body = b"".join(buf[a:b] for a, b in kept)
+        return body, nxt, records, copy, open_loss
+
+    def _index_needs_rebuild(self) -> bool:
+        entries, reason = load_index(self.dir)
+        if entries is None:
+            return reason != "missing" or bool(list_segments(self.dir))
+        listed = {e.file: e for e in entries}
+        for _, name in list_segments(self.dir):
+            e = listed.pop(name, None)
+            if e is None or e.size != os.stat(os.path.join(self.dir, name)).st_size:
+                return True
+        return bool(listed)
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, strays: list[str], rebuild_index: bool) -> None:
+        d, fsync = self.dir, self.fsync
+        for n in strays:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(d, n))
+        # 1. repaired contents, fsynced, under names nobody reads
+        for plan in self.plans:
+            if plan.content is None:
+                continue
+            tmp = os.path.join(d, plan.name + _TMP_SUFFIX)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(plan.content)
+                while view:
+                    view = view[os.write(fd, view) :]
+                fsync(fd)
+            finally:
+                os.close(fd)
+        # 2. the originals stay reachable as .broken
+        for plan in self.plans:
+            if plan.keep_copy:
+                src = os.path.join(d, plan.name)
+                dst = src + ".broken"
+                n = 1
+                while os.path.exists(dst) and not os.path.samefile(src, dst):
+                    dst = f"{src}.broken.{n}"
+                    n += 1
+                if not os.path.exists(dst):
+                    os.link(src, dst)
+        fsync_dir(d, fsync)
+        # 3. the lost ranges are on record before any byte of them disappears
+        if self.new_holes:
+            self.holes = self.holes.with_added(self.new_holes)
+            write_holes(d, self.holes, fsync)
+        # 4. swap the repaired files in
+        for plan in self.plans:
+            path = os.path.join(d, plan.name)
+            if plan.content is None:
+                if plan.keep_copy:
+                    os.unlink(path)
+                else:
+                    os.replace(path, path + ".broken")
+            else:
+                os.replace(path + _TMP_SUFFIX, path)
+        fsync_dir(d, fsync)
+        # 5. the index, from the files as they are now
+        if rebuild_index:
+            entries, _ = reconcile(d, full=True, holes=self.holes)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(d, INDEX_NAME))
+            write_index(d, self.serializer, entries, fsync)
+            self.say(f"{INDEX_NAME}: rebuilt from the segment files ({len(entries)} completed segment(s))")
+
+
+def _describe(outcome: int, length: int, stored: int, computed: int, limit: int) -> str:
+    if outcome == FRAME_BAD and stored >= 0:
+        return f"checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+    if outcome == FRAME_INCOMPLETE:
+        return f"frame of {length} bytes runs past the end of the file ({limit} bytes)"
+    if outcome == FRAME_END:
+        return "zero-filled gap"
+    return "invalid frame header"

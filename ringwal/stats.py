@@ -1,0 +1,180 @@
+"""``log_stats(dir)``: what ``ringwal stats`` shows, as a plain dict (its ``--json`` output).
+
+The files part reads only what is cheap: the index (checked against the directory by
+``reconcile``, scanning only segments it does not match), the headers and ``current.wal``.
+The writer part maps the ring read-only in spirit (it stores nothing) and reads the words
+the writer publishes (``format.py``): pid and start time, next and durable seq, records/s
+over the last second, the fsync histogram, and each lane's owner and fill.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .format import (
+    FSYNC_BUCKETS,
+    L_HEAD,
+    L_OWNER_CTIME,
+    L_OWNER_PID,
+    LANE_CTL_SIZE,
+    L_TAIL,
+    RH_DURABLE_SEQ,
+    RH_FOLLOWERS,
+    RH_FSYNC_COUNT,
+    RH_FSYNC_HIST,
+    RH_FSYNC_NS,
+    RH_NEXT_SEQ,
+    RH_RATE,
+    RH_STARTED_NS,
+    RH_STATE,
+    RH_WRITER_CTIME,
+    RH_WRITER_PID,
+    RING_HEADER_SIZE,
+    RING_READY,
+    SEGMENT_HEADER_SIZE,
+    SegmentHeader,
+    fsync_bucket_upper,
+)
+from .holes import load_holes
+from .index import reconcile
+from .ring import M32, Ring, bits_f64, process_alive
+from .segment import CURRENT, SegmentScan, read_file
+
+__all__ = ["format_stats", "log_stats"]
+
+_STATES = {0: "starting", 1: "ready", 2: "stopped", 3: "closed"}
+
+
+def log_stats(directory: str) -> dict:
+    directory = os.path.abspath(directory)
+    holes = load_holes(directory)
+    entries, _reason = reconcile(directory, full=True, holes=holes)
+    segs = [{"file": e.file, "first_seq": e.first_seq, "last_seq": e.last_seq, "bytes": e.size} for e in entries]
+    first = entries[0].first_seq if entries else None
+    last = entries[-1].last_seq if entries else None
+    total = sum(e.size for e in entries)
+    serializer = None
+    cur_path = os.path.join(directory, CURRENT)
+    current = None
+    try:
+        buf = read_file(cur_path)
+    except FileNotFoundError:
+        buf = None
+    if buf is not None:
+        header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], cur_path)
+        serializer = header.serializer
+        scan = SegmentScan(buf, cur_path, sealed=False, next_seq=header.first_seq, holes=holes)
+        for _ in scan.frames():
+            pass
+        current = {"file": CURRENT, "first_seq": header.first_seq, "last_seq": scan.next_seq - 1, "bytes": scan.end, "allocated_bytes": len(buf)}
+        segs.append(current)
+        total += scan.end
+        if first is None:
+            first = header.first_seq
+        if scan.records:
+            last = scan.next_seq - 1
+    if first is not None and last is not None and last >= first:
+        records = last - first + 1 - sum(
+            min(h.last_seq, last) - max(h.first_seq, first) + 1 for h in holes.overlapping(first, last)
+        )
+    else:
+        records, first, last = 0, None, None
+    return {
+        "dir": directory,
+        "serializer": serializer,
+        "segments": len(segs),
+        "first_seq": first,
+        "last_seq": last,
+        "records": records,
+        "bytes": total,
+        "holes": [{"first_seq": h.first_seq, "last_seq": h.last_seq, "reason": h.reason} for h in holes],
+        "segment_files": segs,
+        "writer": writer_stats(directory),
+    }
+
+
+def writer_stats(directory: str) -> dict | None:
+    """The running writer's figures from the ring, or None when no writer is alive."""
+    try:
+        ring = Ring.attach(directory)
+    except (FileNotFoundError, OSError):
+        return None
+    try:
+        w = ring.words
+        pid = w[RH_WRITER_PID]
+        ctime = bits_f64(w[RH_WRITER_CTIME])
+        if w[RH_STATE] != RING_READY or not process_alive(pid, ctime):
+            return None
+        producers = []
+        used = 0
+        for k in range(ring.slots):
+            base = (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
+            head, tail, owner = w[base + L_HEAD], w[base + L_TAIL], w[base + L_OWNER_PID]
+            fill = (head - tail) & M32
+            used += fill
+            if owner:
+                producers.append({"lane": k, "pid": owner, "alive": process_alive(owner, bits_f64(w[base + L_OWNER_CTIME])), "ring_bytes_used": fill})
+        hist = [w[RH_FSYNC_HIST + b] for b in range(FSYNC_BUCKETS)]
+        n = w[RH_FSYNC_COUNT]
+        started = w[RH_STARTED_NS]
+        return {
+            "pid": pid,
+            "state": _STATES.get(w[RH_STATE], str(w[RH_STATE])),
+            "uptime_s": round(max(0.0, (time.time_ns() - started) / 1e9), 3) if started else None,
+            "next_seq": w[RH_NEXT_SEQ],
+            "durable_seq": w[RH_DURABLE_SEQ],
+            "records_per_s": w[RH_RATE],
+            "ring_bytes": ring.slots * ring.ring_size,
+            "ring_bytes_used": used,
+            "ring_fill": round(used / (ring.slots * ring.ring_size), 6),
+            "lanes": ring.slots,
+            "producers": producers,
+            "followers": w[RH_FOLLOWERS],
+            "fsyncs": n,
+            "fsync_mean_us": round(w[RH_FSYNC_NS] / n / 1000, 1) if n else None,
+            "fsync_p50_us": _percentile(hist, n, 0.50),
+            "fsync_p99_us": _percentile(hist, n, 0.99),
+            "fsync_p999_us": _percentile(hist, n, 0.999),
+        }
+    finally:
+        ring.close()
+
+
+def _percentile(hist: list[int], n: int, q: float) -> int | None:
+    """Upper bound of the histogram bucket holding the q-quantile (at most ~19% high)."""
+    if not n:
+        return None
+    rank = max(1, int(q * n + 0.999999))
+    seen = 0
+    for b, c in enumerate(hist):
+        seen += c
+        if seen >= rank:
+            return fsync_bucket_upper(b)
+    return fsync_bucket_upper(len(hist) - 1)
+
+
+def format_stats(st: dict) -> str:
+    lines = [f"log {st['dir']} (serializer {st['serializer'] or 'unknown'})"]
+    span = f"seqs {st['first_seq']}-{st['last_seq']}" if st["records"] else "no records"
+    lines.append(f"  {st['records']} record(s), {span}, {st['segments']} segment(s), {st['bytes']} bytes")
+    for h in st["holes"]:
+        lines.append(f"  hole: seqs {h['first_seq']}-{h['last_seq']} lost ({h['reason']})")
+    w = st["writer"]
+    if w is None:
+        lines.append("  writer: none running")
+        return "\n".join(lines)
+    lines.append(f"  writer: pid {w['pid']}, {w['state']}, up {w['uptime_s']:.0f}s, {w['records_per_s']} records/s")
+    lines.append(f"    durable seq {w['durable_seq']}, next seq {w['next_seq']}")
+    lines.append(
+        f"    ring {w['ring_fill'] * 100:.2f}% full ({w['ring_bytes_used']} of {w['ring_bytes']} bytes), "
+        f"{len(w['producers'])} producer(s) attached of {w['lanes']} lanes, {w['followers']} follower(s)"
+    )
+    if w["fsyncs"]:
+        lines.append(
+            f"    fsync: {w['fsyncs']} calls, mean {w['fsync_mean_us']} us, p50 <= {w['fsync_p50_us']} us, "
+            f"p99 <= {w['fsync_p99_us']} us, p99.9 <= {w['fsync_p999_us']} us"
+        )
+    else:
+        lines.append("    fsync: none yet")
+    return "\n".join(lines)
