@@ -234,20 +234,14 @@ def _cmd_append(args: argparse.Namespace) -> int:
 
 
 def _cmd_truncate(args: argparse.Namespace) -> int:
-    from .errors import LockedError
+    from .errors import ConfigError, LockedError
     from .log import WAL
-    from .ring import Ring
+    from .segment import CURRENT, list_segments
     from .writer import _NameOnly
 
     d = _require_log(args.dir)
-    try:
-        ring = Ring.attach(d)
-    except FileNotFoundError:
-        ring = None
-    except WALError:
-        ring = None
-    if ring is not None:
-        ring.close()
+    if not list_segments(d) and not os.path.exists(os.path.join(d, CURRENT)):
+        raise ConfigError(f"{d}: holds no ringwal log (no segment files)")
     try:
         cfg = _log_config(d)
         cfg.serializer = _NameOnly(cfg.serializer.name)

@@ -293,3 +293,63 @@ def test_cli_repair_then_verify_and_dump(log):
     assert r.returncode == 0 and len(r.stdout.splitlines()) == N - 1
     r = ringwal_cli("repair", "--dir", log)
     assert r.returncode == 0 and "nothing to repair" in r.stderr
+
+
+def _rewrite_header(path, **fields):
+    import struct
+
+    from ringwal.format import crc32c
+
+    with open(path, "r+b") as f:
+        h = bytearray(f.read(SEGMENT_HEADER_SIZE))
+        if "version" in fields:
+            struct.pack_into("<H", h, 8, fields["version"])
+        if "serializer" in fields:
+            h[16:32] = fields["serializer"].encode().ljust(16, b"\0")
+        h[60:64] = crc32c(bytes(h[:60])).to_bytes(4, "little")
+        f.seek(0)
+        f.write(h)
+
+
+def _edit_index(d, fn):
+    p = os.path.join(d, "wal_index.json")
+    doc = json.load(open(p))
+    fn(doc["segments"])
+    with open(p, "w") as f:
+        json.dump(doc, f)
+
+
+DAMAGE = {
+    # kind: (damage, what verify says, whether repair fixes it)
+    "checksum": (lambda d: flip(segs(d)[2], frame_offsets(segs(d)[2])[0][1] + 40), "checksum mismatch", True),
+    "header": (lambda d: flip(segs(d)[3], 20), "segment header checksum mismatch", True),
+    "gap": (lambda d: os.unlink(segs(d)[2]), "seq gap", True),
+    "trailing": (lambda d: open(segs(d)[0], "ab").write(b"\0" * 16), "bytes after the last frame", True),
+    "empty": (lambda d: os.truncate(segs(d)[3], SEGMENT_HEADER_SIZE), "holds no records", True),
+    "index-entry": (lambda d: _edit_index(d, lambda s: s[1].update(size=1)), "the file holds", True),
+    "index-extra": (lambda d: _edit_index(d, lambda s: s.append(dict(s[0], file="000077.wal"))), "which does not exist", True),
+    "index-garbage": (lambda d: open(os.path.join(d, "wal_index.json"), "w").write("[1,"), "index unparseable", True),
+    "serializer": (lambda d: _rewrite_header(segs(d)[1], serializer="json"), "differs from", False),
+    "version": (lambda d: _rewrite_header(segs(d)[1], version=9), "version 9", False),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_cli_verify_reports_each_kind_of_damage_and_repair_fixes_or_refuses_it(log, kind):
+    damage, says, fixable = DAMAGE[kind]
+    damage(log)
+    r = ringwal_cli("verify", "--dir", log)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert says in r.stdout, r.stdout
+    assert all(":" in line for line in r.stdout.splitlines())  # file[:offset]: what
+    doc = json.loads(ringwal_cli("verify", "--dir", log, "--json").stdout)
+    assert not doc["ok"] and any(says in p["message"] for p in doc["problems"]) and all(p["path"] for p in doc["problems"])
+    before = sorted(os.listdir(log))
+    r = ringwal_cli("repair", "--dir", log)
+    if not fixable:
+        assert r.returncode == 2 and "error:" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert sorted(os.listdir(log)) == before
+        return
+    assert r.returncode == 0, r.stderr
+    r = ringwal_cli("verify", "--dir", log)
+    assert r.returncode == 0, r.stdout + r.stderr
