@@ -253,9 +253,38 @@ def test_retention_by_bytes_is_applied_by_the_writer(wdir):
                 h.sync()
 
         def total():
-            return sum(os.path.getsize(os.path.join(wdir, n)) for _, n in list_segments(wdir))
+            size = 0
+            for _, n in list_segments(wdir):
+                try:
+                    size += os.path.getsize(os.path.join(wdir, n))
+                except FileNotFoundError:
+                    pass  # removed by retention since the listing
+            return size
 
         wait_until(lambda: total() <= 16384, what="retention to remove old segments")
     got = [x.seq for x in replay(wdir)]
     assert got[-1] == 400 and got == list(range(got[0], 401)) and got[0] > 1
     assert verify(wdir).ok
+
+
+def test_verify_draws_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    from ringwal import cli
+
+    d = write_log(str(tmp_path / "wal"), 100).dir
+    master, slave = os.openpty()
+    try:
+        with open(slave, "w", closefd=False) as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            monkeypatch.setattr(cli._Progress, "MIN_BYTES", 0)
+            bar = cli._Progress()
+            assert verify(d, progress=bar).ok
+            bar.done()
+            tty.flush()
+        drawn = os.read(master, 1 << 16).decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "verifying [" in drawn and "########################################]" in drawn
+    # not a terminal (a pipe, as in CI): nothing is drawn
+    r = ringwal_cli("verify", "--dir", d)
+    assert r.returncode == 0 and "verifying [" not in r.stderr

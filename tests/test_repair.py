@@ -22,7 +22,7 @@ from ringwal.segment import CURRENT, list_segments
 
 from .conftest import rec, write_log
 from .test_cli import ringwal_cli
-from .test_corruption import frame_offsets
+from .test_corruption import flip, frame_offsets
 
 N = 100
 
@@ -48,14 +48,6 @@ def log(pristine, tmp_path):
 
 def segs(d):
     return [os.path.join(d, n) for _, n in list_segments(d)]
-
-
-def flip(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x55]))
 
 
 def seqs_of_frame(path, k):
@@ -98,7 +90,7 @@ def test_bit_flip_in_a_middle_frame_is_cut_out_and_recorded(log):
     broken = seg + ".broken"
     assert os.path.exists(broken)
     kept = bytearray(original)
-    kept[frame_offsets(seg + ".broken")[0][3] + 40] ^= 0x55
+    kept[frame_offsets(seg + ".broken")[0][3] + 40] ^= 1
     assert open(broken, "rb").read() == bytes(kept)  # the damaged original, byte for byte
     assert load_holes(log).list[0].broken_copy == os.path.basename(broken)
     check_repaired(log, set(range(first, first + count)))
