@@ -59,7 +59,10 @@ def _print_records(records: Iterable, fmt: str, limit: int | None = None, flush:
         if fmt == "jsonl":
             out.write(json.dumps({"seq": rec.seq, "type": rec.type, "time": rec.time, **_data_fields(rec.data)}) + "\n")
         else:
-            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.time / 1e9)) + f".{rec.time % 1_000_000_000:09d}Z"
+            try:
+                when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.time // 1_000_000_000)) + f".{rec.time % 1_000_000_000:09d}Z"
+            except (OverflowError, OSError, ValueError):
+                when = f"{rec.time}ns"  # outside what the C library can show as a date
             d = _data_fields(rec.data)
             shown = d["text"] if "text" in d else "base64:" + d["base64"]
             out.write(f"{rec.seq}\t{rec.type}\t{when}\t{shown}\n")
