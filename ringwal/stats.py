@@ -26,6 +26,7 @@ from .format import (
     RH_FSYNC_NS,
     RH_NEXT_SEQ,
     RH_RATE,
+    RH_RECORDS,
     RH_STARTED_NS,
     RH_STATE,
     RH_WRITER_CTIME,
@@ -125,6 +126,7 @@ def writer_stats(directory: str) -> dict | None:
             "next_seq": w[RH_NEXT_SEQ],
             "durable_seq": w[RH_DURABLE_SEQ],
             "records_per_s": w[RH_RATE],
+            "records_written": w[RH_RECORDS],
             "ring_bytes": ring.slots * ring.ring_size,
             "ring_bytes_used": used,
             "ring_fill": round(used / (ring.slots * ring.ring_size), 6),
@@ -164,7 +166,10 @@ def format_stats(st: dict) -> str:
     if w is None:
         lines.append("  writer: none running")
         return "\n".join(lines)
-    lines.append(f"  writer: pid {w['pid']}, {w['state']}, up {w['uptime_s']:.0f}s, {w['records_per_s']} records/s")
+    lines.append(
+        f"  writer: pid {w['pid']}, {w['state']}, up {w['uptime_s']:.0f}s, {w['records_per_s']} records/s over the last second, "
+        f"{w['records_written']} written since it started"
+    )
     lines.append(f"    durable seq {w['durable_seq']}, next seq {w['next_seq']}")
     lines.append(
         f"    ring {w['ring_fill'] * 100:.2f}% full ({w['ring_bytes_used']} of {w['ring_bytes']} bytes), "

@@ -245,7 +245,7 @@ class Writer:
         w[RH_STARTED_NS] = time.time_ns()
         for i in range(FSYNC_BUCKETS):  # stats describe this writer, not the ring's earlier ones
             self._hist[i] = 0
-        w[RH_FSYNC_COUNT] = w[RH_FSYNC_NS] = w[RH_RATE] = 0
+        w[RH_FSYNC_COUNT] = w[RH_FSYNC_NS] = w[RH_RATE] = w[RH_RECORDS] = 0
         w[RH_STATE] = RING_READY  # last: producers attach only to a READY ring with a live writer
 
     # ------------------------------------------------------------------ the drain
