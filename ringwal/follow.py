@@ -47,7 +47,7 @@ from .format import (
     parse_frame,
 )
 from .holes import load_holes
-from .record import Record
+from .record import Record, check_seq
 from .replay import replay
 from .ring import M32, Ring, claim_lock
 from .segment import CURRENT
@@ -74,8 +74,7 @@ def follow(
     ``poll_interval``). Raises what ``replay`` raises (corruption, RecordsLostError unless
     ``skip_holes``).
     """
-    if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
-        raise ValueError(f"after_seq must be an int >= 0, got {after_seq!r}")
+    check_seq(after_seq, "after_seq")
     if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
         raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
     f = _Follower(os.path.abspath(directory), after_seq + 1, serializer, poll_interval, skip_holes, stop)

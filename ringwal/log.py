@@ -50,7 +50,7 @@ from .errors import (
 from .format import FRAME_HEADER_SIZE, MAX_FRAME_BODY, SegmentHeader
 from .holes import load_holes
 from .index import IndexEntry, reconcile, write_index
-from .record import Record
+from .record import Record, check_seq
 from .replay import replay_into
 from .segment import CURRENT, TORN, ActiveSegment, SegmentScan, read_file, read_header, segment_name, segment_number
 from .serializers import with_batch_methods
@@ -143,7 +143,7 @@ class WAL:
         if removed:
             fsync_dir(d, self._fsync)
         name = self._ser.name
-        self._holes = holes = load_holes(d)
+        holes = load_holes(d)
         entries, reason = reconcile(d, full=True, holes=holes)
         prev = None
         for e in entries:
@@ -414,8 +414,7 @@ class WAL:
         that names files which are gone: stale, rebuilt by the next writer with a warning;
         readers only ever look at files that exist.
         """
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise ValueError(f"truncate_before takes a seq (int >= 0), got {seq!r}")
+        check_seq(seq, "truncate_before's seq")
         with self._mutex:
             self._check_open()
             n = 0

@@ -71,7 +71,7 @@ from .format import (
     SPAN_LOG,
 )
 from .log import _as_record, _too_large
-from .record import Record
+from .record import Record, check_seq
 from .replay import replay_into
 from .ring import M32, Ring, check_machine, claim_lock, own_identity
 from .serializers import with_batch_methods
@@ -538,8 +538,7 @@ class Handle:
         active segment is never removed, so records may remain below ``seq``. Replay from
         ``after_seq >= seq - 1`` is unaffected. Waits up to ``sync_timeout``.
         """
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise ValueError(f"truncate_before takes a seq (int >= 0), got {seq!r}")
+        check_seq(seq, "truncate_before's seq")
         with self._lock:
             self._check_usable()
         ring = self._ring

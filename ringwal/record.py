@@ -82,3 +82,10 @@ def check_record(type: int, time: int, data: object, seq: int = 0) -> tuple[int,
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= _U64_MAX:
         raise InvalidRecordError(f"record seq must be an int in 0..2**64-1, got {seq!r}")
     return (type, time, data, seq)  # type: ignore[return-value]
+
+
+def check_seq(value: object, what: str) -> int:
+    """``value`` if it is a seq argument (an int >= 0, not a bool); else ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a seq (an int >= 0), got {value!r}")
+    return value

@@ -32,7 +32,7 @@ from .errors import ConfigError, CorruptSegmentError, FormatError, RecordsLostEr
 from .holes import load_holes
 from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader
 from .index import reconcile
-from .record import Record
+from .record import Record, check_seq
 from .segment import CURRENT, SegmentScan, list_segments, read_fd, read_file
 from .serializers import Serializer, get_serializer, with_batch_methods
 
@@ -60,8 +60,7 @@ def replay(
     ``skip_holes=True`` steps over seq ranges that repair recorded as lost (with a warning)
     instead of raising RecordsLostError.
     """
-    if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
-        raise ValueError(f"after_seq must be an int >= 0, got {after_seq!r}")
+    check_seq(after_seq, "after_seq")
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
