@@ -288,3 +288,24 @@ def test_verify_draws_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
     # not a terminal (a pipe, as in CI): nothing is drawn
     r = ringwal_cli("verify", "--dir", d)
     assert r.returncode == 0 and "verifying [" not in r.stderr
+
+
+def test_retention_by_age_removes_completed_segments_closed_too_long_ago(tmp_path, clock):
+    d = str(tmp_path / "wal")
+    with ringwal.WAL(Config(dir=d, segment_size=2048), clock=clock) as w:
+        for i in range(40):
+            w.append(rec(i))
+            w.flush()
+        old = [n for _, n in list_segments(d)]
+        clock.advance(100)
+        for i in range(40, 80):
+            w.append(rec(i))
+            w.flush()
+        assert w.apply_retention(None, 150.0)[0] == []  # nothing is that old yet
+        clock.advance(60)
+        removed, first = w.apply_retention(None, 150.0)
+        assert [e.file for e in removed] == old
+        assert first == removed[-1].last_seq + 1
+        assert [n for _, n in list_segments(d)] and not set(old) & {n for _, n in list_segments(d)}
+    assert [x.seq for x in replay(d)] == list(range(first, 81))
+    assert verify(d).ok
