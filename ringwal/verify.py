@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import FormatError
+from ._fileutil import LOCK_NAME
 from .format import SEGMENT_HEADER_SIZE, SegmentHeader
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
@@ -72,6 +75,9 @@ class VerifyReport:
         }
 
 
+REPLANS = 1000  # a writer rotating faster than verify reads could otherwise keep it busy forever
+
+
 def verify(directory: str, progress: Callable[[int, int], object] | None = None) -> VerifyReport:
     directory = os.path.abspath(directory)
     report = VerifyReport(directory)
@@ -95,25 +101,44 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
         with contextlib.suppress(FileNotFoundError):
             sizes[name] = os.stat(os.path.join(directory, name)).st_size
     total, done = sum(sizes.values()), 0
-    for name in names:
+    # A writer may rotate while we read: before trusting where current.wal starts, the
+    # segments that appeared meanwhile are verified first (up to REPLANS times).
+    queue = [name for name in names if name != CURRENT] + [CURRENT]
+    seen: set[str] = set()
+    replans = 0
+    i = 0
+    while i < len(queue):
+        name = queue[i]
+        i += 1
         path = os.path.join(directory, name)
         sealed = name != CURRENT
         if progress is not None:
-            progress(done, total)
+            progress(min(done, total), total)
             done += sizes.get(name, 0)
         try:
             buf = read_file(path)
         except FileNotFoundError:
-            report.notes.append(f"{path}: removed while verify ran (rotation or retention)")
+            if sealed:
+                report.notes.append(f"{path}: removed while verify ran (retention)")
+                expected = None  # what follows it cannot be checked against it
             continue
-        report.segments += 1
-        report.bytes += len(buf)
         try:
             header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], path)
         except FormatError as exc:
+            report.segments += 1
+            report.bytes += len(buf)
             report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
             expected = None
             continue
+        if not sealed and expected is not None and header.first_seq > expected and replans < REPLANS:
+            newer = [n for _, n in list_segments(directory) if n not in seen]
+            if newer:
+                replans += 1
+                queue[i:i] = newer + [CURRENT]
+                continue
+        seen.add(name)
+        report.segments += 1
+        report.bytes += len(buf)
         if serializer is None:
             serializer = header.serializer
         elif header.serializer != serializer:
@@ -153,24 +178,59 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
     return report
 
 
+#: How long verify keeps looking when the index disagrees while a writer runs: the writer
+#: replaces the index right after a rotation or a retention removal, a few fsyncs later.
+INDEX_SETTLE = 2.0
+
+
 def _check_index(directory: str, found: dict[str, tuple[int, int, int]], report: VerifyReport) -> None:
+    """Compare the index with the segments read. While a writer holds the directory the
+    index may be mid-update (a rotation or retention just changed the files): look again
+    until it agrees or INDEX_SETTLE passes; only a lasting disagreement is a problem."""
+    deadline = time.monotonic() + INDEX_SETTLE
+    while True:
+        problems: list[Problem] = []
+        _index_problems(directory, found, problems)
+        if not problems or time.monotonic() >= deadline or not _writer_running(directory):
+            report.problems.extend(problems)
+            return
+        time.sleep(0.005)  # the writer's index update is a few fsyncs away
+        found = {n: v for n, v in found.items() if os.path.exists(os.path.join(directory, n))}
+
+
+def _writer_running(directory: str) -> bool:
+    try:
+        fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops our shared lock at once
+
+
+def _index_problems(directory: str, found: dict[str, tuple[int, int, int]], report_problems: list[Problem]) -> None:
     path = os.path.join(directory, INDEX_NAME)
     entries, reason = load_index(directory)
     if entries is None:
         if found or reason != "missing":
-            report.problems.append(Problem(path, None, f"index {reason}; the next writer rebuilds it"))
+            report_problems.append(Problem(path, None, f"index {reason}; the next writer rebuilds it"))
         return
     listed = {e.file: e for e in entries}
     for name, (first, last, size) in found.items():
         e = listed.pop(name, None)
         if e is None:
-            report.problems.append(Problem(path, None, f"does not list {name}"))
+            report_problems.append(Problem(path, None, f"does not list {name}"))
         elif (e.first_seq, e.last_seq, e.size) != (first, last, size):
-            report.problems.append(
+            report_problems.append(
                 Problem(path, None, f"entry for {name} says seqs {e.first_seq}-{e.last_seq}, {e.size} bytes; the file holds {first}-{last}, {size} bytes")
             )
     for name in sorted(listed):
-        report.problems.append(Problem(path, None, f"lists {name}, which does not exist"))
+        if not os.path.exists(os.path.join(directory, name)):  # else: rotated in after the scan
+            report_problems.append(Problem(path, None, f"lists {name}, which does not exist"))
 
 
 def _strip(message: str, path: str) -> str:

@@ -309,3 +309,25 @@ def test_retention_by_age_removes_completed_segments_closed_too_long_ago(tmp_pat
         assert [n for _, n in list_segments(d)] and not set(old) & {n for _, n in list_segments(d)}
     assert [x.seq for x in replay(d)] == list(range(first, 81))
     assert verify(d).ok
+
+
+def test_verify_is_clean_while_the_writer_rotates_and_removes_segments(wdir):
+    """The index is replaced a few fsyncs after each rotation and each retention removal;
+    verify running meanwhile must not call that window corruption."""
+    from .conftest import spawn_child
+    from .ringhelp import PRODUCER, collect
+
+    p = start_serve(wdir, "--segment-size", "4096", "--retention-max-bytes", "20000")
+    try:
+        child = spawn_child(PRODUCER, wdir, "v", "6000", "5", "0")
+        checked = 0
+        while child.poll() is None or checked < 3:
+            report = verify(wdir)
+            assert report.ok, [str(x) for x in report.problems]
+            checked += 1
+        top, lines = collect(child)
+        assert top == 5999, lines
+        assert checked >= 3
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0
