@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 
 from . import _futex
-from .errors import RecordsLostError
+from .errors import RecordsLostError, WALError
 from .format import (
     FRAME_HEADER_SIZE,
     FRAME_INCOMPLETE,
@@ -120,10 +120,8 @@ class _Follower:
         self.next_attach = now + self.poll
         try:
             ring = Ring.attach(self.dir)
-        except (FileNotFoundError, OSError):
-            return None
-        except Exception:
-            return None  # a ring of another layout: follow the files alone
+        except (OSError, WALError):
+            return None  # no ring, or one of another layout: follow the files alone
         with claim_lock(self.dir):
             ring.words[RH_FOLLOWERS] += 1
         self.ring, self.registered = ring, True

@@ -57,7 +57,7 @@ from .format import (
 )
 from .holes import Hole, load_holes, write_holes
 from .index import INDEX_NAME, load_index, reconcile, write_index
-from .segment import CURRENT, find_valid_frame, list_segments, read_file
+from .segment import CURRENT, _all_zero, _trailing_zeros, find_valid_frame, list_segments, read_file
 
 __all__ = ["RepairReport", "repair"]
 
@@ -274,8 +274,7 @@ class _Repair:
                 nxt = fseq + count
                 pos = end
                 continue
-            rest_zero = not bytes(view[pos:]).strip(b"\x00")
-            if outcome == FRAME_END and rest_zero:
+            if outcome == FRAME_END and (pos >= limit or _all_zero(view[pos:])):
                 if sealed and pos < limit:
                     self.say(f"{name}: truncated {limit - pos} zero bytes after the last frame (no data)")
                     changed = True
@@ -283,7 +282,7 @@ class _Repair:
             reason = _describe(outcome, length, stored, computed, limit)
             later = find_valid_frame(view, pos + 8, limit, nxt)
             if later is None:
-                dropped = limit - pos - (len(bytes(view[pos:])) - len(bytes(view[pos:]).rstrip(b"\x00")))
+                dropped = limit - pos - _trailing_zeros(view, pos, limit)
                 kind = "torn tail" if not sealed else "damaged tail"
                 self.say(f"{name}: cut a {kind} of {dropped} bytes at offset {pos} ({reason}); copy kept in {name}.broken")
                 changed = copy = True
