@@ -118,6 +118,10 @@ from .format import (
     RH_VERSION,
     RH_WAKE,
     RH_FOLLOW_WAKE,
+    RH_FOLLOWERS,
+    RH_NEXT_SEQ,
+    RH_DURABLE_SEQ,
+    RING_READY,
     RH_WRITER_CTIME,
     RH_WRITER_PID,
     RING_CLOSED,
@@ -131,7 +135,7 @@ from .format import (
     ring_layout,
 )
 
-__all__ = ["Ring", "claim_lock", "process_alive", "ring_names"]
+__all__ = ["Ring", "RingView", "claim_lock", "process_alive", "ring_names"]
 
 M32 = 0xFFFFFFFF
 _MAGIC_WORD = int.from_bytes(RING_MAGIC, "little")
@@ -421,3 +425,82 @@ def unlink_names(directory: str) -> None:
         posix_ipc.unlink_shared_memory(name)
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_semaphore(wname)
+
+
+class RingView:
+    """A read-only look at a directory's ring: what ``stats``, ``follow`` and live readers need.
+
+    It stores into the ring only to register and unregister a follower (under the claim lock).
+    ``attach`` returns None when there is no ring, it is still being created, or it has a
+    layout this build does not read: callers then work from the files alone.
+
+    Live-reader rule (``docs/FORMAT.md``): the writer stores the written seq after the
+    ``pwritev`` of the frame returns, so a reader that loads ``written_seq()`` *before* it
+    reads ``current.wal`` is guaranteed to see every frame up to that seq complete.
+    """
+
+    _ring: Ring | None = None
+    _registered = False
+
+    def __init__(self, ring: Ring) -> None:
+        self._ring = ring
+        self.directory = ring.directory
+        self.follow_addr = ring.follow_addr
+
+    @classmethod
+    def attach(cls, directory: str) -> RingView | None:
+        try:
+            return cls(Ring.attach(directory))
+        except (OSError, RingError, UnsupportedVersionError):
+            return None
+
+    def writer_alive(self) -> bool:
+        """True while a writer serves the ring (state READY and its process alive)."""
+        ring = self._ring
+        return ring.words[RH_STATE] == RING_READY and ring.writer_alive()
+
+    def closed(self) -> bool:
+        """The last writer shut down cleanly and removed the ring: detach and attach again later."""
+        return self._ring.words[RH_STATE] == RING_CLOSED
+
+    def written_seq(self) -> int:
+        """The last seq the writer has handed to the OS (its ``pwritev`` returned); 0 when none."""
+        return max(self._ring.words[RH_NEXT_SEQ] - 1, 0)
+
+    def durable_seq(self) -> int:
+        """The last seq covered by a completed fdatasync."""
+        return self._ring.words[RH_DURABLE_SEQ]
+
+    def follow_word(self) -> int:
+        """Load before checking ``durable_seq``; pass to ``wait_follow`` (the _futex.py protocol)."""
+        return self._ring.words[RH_FOLLOW_WAKE]
+
+    def wait_follow(self, word: int, deadline: float) -> None:
+        """Sleep until the writer bumps the follow word (after an fsync or a truncation) or
+        ``deadline`` (time.monotonic) passes. Wakes only while a follower is registered."""
+        _futex.wait(self.follow_addr, word, deadline, M32)
+
+    def register_follower(self) -> None:
+        """Ask the writer to bump the follow word after each fsync (idempotent)."""
+        if not self._registered:
+            with claim_lock(self.directory):
+                self._ring.words[RH_FOLLOWERS] += 1
+            self._registered = True
+
+    def close(self) -> None:
+        """Unregister (if registered) and unmap. Idempotent."""
+        ring, self._ring = self._ring, None
+        if ring is None:
+            return
+        if self._registered:
+            self._registered = False
+            with contextlib.suppress(OSError), claim_lock(self.directory):
+                if ring.words[RH_FOLLOWERS]:
+                    ring.words[RH_FOLLOWERS] -= 1
+        ring.close()
+
+    def __enter__(self) -> RingView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
