@@ -270,33 +270,14 @@ def _cmd_truncate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from .config import Config
+    from ._launch import config_from_args, detach
     from .writer import _NameOnly, log_serializer, serve
 
     if args.detach:
-        # Started by ringwal.open: fork so the launcher exits at once and the writer is not a
-        # child of the producer (it must outlive it, and must not linger as its zombie).
-        if os.fork():
-            os._exit(0)
-        os.setsid()
+        detach()  # started by ringwal.open: not the producer's child
     name = args.serializer or log_serializer(args.dir) or "binary"
-    config = Config(
-        dir=args.dir,
-        segment_size=args.segment_size,
-        segment_duration=args.segment_duration,
-        serializer=_NameOnly(name),
-        flush_interval=args.flush_interval,
-        write_buffer_size=args.write_buffer_size,
-        max_record_size=args.max_record_size,
-        ring_size=args.ring_size,
-        producer_slots=args.producer_slots,
-        retention_max_bytes=args.retention_max_bytes,
-        retention_max_age=args.retention_max_age,
-    )
-    defaults = Config()
-    for f in ("segment_size", "segment_duration", "write_buffer_size", "max_record_size", "ring_size", "producer_slots"):
-        if getattr(args, f) is None:
-            setattr(config, f, getattr(defaults, f))
+    config = config_from_args(args, _NameOnly(name))
+
     def announce(writer) -> None:
         if not args.detach:
             r = writer.ring
@@ -311,6 +292,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._launch import add_serve_options
+
     p = argparse.ArgumentParser(prog="ringwal", description="A durable write-ahead log shared by many processes.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -352,16 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("truncate", _cmd_truncate, "remove completed segments whose records all have seq < SEQ")
     c.add_argument("--before", type=int, required=True, metavar="SEQ", help="keep every record with seq >= SEQ")
     s = cmd("serve", _cmd_serve, "run the writer process in the foreground (the durability sidecar)")
-    s.add_argument("--segment-size", type=int, default=None, metavar="B", help="rotate current.wal after B bytes (2 MiB)")
-    s.add_argument("--segment-duration", type=float, default=None, metavar="S", help="rotate after S seconds (300)")
     s.add_argument("--serializer", default=None, metavar="NAME", help="serializer name (default: the one in the log, else binary)")
-    s.add_argument("--flush-interval", type=float, default=None, metavar="S", help="fsync every S seconds even if nobody calls sync()")
-    s.add_argument("--write-buffer-size", type=int, default=None, metavar="B", help="largest batch written per drain (1 MiB)")
-    s.add_argument("--max-record-size", type=int, default=None, metavar="B", help="largest record payload (1 MiB)")
-    s.add_argument("--ring-size", type=int, default=None, metavar="B", help="bytes of ring per producer lane (2 MiB)")
-    s.add_argument("--producer-slots", type=int, default=None, metavar="N", help="producer lanes in the ring (32)")
-    s.add_argument("--retention-max-bytes", type=int, default=None, metavar="B", help="remove the oldest completed segments beyond B bytes")
-    s.add_argument("--retention-max-age", type=float, default=None, metavar="S", help="remove completed segments closed more than S seconds ago")
+    add_serve_options(s)
     s.add_argument("--linger", type=float, default=None, help=argparse.SUPPRESS)
     s.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

@@ -4,8 +4,21 @@ The region (layout in ``format.py``) holds one single-producer/single-consumer *
 attached producer process. A producer claims a lane at ``open``; it alone writes the lane's
 data and its ``head`` word. The writer process alone writes ``tail``, the progress words and
 the span log. The claim lock (``flock`` on ``<dir>/wal.ring.lock``, dropped by the kernel
-when its holder dies) guards only lane ownership and the attach generation: it is held for a
-few word stores, never across a copy, so producers never wait on each other to append.
+when its holder dies) guards only lane ownership, the attach generation, the follower count
+and the truncation request: it is held for a few word stores, never across a copy, so
+producers never wait on each other to append.
+
+This module owns every algorithm over the region, in agrona's shape (one file holds both
+sides of ``ManyToOneRingBuffer``; the layout stays apart in ``format.py``):
+
+* :class:`Ring` maps the region: create, attach, check the header, views, close, unlink;
+* :class:`ProducerSide`: claim a lane, publish, room, wait for written/durable progress,
+  receipt lookups, truncation requests, release;
+* :class:`WriterSide`: drain, the pending/finish/recover steps, mark written and durable,
+  wake waiters, reclaim dead lanes, serve truncation, stats words, shutdown;
+* :class:`RingView`: the read-only look that ``stats``, ``follow`` and live readers need.
+
+Outside this module no code indexes ring words.
 
 Positions and counts
     ``head`` and ``tail`` pack ``count32 << 32 | pos32``: the number of records and bytes ever
@@ -77,15 +90,18 @@ Memory ordering: what this relies on
 
 Lifecycle
     The writer creates the region and its semaphore (``O_CREAT``), sets ``state = READY``
-    last, and on a clean exit with no lane owned and every lane empty sets ``state = CLOSED``
-    and unlinks them under the claim lock. Otherwise (a crash, or producers still attached)
-    it leaves them, and the next writer on the directory reuses them, resolving a pending
-    drain as above. ``Ring.close`` unmaps this process's view; ``Ring.unlink`` removes the
-    names; they are separate, as in ``multiprocessing.shared_memory``.
+    last. On a clean exit it first reclaims the lanes of producers that died (a producer
+    killed just before the writer's SIGTERM still owns its lane until someone notices), then,
+    under the claim lock, with no lane owned and every lane empty it sets ``state = CLOSED``
+    and unlinks the names; otherwise it sets ``STOPPED``, wakes every waiter and leaves the
+    ring for the next writer, which reuses it, resolving a pending drain as above.
+    ``Ring.close`` unmaps this process's view; ``Ring.unlink`` removes the names; they are
+    separate, as in ``multiprocessing.shared_memory``.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -94,54 +110,104 @@ import os
 import platform
 import secrets
 import struct
-from collections.abc import Iterator
+import time
+from array import array
+from collections.abc import Callable, Iterator
 
 import posix_ipc
 import psutil
 
 from . import _futex
-from .errors import RingError, UnsupportedVersionError
+from .errors import ConfigError, LogFailedError, RingError, SlotsExhaustedError, UnsupportedVersionError
 from .format import (
+    FSYNC_BUCKETS,
+    L_DURABLE_COUNT,
+    L_DURABLE_SEQ,
+    L_HEAD,
     L_OWNER_CTIME,
     L_OWNER_PID,
     L_OWNER_TOKEN,
+    L_PENDING_SEQ,
+    L_PENDING_TAIL,
+    L_SPAN_HEAD,
+    L_TAIL,
+    L_VERSION,
+    L_WANT_DURABLE,
+    L_WANT_WRITTEN,
+    L_WRITTEN_COUNT,
+    L_WRITTEN_SEQ,
     LANE_CTL_SIZE,
     LANE_WORDS,
     RH_ATTACH_GEN,
+    RH_DURABLE_SEQ,
+    RH_FIRST_SEQ,
+    RH_FOLLOW_WAKE,
+    RH_FOLLOWERS,
+    RH_FSYNC_COUNT,
+    RH_FSYNC_HIST,
+    RH_FSYNC_NS,
+    RH_FSYNCS,
     RH_MAGIC,
     RH_MAX_RECORD,
+    RH_NEXT_SEQ,
+    RH_PENDING,
+    RH_PENDING_FIRST,
+    RH_PENDING_LAST,
+    RH_RATE,
+    RH_RECORDS,
     RH_RING_SIZE,
     RH_SERIALIZER_OFFSET,
     RH_SLOTS,
     RH_SPAN_LOG,
+    RH_STARTED_NS,
     RH_STATE,
+    RH_TRUNC_DONE,
+    RH_TRUNC_REQ,
     RH_VERSION,
     RH_WAKE,
-    RH_FOLLOW_WAKE,
-    RH_FOLLOWERS,
-    RH_NEXT_SEQ,
-    RH_DURABLE_SEQ,
-    RING_READY,
     RH_WRITER_CTIME,
+    RH_WRITER_GEN,
     RH_WRITER_PID,
     RING_CLOSED,
     RING_HEADER_SIZE,
     RING_INIT,
     RING_MAGIC,
+    RING_READY,
+    RING_STOPPED,
     RING_VERSION,
     SERIALIZER_NAME_SIZE,
     SPAN_LOG,
     SPAN_SIZE,
+    fsync_bucket,
     ring_layout,
 )
 
-__all__ = ["Ring", "RingView", "claim_lock", "process_alive", "ring_names"]
+__all__ = [
+    "POLL",
+    "ProducerSide",
+    "Ring",
+    "RingView",
+    "WriterSide",
+    "check_machine",
+    "claim_lock",
+    "process_alive",
+    "ring_names",
+    "unlink_names",
+]
 
 M32 = 0xFFFFFFFF
+_HALF = 1 << 31
+_WANT = 1 << 32
 _MAGIC_WORD = int.from_bytes(RING_MAGIC, "little")
 _F64 = struct.Struct("<d")
 _U64 = struct.Struct("<Q")
 CLAIM_LOCK_NAME = "wal.ring.lock"
+#: Seconds between writer-liveness checks while a producer waits.
+POLL = 0.1
+#: Seconds a waiter polls (yielding the CPU) before it sleeps on the futex, when recent waits were short.
+SPIN = 0.0005
+#: Spans of the seq mapping a producer keeps for resolving old receipts.
+KEEP_SPANS = 1 << 16
 SUPPORTED_MACHINES = ("x86_64", "amd64", "AMD64", "i686", "i386")
 
 
@@ -214,7 +280,9 @@ def claim_lock(directory: str) -> Iterator[None]:
 
 
 class Ring:
-    """This process's mapping of a directory's ring.
+    """This process's mapping of a directory's ring: creation, attaching, the header check,
+    views and the lifecycle. The algorithms are the sides below; outside this module nothing
+    indexes ring words.
 
     ``words`` is the whole region as 64-bit words; ``lane_ctl(k)`` / ``lane_data(k)`` /
     ``span_log(k)`` are views of one lane. Class-level defaults make ``close`` safe on a
@@ -234,13 +302,14 @@ class Ring:
             self._mm = mmap.mmap(shm.fd, shm.size)
         finally:
             shm.close_fd()
-        self.buf = self._view(memoryview(self._mm))
-        self.words = self._view(self.buf.cast("Q"))
+        self.buf = self.keep(memoryview(self._mm))
+        self.words = self.keep(self.buf.cast("Q"))
         base = _futex.base_address(self._mm)
         self.wake_addr = base + RH_WAKE * 8
         self.follow_addr = base + RH_FOLLOW_WAKE * 8
 
-    def _view(self, v: memoryview) -> memoryview:
+    def keep(self, v: memoryview) -> memoryview:
+        """Register a view of the mapping so ``close`` releases it before unmapping."""
         self._views.append(v)
         return v
 
@@ -335,17 +404,25 @@ class Ring:
 
     # ------------------------------------------------------------------ views
 
+    @staticmethod
+    def lane_base(k: int) -> int:
+        """Word index of lane ``k``'s control block."""
+        return (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
+
     def lane_ctl(self, k: int) -> memoryview:
-        base = (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
-        return self._view(self.words[base : base + LANE_WORDS])
+        base = self.lane_base(k)
+        return self.keep(self.words[base : base + LANE_WORDS])
 
     def span_log(self, k: int) -> memoryview:
         base = (self.spans_off + k * SPAN_LOG * SPAN_SIZE) // 8
-        return self._view(self.words[base : base + SPAN_LOG * 2])
+        return self.keep(self.words[base : base + SPAN_LOG * 2])
 
     def lane_data(self, k: int) -> memoryview:
         off = self.data_off + k * self.ring_size
-        return self._view(self.buf[off : off + self.ring_size])
+        return self.keep(self.buf[off : off + self.ring_size])
+
+    def view_words(self, start: int, n: int) -> memoryview:
+        return self.keep(self.words[start : start + n])
 
     def writer_identity(self) -> tuple[int, float]:
         w = self.words
@@ -354,47 +431,20 @@ class Ring:
     def writer_alive(self) -> bool:
         return process_alive(*self.writer_identity())
 
+    def owner(self, k: int) -> tuple[int, float, int]:
+        """(pid, create time, token) of lane ``k``'s owner; pid 0 when the lane is free."""
+        base = self.lane_base(k)
+        w = self.words
+        return w[base + L_OWNER_PID], bits_f64(w[base + L_OWNER_CTIME]), w[base + L_OWNER_TOKEN]
+
+    def ready(self) -> bool:
+        """A writer serves the ring: state READY and the writer process alive."""
+        return self.words[RH_STATE] == RING_READY and self.writer_alive()
+
     @staticmethod
     def wake_bit(k: int) -> int:
         """Lane ``k``'s futex bit: its producer waits on it, the writer wakes it (lanes 32 apart share one)."""
         return 1 << (k & 31)
-
-    def owner(self, k: int) -> tuple[int, float, int]:
-        base = (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
-        w = self.words
-        return w[base + L_OWNER_PID], bits_f64(w[base + L_OWNER_CTIME]), w[base + L_OWNER_TOKEN]
-
-    # ------------------------------------------------------------------ ownership (claim lock held)
-
-    def claim_lane(self, pid: int, ctime: float) -> tuple[int, int]:
-        """Take a free lane, or one whose owner died; return (lane, token)."""
-        for k in range(self.slots):
-            opid, octime, _tok = self.owner(k)
-            if opid == 0 or not process_alive(opid, octime):
-                base = (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
-                w = self.words
-                token = secrets.randbits(63) | 1
-                w[base + 1] = 0  # want_written
-                w[base + 2] = 0  # want_durable
-                w[base + L_OWNER_CTIME] = f64_bits(ctime)
-                w[base + L_OWNER_TOKEN] = token
-                w[base + L_OWNER_PID] = pid
-                w[RH_ATTACH_GEN] += 1
-                return k, token
-        return -1, 0
-
-    def release_lane(self, k: int, token: int) -> bool:
-        """Give up lane ``k`` if ``token`` still owns it."""
-        base = (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
-        w = self.words
-        if w[base + L_OWNER_TOKEN] != token:
-            return False
-        w[base + 1] = 0
-        w[base + 2] = 0
-        w[base + L_OWNER_PID] = 0
-        w[base + L_OWNER_TOKEN] = 0
-        w[RH_ATTACH_GEN] += 1
-        return True
 
     # ------------------------------------------------------------------ semaphores
 
@@ -456,8 +506,7 @@ class RingView:
 
     def writer_alive(self) -> bool:
         """True while a writer serves the ring (state READY and its process alive)."""
-        ring = self._ring
-        return ring.words[RH_STATE] == RING_READY and ring.writer_alive()
+        return self._ring.ready()
 
     def closed(self) -> bool:
         """The last writer shut down cleanly and removed the ring: detach and attach again later."""
@@ -487,6 +536,40 @@ class RingView:
                 self._ring.words[RH_FOLLOWERS] += 1
             self._registered = True
 
+    def writer_stats(self) -> dict | None:
+        """The running writer's figures (``ringwal stats``), or None when no writer is alive."""
+        ring = self._ring
+        w = ring.words
+        if not self.writer_alive():
+            return None
+        producers = []
+        used = 0
+        for k in range(ring.slots):
+            base = ring.lane_base(k)
+            head, tail, owner = w[base + L_HEAD], w[base + L_TAIL], w[base + L_OWNER_PID]
+            fill = (head - tail) & M32
+            used += fill
+            if owner:
+                alive = process_alive(owner, bits_f64(w[base + L_OWNER_CTIME]))
+                producers.append({"lane": k, "pid": owner, "alive": alive, "ring_bytes_used": fill})
+        return {
+            "pid": w[RH_WRITER_PID],
+            "state": w[RH_STATE],
+            "started_ns": w[RH_STARTED_NS],
+            "next_seq": w[RH_NEXT_SEQ],
+            "durable_seq": w[RH_DURABLE_SEQ],
+            "records_per_s": w[RH_RATE],
+            "records_written": w[RH_RECORDS],
+            "ring_bytes": ring.slots * ring.ring_size,
+            "ring_bytes_used": used,
+            "lanes": ring.slots,
+            "producers": producers,
+            "followers": w[RH_FOLLOWERS],
+            "fsyncs": w[RH_FSYNC_COUNT],
+            "fsync_ns": w[RH_FSYNC_NS],
+            "fsync_histogram": [w[RH_FSYNC_HIST + b] for b in range(FSYNC_BUCKETS)],
+        }
+
     def close(self) -> None:
         """Unregister (if registered) and unmap. Idempotent."""
         ring, self._ring = self._ring, None
@@ -504,3 +587,723 @@ class RingView:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ProducerSide:
+    """One producer's lane: claim, publish, room, waiting for progress, receipts, release.
+
+    Words it stores: its lane's ``head`` and ``want`` words; under the claim lock, the lane's
+    owner words, the attach generation and the truncation request. Everything else it only
+    loads. Not thread-safe: the handle serialises calls (one lock for publishing, one for
+    waiting; ``wait_progress`` and ``publish`` may run in two threads at once, since they
+    store different words and the local fields they share are only read by the waiter).
+
+    Local numbering: ``count`` is the number of records this side's owner (a handle) has
+    published, ever; it agrees with the lane's count32 modulo 2**32, so the head word is
+    ``(count & M32) << 32 | pos``. ``base`` is ``count`` when the lane was claimed.
+    """
+
+    _closed = False
+
+    def __init__(self, ring: Ring, lane: int, token: int, count: int) -> None:
+        self.ring = ring
+        self.lane = lane
+        self._token = token
+        self._words = ring.words
+        self._ctl = ring.lane_ctl(lane)
+        self._data = ring.lane_data(lane)
+        self._spanlog = ring.span_log(lane)
+        self._size = ring.ring_size
+        self._mask = ring.ring_size - 1
+        self._wake_addr = ring.wake_addr
+        self._bit = ring.wake_bit(lane)
+        self._wsem = ring.writer_sem()
+        self.generation = ring.words[RH_WRITER_GEN]
+        head = self._ctl[L_HEAD]
+        self._pos = head & M32
+        self.count = count + (((head >> 32) - count) & M32)
+        self.base = self.count
+        self._harvested = self._ctl[L_SPAN_HEAD]
+        self.forgotten = self.count  # receipts with counts <= this can no longer be resolved
+        self._spans_end = array("q")
+        self._spans_start = array("q")
+        self._spans_seq = array("q")
+        self._recent_wait = 0.0  # moving average of recent waits that slept or polled, seconds
+        self._room = 0
+        self._refresh_room()
+
+    @classmethod
+    def claim(cls, ring: Ring, count: int) -> ProducerSide | None:
+        """Take a free lane of a READY ring (or one whose owner died) for this process.
+
+        None when the ring is not READY (its writer is starting or stopping). Raises
+        SlotsExhaustedError when every lane is held by a live process.
+        """
+        pid, ctime = own_identity()
+        w = ring.words
+        with claim_lock(ring.directory):
+            if w[RH_STATE] != RING_READY:
+                return None
+            for k in range(ring.slots):
+                base = ring.lane_base(k)
+                if w[base + L_OWNER_PID] and process_alive(w[base + L_OWNER_PID], bits_f64(w[base + L_OWNER_CTIME])):
+                    continue
+                token = secrets.randbits(63) | 1
+                w[base + L_WANT_WRITTEN] = 0
+                w[base + L_WANT_DURABLE] = 0
+                w[base + L_OWNER_CTIME] = f64_bits(ctime)
+                w[base + L_OWNER_TOKEN] = token
+                w[base + L_OWNER_PID] = pid  # last: a lane with an owner pid is fully claimed
+                w[RH_ATTACH_GEN] += 1
+                return cls(ring, k, token, count)
+        raise SlotsExhaustedError(
+            f"{ring.directory}: all {ring.slots} producer slots of the ring are held by live processes; "
+            "raise producer_slots in Config (it applies when the writer next creates the ring)"
+        )
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, blob: bytes, count: int) -> int:
+        """Copy ``count`` records (body layout) into the lane and publish them with one store.
+
+        Returns the new ``count``, or -1 when the lane has no room for ``len(blob)`` bytes
+        now (nothing written). The caller checks sizes: ``len(blob) <= ring_size``.
+        """
+        n = len(blob)
+        room = self._room - n
+        if room < 0:
+            self._refresh_room()
+            room = self._room - n
+            if room < 0:
+                return -1
+        pos = self._pos
+        off = pos & self._mask
+        end = off + n
+        if end <= self._size:
+            self._data[off:end] = blob
+        else:
+            cut = self._size - off
+            self._data[off:] = blob[:cut]
+            self._data[: end - self._size] = blob[cut:]
+        old = self.count
+        self._room = room
+        self._pos = pos = (pos + n) & M32
+        self.count = c = old + count
+        self._ctl[L_HEAD] = ((c & M32) << 32) | pos  # publish: one 8-byte store, after the copy
+        if (old ^ c) >> 8:
+            self._harvest()  # about every 256 records: keep up with the span log
+        return c
+
+    def _refresh_room(self) -> None:
+        used = (self._pos - self._ctl[L_TAIL]) & M32
+        self._room = self._size - used
+        if used >= self._size >> 1:
+            self.post()  # half full: ask for a drain now rather than at the writer's idle timeout
+
+    def post(self) -> None:
+        """Wake the writer (it sleeps on its semaphore when idle)."""
+        self._wsem.release()
+
+    def wait_room(self, n: int, deadline: float, check_writer: Callable[[], bool]) -> bool:
+        """Wait until ``n`` bytes fit in the lane; False at ``deadline`` (time.monotonic)."""
+        while True:
+            self._refresh_room()
+            if n <= self._room:
+                return True
+            if self.wait_progress(False, self.count, deadline, check_writer) is None:
+                self._refresh_room()
+                return n <= self._room
+
+    # ------------------------------------------------------------------ waiting
+
+    def _read_progress(self, durable: bool) -> tuple[int, int]:
+        c = self._ctl
+        i_count, i_seq = (L_DURABLE_COUNT, L_DURABLE_SEQ) if durable else (L_WRITTEN_COUNT, L_WRITTEN_SEQ)
+        for _ in range(1000):
+            v = c[L_VERSION]
+            if not v & 1:
+                cnt, seq = c[i_count], c[i_seq]
+                if c[L_VERSION] == v:
+                    return cnt, seq
+        return -1, 0  # a writer died mid-update: not done; the liveness check takes over
+
+    def wait_progress(self, durable: bool, count: int, deadline: float, check_writer: Callable[[], bool]) -> int | None:
+        """Wait until the writer has written (or made durable) this lane's records up to
+        ``count``; return the seq of record ``count``, or None at ``deadline``.
+
+        Polls (yielding the CPU) for about one fsync when recent waits were short, then
+        sleeps on the futex word (``_futex.py``). Every ``POLL`` seconds it calls
+        ``check_writer()``, which may start a new writer or raise; True means a new writer
+        took over, and the want is posted again.
+        """
+        t32 = count & M32
+        want_word = L_WANT_DURABLE if durable else L_WANT_WRITTEN
+        posted = False
+        spin_until = began = 0.0
+        words = self._words
+        next_check = time.monotonic() + POLL
+        while True:
+            wake = words[RH_WAKE]  # before the progress words: the order _futex.py relies on
+            cnt, seq = self._read_progress(durable)
+            if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
+                if posted:
+                    self._ctl[want_word] = 0  # lets the writer skip this lane at a glance
+                if spin_until:
+                    self._recent_wait = 0.75 * self._recent_wait + 0.25 * (time.monotonic() - began)
+                return seq
+            if not posted:
+                self._ctl[want_word] = _WANT | t32
+                self._wsem.release()  # a locked instruction: our want is visible before it
+                posted = True
+                continue  # re-check: the writer may have finished before seeing the want
+            now = time.monotonic()
+            if not spin_until:
+                began = now
+                # Poll only when recent waits were short: with a busy CPU and long waits
+                # (many producers syncing in bulk) polling would only steal their CPU.
+                spin_until = now + SPIN if self._recent_wait < SPIN else now
+            if now < spin_until:
+                os.sched_yield()
+                continue
+            if now >= deadline:
+                return None
+            _futex.wait(self._wake_addr, wake, min(next_check, deadline), self._bit)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + POLL
+                if check_writer():
+                    posted = False
+
+    def writer_ready(self) -> bool:
+        """The ring is READY and its writer process is alive."""
+        return self.ring.ready()
+
+    def writer_changed(self) -> bool:
+        """A different writer than last time serves the ring (call when ``writer_ready``)."""
+        gen = self._words[RH_WRITER_GEN]
+        if gen == self.generation:
+            return False
+        self.generation = gen
+        return True
+
+    # ------------------------------------------------------------------ truncation
+
+    def truncate_before(self, seq: int, deadline: float, check_writer: Callable[[], bool]) -> int | None:
+        """Ask the writer to remove completed segments below ``seq``; wait until it has.
+
+        Returns the first seq still in the log, or None at ``deadline``. The request word only
+        rises (under the claim lock), so concurrent requests never undo each other.
+        """
+        w = self._words
+        with claim_lock(self.ring.directory):
+            if w[RH_TRUNC_REQ] < seq:
+                w[RH_TRUNC_REQ] = seq
+        self.post()
+        next_check = time.monotonic() + POLL
+        while True:
+            word = w[RH_FOLLOW_WAKE]  # before the condition: the writer stores it, then bumps this
+            if w[RH_TRUNC_DONE] >= seq:
+                return w[RH_FIRST_SEQ]
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            _futex.wait(self.ring.follow_addr, word, min(next_check, deadline), M32)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + POLL
+                if check_writer():
+                    self.post()
+
+    # ------------------------------------------------------------------ receipts
+
+    def _harvest(self) -> None:
+        """Copy new span-log entries into local memory before the writer overwrites them."""
+        sl = self._spanlog
+        ctl = self._ctl
+        while True:
+            head = ctl[L_SPAN_HEAD]
+            lo = max(self._harvested, head - SPAN_LOG)
+            if lo > self._harvested:
+                self.forgotten = max(self.forgotten, self._count_of(sl[(lo % SPAN_LOG) * 2] >> 32))
+            entries = [(sl[(i % SPAN_LOG) * 2], sl[(i % SPAN_LOG) * 2 + 1]) for i in range(lo, head)]
+            # Entry lo's slot is rewritten while span_head == lo + SPAN_LOG (the entry is stored
+            # before span_head moves past it), so a copy is good only if span_head stayed below.
+            if ctl[L_SPAN_HEAD] - lo < SPAN_LOG:
+                break
+        for word, first_seq in entries:
+            end = self._count_of(word & M32)
+            start = end - (((word & M32) - (word >> 32)) & M32)
+            if end <= self.base:
+                continue  # a previous owner's records
+            self._spans_end.append(end)
+            self._spans_start.append(start)
+            self._spans_seq.append(first_seq)
+        self._harvested = head
+        if len(self._spans_end) > KEEP_SPANS:
+            cut = len(self._spans_end) // 2
+            self.forgotten = max(self.forgotten, self._spans_end[cut - 1])
+            del self._spans_end[:cut], self._spans_start[:cut], self._spans_seq[:cut]
+
+    def _count_of(self, lane32: int) -> int:
+        """Local count of a lane count32 at or before the current one."""
+        return self.count - (((self.count & M32) - lane32) & M32)
+
+    def seq_of(self, count: int) -> int | None:
+        """The seq the writer gave record ``count`` (call once it is written); None when
+        the span history no longer reaches back that far."""
+        self._harvest()
+        ends = self._spans_end
+        i = bisect.bisect_left(ends, count)
+        if count > self.forgotten and i < len(ends) and self._spans_start[i] < count:
+            return self._spans_seq[i] + (count - self._spans_start[i] - 1)
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def release(self) -> None:
+        """Give the lane back (if this side still owns it), wake the writer, unmap. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        ring = self.ring
+        with contextlib.suppress(OSError), claim_lock(ring.directory):
+            base = ring.lane_base(self.lane)
+            w = self._words
+            if w[base + L_OWNER_TOKEN] == self._token:
+                w[base + L_WANT_WRITTEN] = 0
+                w[base + L_WANT_DURABLE] = 0
+                w[base + L_OWNER_PID] = 0
+                w[base + L_OWNER_TOKEN] = 0
+                w[RH_ATTACH_GEN] += 1
+        with contextlib.suppress(posix_ipc.Error):
+            self._wsem.release()  # an idle writer started by open may now exit
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Drop this process's references without touching shared state (after a fork, the
+        lane, the semaphore and the mapping are the parent's)."""
+        self._closed = True
+        self._ctl = self._data = self._spanlog = self._words = None  # type: ignore[assignment]
+        with contextlib.suppress(posix_ipc.Error):
+            self._wsem.close()
+        self.ring.close()
+
+
+class _WriterLane:
+    """The writer's view of one lane, with local mirrors of the words only it writes."""
+
+    __slots__ = ("k", "bit", "ctl", "data", "spans", "tail", "written_count", "durable_count", "posted_w", "posted_d")
+
+    def __init__(self, ring: Ring, k: int) -> None:
+        self.k = k
+        self.bit = ring.wake_bit(k)
+        self.ctl = ring.lane_ctl(k)
+        self.data = ring.lane_data(k)
+        self.spans = ring.span_log(k)
+        c = self.ctl
+        self.tail = c[L_TAIL]
+        self.written_count = c[L_WRITTEN_COUNT]
+        self.durable_count = c[L_DURABLE_COUNT]
+        self.posted_w = 0
+        self.posted_d = 0
+
+
+class WriterSide:
+    """The writer's side of the ring: drain, the pending/finish/recover steps, written and
+    durable progress, waking waiters, reclaiming dead lanes, truncation requests, stats words.
+
+    Words it stores: every lane's ``tail``, ``pending tail``, progress words, span log and
+    pending seq; the ring header's state, writer identity, pending triple, seqs, wake and
+    follow words, stats words and the truncation answer. Under the claim lock it also clears
+    the owner words of lanes whose producer died. ``at(name)`` is called at each named crash
+    point of a drain (the crash tests kill the process there).
+    """
+
+    def __init__(self, ring: Ring, wsem: posix_ipc.Semaphore, at: Callable[[str], None]) -> None:
+        self.ring = ring
+        self.directory = ring.directory
+        self._wsem = wsem
+        self._at = at
+        w = self._w = ring.words
+        self._hist = ring.view_words(RH_FSYNC_HIST, FSYNC_BUCKETS)
+        self.lanes = [_WriterLane(ring, k) for k in range(ring.slots)]
+        base = RING_HEADER_SIZE // 8
+        stop = base + ring.slots * LANE_WORDS
+        self._heads = ring.keep(w[base + L_HEAD : stop : LANE_WORDS])
+        self._owners = ring.keep(w[base + L_OWNER_PID : stop : LANE_WORDS])
+        self._wants_w = ring.keep(w[base + L_WANT_WRITTEN : stop : LANE_WORDS])
+        self._wants_d = ring.keep(w[base + L_WANT_DURABLE : stop : LANE_WORDS])
+        self._tails = [ln.tail for ln in self.lanes]
+        self._dirty: set[_WriterLane] = set()
+        self._rr = 0
+        self._attach_gen = -1
+        self.expect = 0  # producers the last durable notify woke (the commit delay gathers them)
+
+    @classmethod
+    def open(
+        cls, directory: str, slots: int, ring_size: int, max_record: int, serializer: str, at: Callable[[str], None]
+    ) -> WriterSide:
+        """Create the ring or reuse the one a dead writer left (call with the directory's
+        writer lock held). Raises ConfigError when the existing ring was made for another
+        serializer."""
+        with claim_lock(directory):
+            ring = Ring.create_or_reuse(directory, slots, ring_size, max_record, serializer)
+            try:
+                if ring.serializer != serializer:
+                    raise ConfigError(
+                        f"the ring of {directory} was created for serializer {ring.serializer!r} but the log uses "
+                        f"{serializer!r}; stop its producers or remove /dev/shm{ring.name}"
+                    )
+                wsem = ring.writer_sem(create=True)
+            except BaseException:
+                ring.close()
+                raise
+        return cls(ring, wsem, at)
+
+    # ------------------------------------------------------------------ start-up
+
+    def recover(self, last_on_disk: int, first_seq: int) -> str | None:
+        """Finish or undo a drain a dead writer left pending, then mark everything written as
+        durable (the log fdatasynced it at open). Returns what was done, for the log, or None.
+
+        ``last_on_disk`` is the last seq in the log after its recovery (a torn frame cut away).
+        """
+        w = self._w
+        done = None
+        if w[RH_PENDING]:
+            first, plast = w[RH_PENDING_FIRST], w[RH_PENDING_LAST]
+            if last_on_disk >= plast:
+                done = f"finishing a drain of seqs {first}-{plast} left pending by a dead writer"
+                for lane in self.lanes:
+                    c = lane.ctl
+                    if c[L_PENDING_TAIL] != c[L_TAIL]:
+                        self._finish_lane(lane, c[L_PENDING_TAIL], c[L_PENDING_SEQ], redo=True)
+            elif last_on_disk < first:
+                done = f"seqs {first}-{plast} of a dead writer's last drain never reached disk; writing them again"
+                for lane in self.lanes:
+                    lane.ctl[L_PENDING_TAIL] = lane.ctl[L_TAIL]
+            else:  # pragma: no cover - a frame is all or nothing
+                raise LogFailedError(
+                    f"{self.directory}: the log ends at seq {last_on_disk}, inside a pending drain {first}-{plast}"
+                )
+            w[RH_PENDING] = 0
+        for lane in self.lanes:
+            self._publish_durable(lane)
+            lane.posted_w = lane.posted_d = 0
+        w[RH_NEXT_SEQ] = last_on_disk + 1
+        w[RH_DURABLE_SEQ] = last_on_disk
+        w[RH_FIRST_SEQ] = first_seq
+        w[RH_TRUNC_DONE] = 0  # a request a dead writer left unserved is served (again) by this one
+        return done
+
+    def publish_ready(self) -> None:
+        """Announce this process as the ring's writer; producers attach from now on."""
+        w = self._w
+        pid, ctime = own_identity()
+        w[RH_STATE] = RING_INIT
+        w[RH_WRITER_CTIME] = f64_bits(ctime)
+        w[RH_WRITER_PID] = pid
+        w[RH_WRITER_GEN] += 1
+        w[RH_STARTED_NS] = time.time_ns()
+        for i in range(FSYNC_BUCKETS):  # stats describe this writer, not the ring's earlier ones
+            self._hist[i] = 0
+        w[RH_FSYNC_COUNT] = w[RH_FSYNC_NS] = w[RH_RATE] = w[RH_RECORDS] = 0
+        w[RH_STATE] = RING_READY  # last: producers attach only to a READY ring with a live writer
+
+    # ------------------------------------------------------------------ the drain
+
+    def has_records(self) -> bool:
+        """Some lane holds published records not yet drained."""
+        return self._heads.tolist() != self._tails
+
+    def drain(self, next_seq: int, budget: int, write: Callable[[bytes, int], int]) -> int:
+        """Move published spans (round robin from a rotating start, up to about ``budget``
+        bytes) into one body and ``write(body, count)`` it as one frame; return the records
+        written (0: nothing was published). ``write`` returns the frame's first seq, which
+        must be ``next_seq``; it raises on failure and the drain stays pending (ring.py).
+
+        Lane words are read in bulk (a strided view's ``tolist``: one aligned 8-byte load per
+        word, in C), so an idle pass costs well under a microsecond however many lanes exist.
+        """
+        heads = self._heads.tolist()
+        tails = self._tails
+        if heads == tails:
+            return 0
+        n = len(tails)
+        start = self._rr
+        self._rr = start + 1 if start + 1 < n else 0
+        pieces: list[memoryview] = []
+        took: list[tuple[_WriterLane, int, int]] = []
+        total = count = 0
+        size = self.ring.ring_size
+        mask = size - 1
+        lanes = self.lanes
+        for i in range(n):
+            k = (start + i) % n
+            head = heads[k]
+            tail = tails[k]
+            if head == tail:
+                continue
+            lane = lanes[k]
+            nbytes = (head - tail) & M32
+            ncount = ((head >> 32) - (tail >> 32)) & M32
+            off = tail & mask
+            end = off + nbytes
+            if end <= size:
+                pieces.append(lane.data[off:end])
+            else:
+                pieces.append(lane.data[off:])
+                pieces.append(lane.data[: end - size])
+            took.append((lane, head, ncount))
+            total += nbytes
+            count += ncount
+            if total >= budget:
+                break
+        body = b"".join(pieces)
+        del pieces
+        w = self._w
+        s = next_seq
+        for lane, head, ncount in took:  # step 3: the drain becomes pending
+            lane.ctl[L_PENDING_SEQ] = s
+            lane.ctl[L_PENDING_TAIL] = head
+            s += ncount
+        w[RH_PENDING_FIRST] = next_seq
+        w[RH_PENDING_LAST] = s - 1
+        w[RH_PENDING] = 1
+        self._at("pending")
+        got = write(body, count)  # step 4
+        if got != next_seq:  # pragma: no cover - the log and the ring disagree on seqs
+            raise LogFailedError(f"{self.directory}: the log wrote seqs from {got}, the ring drained from {next_seq}")
+        self._at("written")
+        s = next_seq
+        dirty = self._dirty
+        for lane, head, ncount in took:  # step 5
+            self._finish_lane(lane, head, s, redo=False)
+            dirty.add(lane)
+            self._at("lane_finished")
+            s += ncount
+        w[RH_PENDING] = 0
+        w[RH_NEXT_SEQ] = s  # after the frame's pwritev returned: the live-reader rule (RingView)
+        w[RH_RECORDS] += count
+        return count
+
+    def _finish_lane(self, lane: _WriterLane, head: int, first_seq: int, *, redo: bool) -> None:
+        """Log the span, publish written progress, advance the tail (step 5)."""
+        c = lane.ctl
+        tail = c[L_TAIL]
+        end32 = head >> 32
+        start32 = tail >> 32
+        last_seq = first_seq + ((end32 - start32) & M32) - 1
+        sl = lane.spans
+        h = c[L_SPAN_HEAD]
+        entry = (start32 << 32) | end32
+        # A redo after a crash between the span entry and the tail store must not log it twice.
+        if not (redo and h and sl[((h - 1) % SPAN_LOG) * 2] == entry and sl[((h - 1) % SPAN_LOG) * 2 + 1] == first_seq):
+            j = (h % SPAN_LOG) * 2
+            sl[j] = entry
+            sl[j + 1] = first_seq
+            c[L_SPAN_HEAD] = h + 1
+        v = c[L_VERSION] | 1  # odd: changing
+        c[L_VERSION] = v
+        c[L_WRITTEN_COUNT] = end32
+        c[L_WRITTEN_SEQ] = last_seq
+        c[L_VERSION] = v + 1
+        c[L_TAIL] = head
+        lane.tail = head
+        self._tails[lane.k] = head
+        lane.written_count = end32
+
+    def _publish_durable(self, lane: _WriterLane) -> None:
+        c = lane.ctl
+        wc = c[L_WRITTEN_COUNT]
+        if c[L_DURABLE_COUNT] == wc and lane.durable_count == wc:
+            return
+        v = c[L_VERSION] | 1
+        c[L_VERSION] = v
+        c[L_DURABLE_COUNT] = wc
+        c[L_DURABLE_SEQ] = c[L_WRITTEN_SEQ]
+        c[L_VERSION] = v + 1
+        lane.durable_count = wc
+
+    def mark_durable(self, durable_seq: int, fsync_ns: int) -> None:
+        """An fdatasync covering every record written so far returned after ``fsync_ns``:
+        publish durable progress of every lane written since the last one, and the stats."""
+        w = self._w
+        w[RH_FSYNCS] += 1
+        self._hist[fsync_bucket(fsync_ns // 1000)] += 1
+        w[RH_FSYNC_COUNT] += 1
+        w[RH_FSYNC_NS] += fsync_ns
+        for lane in self._dirty:
+            self._publish_durable(lane)
+        self._dirty.clear()
+        w[RH_DURABLE_SEQ] = durable_seq
+
+    # ------------------------------------------------------------------ waking
+
+    def sync_wanted(self) -> int:
+        """How many lanes wait in ``sync`` for records not yet durable."""
+        wants = self._wants_d.tolist()
+        if not any(wants):
+            return 0
+        lanes = self.lanes
+        n = 0
+        for k, want in enumerate(wants):
+            if want and ((lanes[k].durable_count - want) & M32) >= _HALF:
+                n += 1
+        return n
+
+    def notify(self, durable: bool) -> None:
+        """Wake every producer whose wait is now satisfied (each once per want), in one syscall.
+
+        The progress words were stored before this; the wake word is bumped after them and
+        before the futex wake (the protocol in ``_futex.py``).
+        """
+        bits = 0
+        if durable:
+            bits = self._satisfied(self._wants_d.tolist(), True)
+            self.expect = bits.bit_count()
+        bits |= self._satisfied(self._wants_w.tolist(), False)
+        w = self._w
+        w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
+        if bits:
+            _futex.wake(self.ring.wake_addr, bits)
+        if durable and w[RH_FOLLOWERS]:
+            self.wake_followers()
+
+    def _satisfied(self, wants: list[int], durable: bool) -> int:
+        if not any(wants):
+            return 0
+        bits = 0
+        lanes = self.lanes
+        for k, want in enumerate(wants):
+            if not want:
+                continue
+            lane = lanes[k]
+            if durable:
+                if want != lane.posted_d and ((lane.durable_count - want) & M32) < _HALF:
+                    lane.posted_d = want
+                    bits |= lane.bit
+            elif want != lane.posted_w and ((lane.written_count - want) & M32) < _HALF:
+                lane.posted_w = want
+                bits |= lane.bit
+        return bits
+
+    def wake_all(self) -> None:
+        """Wake every sleeping producer (they look for a new writer)."""
+        w = self._w
+        w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
+        _futex.wake(self.ring.wake_addr, M32)
+
+    def wake_followers(self) -> None:
+        """Bump the follow word and wake everyone sleeping on it (followers, truncate_before)."""
+        w = self._w
+        w[RH_FOLLOW_WAKE] = (w[RH_FOLLOW_WAKE] + 1) & M32
+        _futex.wake(self.ring.follow_addr, M32)
+
+    def wait_posted(self, timeout: float) -> None:
+        """Sleep until a producer posts the writer semaphore or ``timeout`` seconds pass."""
+        with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
+            self._wsem.acquire(timeout)
+
+    def clear_posts(self) -> None:
+        """Swallow posts already made (the pass that follows serves them), without a syscall each."""
+        sem = self._wsem
+        with contextlib.suppress(posix_ipc.BusyError):
+            while True:
+                sem.acquire(0)
+
+    # ------------------------------------------------------------------ lanes and owners
+
+    def attachments_changed(self) -> bool:
+        """A lane was claimed or released since the last call."""
+        gen = self._w[RH_ATTACH_GEN]
+        if gen == self._attach_gen:
+            return False
+        self._attach_gen = gen
+        return True
+
+    def owned(self) -> bool:
+        """Some lane has an owner (a live producer, or a dead one not yet reclaimed)."""
+        return any(self._owners.tolist())
+
+    def reclaim_dead(self) -> list[tuple[int, int]]:
+        """Free the lanes whose owner process died; their published records stay and are
+        drained as usual. Returns (lane, pid) of each lane freed."""
+        ring = self.ring
+        w = self._w
+        dead = []
+        for k, pid in enumerate(self._owners.tolist()):
+            if pid:
+                base = ring.lane_base(k)
+                if not process_alive(pid, bits_f64(w[base + L_OWNER_CTIME])):
+                    dead.append((k, w[base + L_OWNER_TOKEN]))
+        freed: list[tuple[int, int]] = []
+        if not dead:
+            return freed
+        with claim_lock(self.directory):
+            for k, token in dead:
+                base = ring.lane_base(k)
+                if w[base + L_OWNER_TOKEN] != token:
+                    continue  # released or claimed again meanwhile
+                freed.append((k, w[base + L_OWNER_PID]))
+                w[base + L_WANT_WRITTEN] = 0
+                w[base + L_WANT_DURABLE] = 0
+                w[base + L_OWNER_PID] = 0
+                w[base + L_OWNER_TOKEN] = 0
+                w[RH_ATTACH_GEN] += 1
+                lane = self.lanes[k]
+                lane.posted_w = lane.posted_d = 0
+        return freed
+
+    # ------------------------------------------------------------------ truncation, stats
+
+    def truncation_requested(self) -> int:
+        """The seq of an unserved ``truncate_before`` request, or 0."""
+        w = self._w
+        req = w[RH_TRUNC_REQ]
+        return req if req > w[RH_TRUNC_DONE] else 0
+
+    def truncation_served(self, before: int, first_seq: int) -> None:
+        w = self._w
+        w[RH_FIRST_SEQ] = first_seq
+        w[RH_TRUNC_DONE] = before
+        self.wake_followers()
+
+    def set_first_seq(self, first_seq: int) -> None:
+        """Retention removed segments: the log now starts at ``first_seq``."""
+        self._w[RH_FIRST_SEQ] = first_seq
+
+    def records_written(self) -> int:
+        return self._w[RH_RECORDS]
+
+    def set_rate(self, records_per_s: int) -> None:
+        self._w[RH_RATE] = records_per_s
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> bool:
+        """Stop serving: under the claim lock, reclaim dead producers' lanes, then either mark
+        the ring CLOSED and unlink it (no lane owned, every lane drained) and return True, or
+        mark it STOPPED, wake every waiter so it looks for a new writer, and return False.
+
+        Call after the last drain and fsync. Reclaiming first matters: a producer killed just
+        before a SIGTERM still owns its lane until someone notices, and the ring would be left
+        behind for no one.
+        """
+        self.reclaim_dead()
+        with claim_lock(self.directory):
+            w = self._w
+            in_use = self.owned() or self.has_records()
+            w[RH_STATE] = RING_STOPPED if in_use else RING_CLOSED
+            if not in_use:
+                self.ring.unlink()
+        if in_use:
+            self.wake_all()
+        return not in_use
+
+    def close(self) -> None:
+        """Unmap and close the semaphore (the ring stays unless ``shutdown`` unlinked it). Idempotent."""
+        self.lanes = []
+        self._dirty = set()
+        sem, self._wsem = self._wsem, None
+        if sem is not None:
+            sem.close()
+        self.ring.close()

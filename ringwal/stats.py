@@ -2,8 +2,8 @@
 
 The files part reads only what is cheap: the index (checked against the directory by
 ``reconcile``, scanning only segments it does not match), the headers and ``current.wal``.
-The writer part maps the ring read-only in spirit (it stores nothing) and reads the words
-the writer publishes (``format.py``): pid and start time, next and durable seq, records/s
+The writer part comes from ``ring.RingView`` (which stores nothing), from the words the
+writer publishes: pid and start time, next and durable seq, records/s
 over the last second, the fsync histogram, and each lane's owner and fill.
 """
 
@@ -12,34 +12,10 @@ from __future__ import annotations
 import os
 import time
 
-from .format import (
-    FSYNC_BUCKETS,
-    L_HEAD,
-    L_OWNER_CTIME,
-    L_OWNER_PID,
-    LANE_CTL_SIZE,
-    L_TAIL,
-    RH_DURABLE_SEQ,
-    RH_FOLLOWERS,
-    RH_FSYNC_COUNT,
-    RH_FSYNC_HIST,
-    RH_FSYNC_NS,
-    RH_NEXT_SEQ,
-    RH_RATE,
-    RH_RECORDS,
-    RH_STARTED_NS,
-    RH_STATE,
-    RH_WRITER_CTIME,
-    RH_WRITER_PID,
-    RING_HEADER_SIZE,
-    RING_READY,
-    SEGMENT_HEADER_SIZE,
-    SegmentHeader,
-    fsync_bucket_upper,
-)
+from .format import SEGMENT_HEADER_SIZE, SegmentHeader, fsync_bucket_upper
 from .holes import load_holes
 from .index import reconcile
-from .ring import M32, Ring, bits_f64, process_alive
+from .ring import RingView
 from .segment import CURRENT, SegmentScan, read_file
 
 __all__ = ["format_stats", "log_stats"]
@@ -97,50 +73,28 @@ def log_stats(directory: str) -> dict:
 
 def writer_stats(directory: str) -> dict | None:
     """The running writer's figures from the ring, or None when no writer is alive."""
-    try:
-        ring = Ring.attach(directory)
-    except (FileNotFoundError, OSError):
+    view = RingView.attach(directory)
+    if view is None:
         return None
-    try:
-        w = ring.words
-        pid = w[RH_WRITER_PID]
-        ctime = bits_f64(w[RH_WRITER_CTIME])
-        if w[RH_STATE] != RING_READY or not process_alive(pid, ctime):
-            return None
-        producers = []
-        used = 0
-        for k in range(ring.slots):
-            base = (RING_HEADER_SIZE + k * LANE_CTL_SIZE) // 8
-            head, tail, owner = w[base + L_HEAD], w[base + L_TAIL], w[base + L_OWNER_PID]
-            fill = (head - tail) & M32
-            used += fill
-            if owner:
-                producers.append({"lane": k, "pid": owner, "alive": process_alive(owner, bits_f64(w[base + L_OWNER_CTIME])), "ring_bytes_used": fill})
-        hist = [w[RH_FSYNC_HIST + b] for b in range(FSYNC_BUCKETS)]
-        n = w[RH_FSYNC_COUNT]
-        started = w[RH_STARTED_NS]
-        return {
-            "pid": pid,
-            "state": _STATES.get(w[RH_STATE], str(w[RH_STATE])),
-            "uptime_s": round(max(0.0, (time.time_ns() - started) / 1e9), 3) if started else None,
-            "next_seq": w[RH_NEXT_SEQ],
-            "durable_seq": w[RH_DURABLE_SEQ],
-            "records_per_s": w[RH_RATE],
-            "records_written": w[RH_RECORDS],
-            "ring_bytes": ring.slots * ring.ring_size,
-            "ring_bytes_used": used,
-            "ring_fill": round(used / (ring.slots * ring.ring_size), 6),
-            "lanes": ring.slots,
-            "producers": producers,
-            "followers": w[RH_FOLLOWERS],
-            "fsyncs": n,
-            "fsync_mean_us": round(w[RH_FSYNC_NS] / n / 1000, 1) if n else None,
-            "fsync_p50_us": _percentile(hist, n, 0.50),
-            "fsync_p99_us": _percentile(hist, n, 0.99),
-            "fsync_p999_us": _percentile(hist, n, 0.999),
-        }
-    finally:
-        ring.close()
+    with view:
+        st = view.writer_stats()
+    if st is None:
+        return None
+    hist = st.pop("fsync_histogram")
+    fsync_ns = st.pop("fsync_ns")
+    started = st.pop("started_ns")
+    n = st["fsyncs"]
+    used, total = st["ring_bytes_used"], st["ring_bytes"]
+    st.update(
+        state=_STATES.get(st["state"], str(st["state"])),
+        uptime_s=round(max(0.0, (time.time_ns() - started) / 1e9), 3) if started else None,
+        ring_fill=round(used / total, 6),
+        fsync_mean_us=round(fsync_ns / n / 1000, 1) if n else None,
+        fsync_p50_us=_percentile(hist, n, 0.50),
+        fsync_p99_us=_percentile(hist, n, 0.99),
+        fsync_p999_us=_percentile(hist, n, 0.999),
+    )
+    return st
 
 
 def _percentile(hist: list[int], n: int, q: float) -> int | None:

@@ -114,7 +114,7 @@ def start_serve(directory: str, *extra: str) -> subprocess.Popen:
 def writer_pid(directory: str) -> int:
     ring = Ring.attach(directory)
     try:
-        return ring.words[9]
+        return ring.writer_identity()[0]
     finally:
         ring.close()
 

@@ -71,7 +71,7 @@ class HalfCopy:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-h._data = HalfCopy(h._data)
+h._side._data = HalfCopy(h._side._data)
 h.append(ringwal.Record(1, 60, b"dead:60|" + bytes(4000)))
 """
 

@@ -1,0 +1,170 @@
+"""Starting a writer: the one mapping between ``Config`` and ``ringwal serve``'s options, the
+detached launch that ``ringwal.open`` does, and the ready/error line a writer reports on.
+
+A producer that finds no writer runs ``python -m ringwal serve --detach --ready-fd N ...``
+with the options ``serve_argv`` derives from its Config. The launcher forks (so the writer is
+not the producer's child: it must outlive it and never linger as its zombie) and exits; the
+writer opens the log and the ring and writes one JSON line to fd N:
+
+* ``{"event": "ready", "pid": P}`` once it serves, or
+* ``{"event": "error", "type": "LockedError", "message": "...", "attrs": {"pid": P, ...}}``
+  when it could not start; ``attrs`` are the exception's coordinates (path, offset, pid...).
+
+``start_writer`` reads that line with a deadline. A lost start race (another writer holds
+``wal.lock``) is success: the producer attaches to the winner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import errors as _errors
+from .config import Config
+from .errors import LockedError, WALError, WriterGoneError
+
+__all__ = ["SERVE_OPTIONS", "add_serve_options", "config_from_args", "report_error", "report_ready", "serve_argv", "start_writer"]
+
+#: Config field -> (``ringwal serve`` option, type, metavar, help). The one place the two meet.
+SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
+    "segment_size": ("--segment-size", int, "B", "rotate current.wal after B bytes"),
+    "segment_duration": ("--segment-duration", float, "S", "rotate a non-empty current.wal after S seconds"),
+    "flush_interval": ("--flush-interval", float, "S", "fsync every S seconds even if nobody calls sync()"),
+    "write_buffer_size": ("--write-buffer-size", int, "B", "largest batch written per drain"),
+    "max_record_size": ("--max-record-size", int, "B", "largest record payload"),
+    "ring_size": ("--ring-size", int, "B", "bytes of ring per producer lane"),
+    "producer_slots": ("--producer-slots", int, "N", "producer lanes in the ring"),
+    "retention_max_bytes": ("--retention-max-bytes", int, "B", "remove the oldest completed segments beyond B bytes"),
+    "retention_max_age": ("--retention-max-age", float, "S", "remove completed segments closed more than S seconds ago"),
+}
+
+#: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
+_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason")
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add one option per ``SERVE_OPTIONS`` entry; each defaults to None (= Config's default)."""
+    defaults = Config()
+    for field, (flag, typ, metavar, text) in SERVE_OPTIONS.items():
+        default = getattr(defaults, field)
+        shown = "none" if default is None else default
+        parser.add_argument(flag, type=typ, default=None, metavar=metavar, dest=field, help=f"{text} (default {shown})")
+
+
+def serve_argv(config: Config) -> list[str]:
+    """``ringwal serve`` options that reproduce ``config`` (floats exactly, via repr)."""
+    argv = ["--dir", config.dir, "--serializer", config.serializer.name]
+    for field, (flag, typ, _m, _h) in SERVE_OPTIONS.items():
+        value = getattr(config, field)
+        if value is not None:
+            argv += [flag, repr(value) if typ is float else str(value)]
+    return argv
+
+
+def config_from_args(args: argparse.Namespace, serializer: Any) -> Config:
+    """The Config that ``ringwal serve`` options describe; unset options keep Config's defaults."""
+    given = {f: getattr(args, f) for f in SERVE_OPTIONS if getattr(args, f, None) is not None}
+    return Config(dir=args.dir, serializer=serializer, **given)
+
+
+# --------------------------------------------------------------------------- the ready line
+
+
+def report_ready(fd: int) -> None:
+    _report(fd, {"event": "ready", "pid": os.getpid()})
+
+
+def report_error(fd: int, exc: BaseException) -> None:
+    attrs = {a: getattr(exc, a) for a in _ATTRS if isinstance(getattr(exc, a, None), (int, str))}
+    _report(fd, {"event": "error", "type": type(exc).__name__, "message": str(exc), "attrs": attrs})
+
+
+def _report(fd: int, message: dict) -> None:
+    try:
+        os.write(fd, json.dumps(message).encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass  # the producer that asked gave up waiting: nothing to tell
+
+
+def _rebuild(message: dict, directory: str) -> BaseException:
+    """The exception a writer reported, as its own type when it is a ringwal error."""
+    name, text, attrs = message.get("type", ""), message.get("message", ""), message.get("attrs", {})
+    cls = getattr(_errors, str(name), None)
+    if isinstance(cls, type) and issubclass(cls, WALError):
+        for kwargs in (attrs, {}):
+            try:
+                return cls(text, **kwargs)
+            except TypeError:
+                continue
+    return WriterGoneError(f"could not start a writer for {directory}: {name}: {text}")
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def start_writer(config: Config, linger: float, deadline: float) -> bool:
+    """Start a detached writer for ``config.dir``; True once it serves or another writer won
+    the start race. Raises the writer's own error (rebuilt) when it failed to start, and
+    WriterGoneError when it said nothing before ``deadline`` (time.monotonic)."""
+    directory = config.dir
+    cmd = [sys.executable, "-m", "ringwal", "serve", *serve_argv(config), "--linger", repr(linger), "--detach"]
+    r, w = os.pipe()
+    try:
+        cmd += ["--ready-fd", str(w)]
+        with open(os.path.join(directory, "writer.log"), "ab") as logf:
+            proc = subprocess.Popen(
+                cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
+                start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        os.close(w)
+        w = -1
+        proc.wait()  # the launcher forks the writer and exits at once (no zombie left here)
+        line = _read_line(r, deadline)
+    finally:
+        if w >= 0:
+            os.close(w)
+        os.close(r)
+    try:
+        message = json.loads(line) if line else {}
+    except ValueError:
+        message = {}
+    event = message.get("event") if isinstance(message, dict) else None
+    if event == "ready":
+        return True
+    if event == "error":
+        exc = _rebuild(message, directory)
+        if isinstance(exc, LockedError):
+            return True  # another writer won the lock: attach to it
+        raise exc
+    said = line or "it exited without a word"
+    raise WriterGoneError(f"could not start a writer for {directory}: {said}; see {directory}/writer.log")
+
+
+def detach() -> None:
+    """In ``ringwal serve --detach``: fork; the parent (the launcher) exits at once."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+
+
+def _read_line(fd: int, deadline: float) -> str:
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
