@@ -271,3 +271,21 @@ def test_crashed_writer_leaves_ring_that_the_next_writer_reuses_then_removes(wdi
     q.send_signal(signal.SIGTERM)
     assert q.wait(20) == 0
     assert ring_objects(wdir) == []
+
+
+def test_producer_killed_then_writer_stopped_at_once_leaves_nothing_in_dev_shm(wdir):
+    """SIGKILL a producer and SIGTERM the writer right after: the writer's shutdown reclaims
+    the dead producer's lane before deciding the ring is unused, so it removes it."""
+    acked: dict[str, int] = {}
+    for attempt in range(5):
+        w = start_serve(wdir)
+        tag = f"p{attempt}"
+        p = spawn(PRODUCER, wdir, tag, "1000000", "10", "0")
+        assert read_line(p).startswith("attached")
+        acked[tag] = int(read_line(p).split()[1])
+        p.kill()
+        p.wait(10)
+        w.terminate()
+        assert w.wait(20) == 0
+        assert ring_objects(wdir) == [], f"attempt {attempt}: the ring was left behind"
+    check_log(wdir, acked)
