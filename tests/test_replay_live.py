@@ -86,7 +86,7 @@ def test_replay_planned_across_a_rotation_sees_every_record(tmp_path, monkeypatc
             if not rotated:
                 rotated.append(True)
                 with w._mutex:
-                    w._rotate()  # the writer's own rotation, on the real files
+                    w._log._rotate()  # the writer's own rotation, on the real files
             return out
 
         monkeypatch.setattr(replay_mod, "reconcile", reconcile_then_rotate)

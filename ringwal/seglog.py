@@ -1,0 +1,465 @@
+"""``SegmentLog``: the segment-level log. Frames in, segment files out; one writer per directory.
+
+Vocabulary: frames, segments, offsets and sync. It appends checksummed frames to
+``current.wal``, rotates segments by size and age, keeps ``wal_index.json``, recovers the
+directory at open, syncs, and removes old segments. It never encodes or decodes a record:
+it knows the serializer only by its name, which it writes into every segment header and
+checks against the segments already on disk.
+
+Two callers drive it: the writer process (``write_body``: a body straight from the ring)
+and ``log.WAL`` (records encoded and buffered in this process, written with
+``write_records``). It is not thread-safe: one call at a time (``WAL`` holds its mutex
+around every call; the writer process is a single thread).
+
+Invariants:
+
+* seqs start at 1 and are gap-free and strictly increasing across segments and restarts:
+  a frame takes the seqs after ``last_seq``, and recovery continues from the last valid
+  frame on disk, never from the index (only a range recorded in ``wal_holes.json`` is
+  skipped);
+* a frame is written whole at the end of ``current.wal`` and never rewritten; ``sync()``
+  returns only after ``fdatasync`` of ``current.wal``; every completed segment was fsynced
+  before its rename and every create/rename/unlink is followed by a directory fsync, so a
+  returned ``sync()`` covers directory entries too; frames a dead writer left in the page
+  cache are fdatasynced at open, before ``durable_seq`` counts them;
+* any failed write, fsync, rotation or removal step latches the log: every later call raises
+  LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover.
+
+Rotation order and its crash windows (each is tested in ``tests/test_crash.py``):
+
+1. seal ``current.wal`` (truncate the preallocated tail, fsync)
+   -> crash: a complete current.wal; the next open continues it.
+2. rename it to the next ``NNNNNN.wal`` (one above the highest on disk), fsync the directory
+   -> crash: NNNNNN.wal and no current.wal; the next open starts one after it.
+3. create the new ``current.wal`` (via ``current.wal.tmp``)
+   -> crash: a stray .tmp, deleted on the next open.
+4. replace ``wal_index.json`` atomically
+   -> crash: a stale index, rebuilt from the segments on the next open (with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
+from .config import Config
+from .errors import ClosedError, ConfigError, CorruptSegmentError, FormatError, LogFailedError, SerializerMismatchError
+from .format import FRAME_HEADER_SIZE, MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, SERIALIZER_NAME_SIZE, SegmentHeader
+from .holes import load_holes
+from .index import IndexEntry, reconcile, write_index
+from .record import check_seq
+from .segment import CURRENT, TORN, ActiveSegment, SegmentScan, read_file, read_header, segment_name, segment_number
+
+__all__ = ["SegmentLog"]
+
+log = logging.getLogger("ringwal")
+
+_TMP_NAMES = ("current.wal.tmp", "wal_index.json.tmp")
+#: Frames are padded to a multiple of 8 bytes: up to 7 bytes follow a body.
+_MAX_PAD = 7
+
+
+class SegmentLog:
+    """The segment files of ``config.dir``, open for writing by this process.
+
+    ``write_body(body, count)`` and ``write_records(records)`` append frames and return the
+    first seq they took; ``flush`` rotates a ``current.wal`` older than ``segment_duration``;
+    ``sync`` makes every frame durable and returns ``durable_seq``; ``truncate_before`` and
+    ``apply_retention`` remove completed segments; ``close`` syncs and releases the lock.
+
+    From ``config`` it uses ``dir``, ``segment_size`` and ``segment_duration``.
+    ``clock``, ``fsync`` and ``fdatasync`` are fault seams for tests.
+    """
+
+    # Class-level defaults, so close() and repr work on a half-built object.
+    _closed = True
+    _failed: BaseException | None = None
+    _dirlock: DirLock | None = None
+    _seg: ActiveSegment  # set by _open_storage; absent while it has not succeeded
+
+    def __init__(
+        self,
+        config: Config,
+        serializer_name: str,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        fsync: FsyncFn = os.fsync,
+        fdatasync: FsyncFn = os.fdatasync,
+    ) -> None:
+        config.validate()
+        _check_name(serializer_name)
+        self.config = config
+        self.serializer_name = serializer_name
+        self._clock = clock
+        self._fsync = fsync
+        self._fdatasync = fdatasync
+        self._segment_size = config.segment_size
+        self._duration_ns = int(config.segment_duration * 1e9)
+        self.dir = check_directory(config.dir, create=True)
+        self._dirlock = DirLock(self.dir)
+        try:
+            self._open_storage()
+            if self._seg.records:
+                # A writer killed before its fdatasync leaves frames that are only in the page
+                # cache. They are not durable until someone syncs them; do it before calling
+                # anything durable.
+                self._seg.sync(self._fdatasync)
+        except BaseException:
+            seg = getattr(self, "_seg", None)
+            if seg is not None:
+                seg.close()
+            self._dirlock.release()
+            raise
+        self._durable_seq = self._seg.next_seq - 1
+        self._closed = False
+
+    # ----------------------------------------------------------------- recovery
+
+    def _open_storage(self) -> None:
+        d = self.dir
+        removed = False
+        for name in _TMP_NAMES:
+            try:
+                os.unlink(os.path.join(d, name))
+                removed = True
+            except FileNotFoundError:
+                pass
+        if removed:
+            fsync_dir(d, self._fsync)
+        name = self.serializer_name
+        holes = load_holes(d)
+        entries, reason = reconcile(d, full=True, holes=holes)
+        prev = None
+        for e in entries:
+            path = os.path.join(d, e.file)
+            header = read_header(path)
+            self._check_serializer(header.serializer, path)
+            if header.first_seq != e.first_seq:
+                reason = reason or f"stale ({e.file} starts at {header.first_seq}, index says {e.first_seq})"
+            if (
+                prev is not None
+                and header.first_seq != prev.last_seq + 1
+                and not holes.bridging(prev.last_seq + 1, header.first_seq)
+            ):
+                raise CorruptSegmentError(
+                    f"{path}: starts at seq {header.first_seq} but {prev.file} ends at {prev.last_seq}; "
+                    "segments must join without gaps",
+                    path=path,
+                    offset=32,
+                )
+            prev = e
+        self._entries = entries
+        # entries list every NNNNNN.wal in the directory, in number order
+        self._next_number = segment_number(entries[-1].file) + 1 if entries else 1
+        expected = entries[-1].last_seq + 1 if entries else None
+        cur = os.path.join(d, CURRENT)
+        prealloc = self._segment_size
+        if os.path.exists(cur):
+            buf = read_file(cur)
+            header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], cur)
+            self._check_serializer(header.serializer, cur)
+            if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
+                raise CorruptSegmentError(
+                    f"{cur}: starts at seq {header.first_seq} but the last completed segment ends at {expected - 1}",
+                    path=cur,
+                    offset=32,
+                )
+            scan = SegmentScan(buf, cur, sealed=False, next_seq=header.first_seq, holes=holes)
+            try:
+                for _ in scan.frames():
+                    pass
+            except FormatError as exc:
+                # Same error, type and coordinates; only the message says what the writer does.
+                exc.args = (
+                    (
+                        f"{exc} -- refusing to open for writing: this is not a torn tail, and cutting it away "
+                        "could lose valid records (run `ringwal repair --dir DIR` to salvage every valid batch "
+                        "and record the lost seqs)"
+                    ),
+                )
+                raise
+            if scan.outcome == TORN:
+                log.warning(
+                    "%s: dropped a torn tail of %d bytes at offset %d (a crash mid-write); continuing at seq %d",
+                    cur,
+                    scan.tail_bytes,
+                    scan.end,
+                    scan.next_seq,
+                )
+            self._seg = ActiveSegment.recover(d, header, scan, prealloc, self._fsync)
+        else:
+            first = expected if expected is not None else 1
+            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, self._clock()), prealloc, self._fsync)
+        if reason:
+            if reason != "missing" or entries:
+                log.warning("%s: wal_index.json %s; rebuilt it from the segment files", d, reason)
+            write_index(d, name, entries, self._fsync)
+
+    def _check_serializer(self, found: str, path: str) -> None:
+        if found != self.serializer_name:
+            raise SerializerMismatchError(
+                f"{path}: the log was written with serializer {found!r} but Config.serializer is "
+                f"{self.serializer_name!r}; open it with the serializer named in the log",
+                path=path,
+                offset=16,
+            )
+
+    # ----------------------------------------------------------------- writing frames
+
+    def write_body(self, body: bytes, count: int) -> int:
+        """Write ``count`` records already in body layout as one frame; return its first seq.
+
+        The writer process's path: the body comes straight from the ring. Rotates first when
+        the segment is too old or the frame would not fit (a body larger than a segment gets
+        a segment of its own).
+        """
+        self.check_open()
+        try:
+            if self._segment_expired():
+                self._rotate()
+            seg = self._seg
+            if seg.records and seg.write_pos + FRAME_HEADER_SIZE + len(body) + _MAX_PAD > self._segment_size:
+                self._rotate()
+                seg = self._seg
+            first = seg.next_seq
+            seg.append_frame(body, count)
+        except BaseException as exc:
+            raise self._fail(exc, "writing to current.wal") from exc
+        return first
+
+    def write_records(self, records: Sequence[bytes]) -> int:
+        """Write records already in the on-disk record layout (length prefix included, as
+        ``Serializer.frame`` makes them), in order; return the seq of the first.
+
+        They go in as few frames as fit: each frame ends before ``segment_size``, rotating when
+        the next record does not fit (a record larger than a segment gets a segment of its
+        own). Rotates first when the segment is too old. An empty list writes nothing.
+        """
+        self.check_open()
+        first = self._seg.next_seq
+        total = sum(map(len, records))
+        try:
+            if records and self._segment_expired():
+                self._rotate()
+            seg = self._seg
+            i, n = 0, len(records)
+            while i < n:
+                room = min(self._segment_size - seg.write_pos - FRAME_HEADER_SIZE - _MAX_PAD, MAX_FRAME_BODY)
+                if total <= room:
+                    j = n
+                    size = total
+                else:
+                    j, size = i, 0
+                    while j < n and size + len(records[j]) <= room:
+                        size += len(records[j])
+                        j += 1
+                    if j == i:
+                        if seg.records:
+                            self._rotate()
+                            seg = self._seg
+                            continue
+                        size = len(records[i])  # larger than a segment: it gets one of its own
+                        j = i + 1
+                body = records[i] if j == i + 1 else b"".join(records[i:j])
+                seg.append_frame(body, j - i)
+                total -= size
+                i = j
+        except BaseException as exc:
+            raise self._fail(exc, "writing to current.wal") from exc
+        return first
+
+    def flush(self) -> None:
+        """Rotate ``current.wal`` if it holds records and is older than ``segment_duration``.
+
+        Frames reach the OS as they are written, so this is all there is to flush; call it
+        periodically so that an idle log still closes its segment on time.
+        """
+        self.check_open()
+        self._rotate_if_expired()
+
+    def sync(self) -> int:
+        """Make every written frame durable; return the last durable seq (0 for an empty log).
+
+        Rotates an expired ``current.wal`` first, as ``flush`` does. Never retries a failed
+        fdatasync: the log latches instead.
+        """
+        self.check_open()
+        self._rotate_if_expired()
+        seg = self._seg
+        if self._durable_seq != seg.next_seq - 1:
+            try:
+                seg.sync(self._fdatasync)
+            except BaseException as exc:
+                raise self._fail(exc, "fdatasync of current.wal") from exc
+            self._durable_seq = seg.next_seq - 1
+        return self._durable_seq
+
+    # ----------------------------------------------------------------- rotation
+
+    def _segment_expired(self) -> bool:
+        """current.wal holds records and is older than segment_duration."""
+        seg = self._seg
+        return bool(seg.records) and self._clock() - seg.header.created_ns >= self._duration_ns
+
+    def _rotate_if_expired(self) -> None:
+        if self._segment_expired():
+            try:
+                self._rotate()
+            except BaseException as exc:
+                raise self._fail(exc, "rotating current.wal") from exc
+
+    def _rotate(self) -> None:
+        d = self.dir
+        seg = self._seg
+        # 1. Crash after this: a complete, fsynced current.wal that the next open continues.
+        seg.seal(self._fsync)
+        name = segment_name(self._next_number)
+        target = os.path.join(d, name)
+        if os.path.exists(target):
+            raise CorruptSegmentError(f"{target} already exists; refusing to overwrite a segment", path=target)
+        # 2. Crash after the rename: NNNNNN.wal and no current.wal; the next open starts a new
+        #    current.wal after it. Either name may be what a reboot shows until the dir fsync.
+        os.rename(seg.path, target)
+        fsync_dir(d, self._fsync)
+        self._next_number += 1
+        entry = IndexEntry(name, seg.first_seq, seg.next_seq - 1, seg.write_pos, seg.header.created_ns, self._clock())
+        self._entries.append(entry)
+        seg.close()
+        # 3. Crash here: no current.wal, maybe a current.wal.tmp; the next open recreates it.
+        self._seg = ActiveSegment.create(
+            d, SegmentHeader(self.serializer_name, seg.next_seq, self._clock()), self._segment_size, self._fsync
+        )
+        # 4. Crash before this completes: a stale index, rebuilt on the next open.
+        write_index(d, self.serializer_name, self._entries, self._fsync)
+        log.debug("rotated %s (seqs %d-%d, %d bytes)", name, entry.first_seq, entry.last_seq, entry.size)
+
+    # ----------------------------------------------------------------- retention
+
+    def truncate_before(self, seq: int) -> tuple[list[IndexEntry], int]:
+        """Remove the completed segments whose last seq is below ``seq``; never current.wal.
+
+        Returns the entries removed and the first seq still in the log. Order: the files are
+        unlinked oldest first, then the directory is fsynced, then the index is replaced.
+        A crash in between leaves a contiguous suffix of the log (never a gap) and an index
+        that names files which are gone: stale, rebuilt by the next writer with a warning;
+        readers only ever look at files that exist.
+        """
+        check_seq(seq, "truncate_before's seq")
+        self.check_open()
+        n = 0
+        while n < len(self._entries) and self._entries[n].last_seq < seq:
+            n += 1
+        return self._remove_oldest(n)
+
+    def apply_retention(self, max_bytes: int | None, max_age: float | None) -> tuple[list[IndexEntry], int]:
+        """Remove the oldest completed segments beyond ``max_bytes`` in all or closed more than
+        ``max_age`` seconds ago (the active segment counts towards the bytes, never goes)."""
+        self.check_open()
+        entries = self._entries
+        n = 0
+        if max_bytes is not None:
+            total = sum(e.size for e in entries) + self._seg.write_pos
+            while n < len(entries) and total > max_bytes:
+                total -= entries[n].size
+                n += 1
+        if max_age is not None:
+            cutoff = self._clock() - int(max_age * 1e9)
+            while n < len(entries) and entries[n].closed_ns < cutoff:
+                n += 1
+        return self._remove_oldest(n)
+
+    def _remove_oldest(self, n: int) -> tuple[list[IndexEntry], int]:
+        victims = self._entries[:n]
+        if victims:
+            try:
+                for e in victims:
+                    try:
+                        os.unlink(os.path.join(self.dir, e.file))
+                    except FileNotFoundError:
+                        pass
+                fsync_dir(self.dir, self._fsync)
+                self._entries = self._entries[n:]
+                write_index(self.dir, self.serializer_name, self._entries, self._fsync)
+            except BaseException as exc:
+                raise self._fail(exc, "removing old segments") from exc
+        return victims, self.first_seq
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the first record still in the log (1 unless retention removed some)."""
+        return self._entries[0].first_seq if self._entries else self._seg.first_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last record written (0 when none)."""
+        return self._seg.next_seq - 1
+
+    @property
+    def durable_seq(self) -> int:
+        """The seq of the last record known to be on stable storage."""
+        return self._durable_seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The error that latched the log, or None while it accepts work."""
+        return self._failed
+
+    # ----------------------------------------------------------------- failure and lifecycle
+
+    def check_open(self) -> None:
+        """Raise ClosedError after ``close``, LogFailedError once a failure latched the log."""
+        if self._closed:
+            raise ClosedError(f"the log in {self.dir} is closed")
+        if self._failed is not None:
+            raise LogFailedError(
+                f"{self.dir}: an earlier write or fsync failed ({self._failed!r}); close and reopen the log"
+            ) from self._failed
+
+    def _fail(self, exc: BaseException, what: str) -> LogFailedError:
+        if self._failed is None:
+            self._failed = exc
+            log.error("%s: %s failed: %r; the log refuses further writes until reopened", self.dir, what, exc)
+        return LogFailedError(f"{self.dir}: {what} failed ({exc!r}); the log accepts no more work: close and reopen it")
+
+    def close(self) -> None:
+        """Sync (unless the log failed), close current.wal, release the lock. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None:
+                self.sync()
+        finally:
+            self._closed = True
+            self._seg.close()
+            if self._dirlock is not None:
+                self._dirlock.release()
+
+    def __enter__(self) -> SegmentLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("failed" if self._failed else "open")
+        seg = getattr(self, "_seg", None)
+        last = seg.next_seq - 1 if seg is not None else 0
+        name = getattr(self, "serializer_name", "?")
+        return f"<SegmentLog {getattr(self, 'dir', '?')} {state} serializer={name!r} last_seq={last}>"
+
+
+def _check_name(name: object) -> None:
+    if not (isinstance(name, str) and name.isascii() and 0 < len(name) <= SERIALIZER_NAME_SIZE):
+        raise ConfigError(
+            f"serializer name must be 1-{SERIALIZER_NAME_SIZE} ASCII characters, got {name!r}; "
+            "it is written into every segment header"
+        )
