@@ -214,9 +214,14 @@ class SegmentLog:
 
         The writer process's path: the body comes straight from the ring. Rotates first when
         the segment is too old or the frame would not fit (a body larger than a segment gets
-        a segment of its own).
+        a segment of its own). A body or count that cannot be a frame is misuse: ValueError,
+        and the log carries on.
         """
         self.check_open()
+        if count < 1 or not 0 < len(body) <= MAX_FRAME_BODY:
+            raise ValueError(
+                f"a frame holds 1..{MAX_FRAME_BODY} bytes of at least one record, got {len(body)} bytes, count={count}"
+            )
         try:
             if self._segment_expired():
                 self._rotate()
