@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 from collections import namedtuple
-from typing import Final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
 
 from .errors import InvalidRecordError
 
@@ -32,7 +33,19 @@ class RecordType(enum.IntEnum):
     SNAPSHOT = 4
 
 
-_RecordBase = namedtuple("_RecordBase", ["type", "time", "data", "seq"])
+# Type checkers see typed fields (``rec.data`` is bytes). Run time keeps them untyped: hypothesis
+# fills every annotated field of a typed NamedTuple, defaults included, so st.builds(Record,
+# type=..., time=..., data=...) would draw arbitrary (often negative) seqs instead of 0.
+if TYPE_CHECKING:
+
+    class _RecordBase(NamedTuple):
+        type: int
+        time: int
+        data: bytes
+        seq: int = 0
+
+else:
+    _RecordBase = namedtuple("_RecordBase", ["type", "time", "data", "seq"])
 
 
 class Record(_RecordBase):
@@ -45,12 +58,14 @@ class Record(_RecordBase):
 
     __slots__ = ()
 
-    def __new__(cls, type: int, time: int, data: bytes, seq: int = 0) -> Record:  # noqa: A002
+    def __new__(cls, type: int, time: int, data: bytes | bytearray | memoryview, seq: int = 0) -> Self:  # noqa: A002
         return _tuple_new(cls, check_record(type, time, data, seq))
 
+    # The inherited _make (and so _replace) would skip validation. The ignore: mypy gives
+    # NamedTuple a synthesized _make that no classmethod override matches.
     @classmethod
-    def _make(cls, iterable: object) -> Record:  # namedtuple's would skip validation
-        return cls(*iterable)  # type: ignore[misc]
+    def _make(cls, iterable: Iterable[Any]) -> Self:  # type: ignore[override]
+        return cls(*iterable)
 
     def __repr__(self) -> str:
         data = self.data
@@ -70,9 +85,7 @@ def check_record(type: int, time: int, data: object, seq: int = 0) -> tuple[int,
     if isinstance(time, bool) or not isinstance(time, int) or not _I64_MIN <= time <= _I64_MAX:
         raise InvalidRecordError(f"record time must be a signed 64-bit int (ns since the epoch), got {time!r}")
     if data.__class__ is not bytes:
-        if isinstance(data, (bytearray, memoryview)):
-            data = bytes(data)
-        elif isinstance(data, bytes):
+        if isinstance(data, (bytes, bytearray, memoryview)):
             data = bytes(data)
         else:
             raise InvalidRecordError(
@@ -81,7 +94,7 @@ def check_record(type: int, time: int, data: object, seq: int = 0) -> tuple[int,
             )
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= _U64_MAX:
         raise InvalidRecordError(f"record seq must be an int in 0..2**64-1, got {seq!r}")
-    return (type, time, data, seq)  # type: ignore[return-value]
+    return (type, time, data, seq)
 
 
 def check_seq(value: object, what: str) -> int:
