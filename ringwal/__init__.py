@@ -31,7 +31,7 @@ from .errors import (
 from .follow import follow
 from .format import FORMAT_VERSION
 from .log import WAL
-from .producer import BatchReceipt, Handle, Receipt, open
+from .producer import BatchReceipt, Handle, Receipt, open  # noqa: A004 - ringwal.open is the API
 from .record import Record, RecordType
 from .replay import replay
 from .serializers import (

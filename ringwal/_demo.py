@@ -14,24 +14,30 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import ringwal
 from ringwal import Config, Record, replay, verify
 from ringwal.ring import ring_names
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    # (producer tag, index of its last acknowledged record, its sync latencies once it is done)
+    Acks = Queue[tuple[str, int, list[float] | None]]
 
 PRODUCERS = 4
 SECONDS = 4.0
 SYNC_EVERY = 50
 
 
-def producer(directory: str, tag: str, acks, stop_at: float) -> None:
+def producer(directory: str, tag: str, acks: Acks, stop_at: float) -> None:
     h = ringwal.open(Config(dir=directory, writer_linger=1.0))
     i = 0
-    lat = []
+    lat: list[float] = []
     pad = bytes(90)
     while time.time() < stop_at:
         for _ in range(SYNC_EVERY):
@@ -49,10 +55,12 @@ def main() -> int:
     directory = os.path.abspath("demo_data")
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
-    writer = subprocess.Popen([sys.executable, "-m", "ringwal", "serve", "--dir", directory], stderr=subprocess.PIPE, text=True)
+    serve = [sys.executable, "-m", "ringwal", "serve", "--dir", directory]
+    writer = subprocess.Popen(serve, stderr=subprocess.PIPE, text=True)
+    assert writer.stderr is not None  # stderr=PIPE
     print(writer.stderr.readline().strip())
     ctx = mp.get_context("fork")
-    acks = ctx.Queue()
+    acks: Acks = ctx.Queue()
     t0 = time.time()
     stop_at = t0 + SECONDS
     procs = {f"p{k}": ctx.Process(target=producer, args=(directory, f"p{k}", acks, stop_at)) for k in range(PRODUCERS)}
@@ -60,7 +68,7 @@ def main() -> int:
         p.start()
     acked: dict[str, int] = {}
     lat: list[float] = []
-    finished = set()
+    finished: set[str] = set()
     killed_producer = killed_writer = False
     while len(finished) + killed_producer < PRODUCERS:
         tag, top, lats = acks.get(timeout=60)
@@ -70,9 +78,10 @@ def main() -> int:
             lat.extend(lats)
         now = time.time() - t0
         if not killed_producer and now > 1.0:
-            os.kill(procs["p0"].pid, signal.SIGKILL)
+            procs["p0"].kill()
             killed_producer = True
-            print(f"t={now:.2f}s  SIGKILL producer p0 (pid {procs['p0'].pid}) after {acked.get('p0', -1) + 1} acked records")
+            n = acked.get("p0", -1) + 1
+            print(f"t={now:.2f}s  SIGKILL producer p0 (pid {procs['p0'].pid}) after {n} acked records")
         if killed_producer and not killed_writer and now > 2.0:
             writer.kill()
             writer.wait()
@@ -88,8 +97,8 @@ def main() -> int:
         if r.seq != seq:
             print(f"FAIL: seq {r.seq} where {seq} was expected")
             return 1
-        tag, _, rest = r.data.partition(b":")
-        per.setdefault(tag.decode(), []).append(int(rest.split(b"|", 1)[0]))
+        name, _, rest = r.data.partition(b":")
+        per.setdefault(name.decode(), []).append(int(rest.split(b"|", 1)[0]))
     ok = True
     for tag in procs:
         got = per.get(tag, [])
@@ -102,12 +111,16 @@ def main() -> int:
     report = verify(directory)
     lat.sort()
     total = sum(len(v) for v in per.values())
-    print(f"records in the log: {total} (seqs 1-{seq}), from {len(per)} producers; verify: {'OK' if report.ok else report.problems}")
+    verdict = "OK" if report.ok else report.problems
+    print(f"records in the log: {total} (seqs 1-{seq}), from {len(per)} producers; verify: {verdict}")
     for tag in procs:
-        print(f"  {tag}: {len(per.get(tag, []))} records, last acknowledged index {acked.get(tag, -1)}" + ("  (killed)" if tag == "p0" else ""))
-    print(f"throughput: {total / elapsed:,.0f} records/s over {elapsed:.1f}s including both crashes and the writer restart")
+        killed = "  (killed)" if tag == "p0" else ""
+        print(f"  {tag}: {len(per.get(tag, []))} records, last acknowledged index {acked.get(tag, -1)}{killed}")
+    rate = total / elapsed
+    print(f"throughput: {rate:,.0f} records/s over {elapsed:.1f}s including both crashes and the writer restart")
     if lat:
-        print(f"sync() every {SYNC_EVERY} records: p50 {lat[len(lat) // 2] * 1e3:.2f} ms, p99 {lat[int(len(lat) * 0.99)] * 1e3:.2f} ms over {len(lat)} syncs")
+        p50, p99 = lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
+        print(f"sync() every {SYNC_EVERY} records: p50 {p50:.2f} ms, p99 {p99:.2f} ms over {len(lat)} syncs")
     if lat:
         print(f"longest sync(), the one that spanned the writer's death and restart: {lat[-1] * 1e3:.0f} ms")
     # The restarted writer lingers a second after the last producer leaves, drains, fsyncs,

@@ -40,7 +40,15 @@ _EXPECTED = (errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR)
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+_syscall.argtypes = [
+    ctypes.c_long,  # syscall number
+    ctypes.c_void_p,  # uaddr
+    ctypes.c_int,  # futex_op
+    ctypes.c_uint,  # val
+    ctypes.c_void_p,  # timeout
+    ctypes.c_void_p,  # uaddr2
+    ctypes.c_uint,  # val3 (the bitset)
+]
 
 
 class _Timespec(ctypes.Structure):
@@ -72,7 +80,7 @@ def wait(addr: int, expected: int, deadline: float, bit: int) -> None:
 
 def wake(addr: int, bits: int) -> int:
     """Wake every waiter on ``addr`` whose bit is in ``bits``; return how many woke."""
-    n = _syscall(_SYS_FUTEX, addr, _FUTEX_WAKE_BITSET, _WAKE_ALL, None, None, bits)
+    n: int = _syscall(_SYS_FUTEX, addr, _FUTEX_WAKE_BITSET, _WAKE_ALL, None, None, bits)
     if n < 0:  # pragma: no cover - see wait
         err = ctypes.get_errno()
         raise OSError(err, f"futex wake: {os.strerror(err)}")

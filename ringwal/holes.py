@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from ._fileutil import FsyncFn, atomic_write
@@ -71,7 +72,7 @@ class Holes:
     def __len__(self) -> int:
         return len(self.list)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Hole]:
         return iter(self.list)
 
     def explains(self, lo: int, hi: int) -> list[Hole] | None:
@@ -114,7 +115,9 @@ def load_holes(directory: str) -> Holes:
     try:
         doc = json.loads(raw)
     except ValueError as exc:
-        raise FormatError(f"{path}: does not parse ({exc}); it lists seqs repair removed, restore it or remove it", path=path) from None
+        raise FormatError(
+            f"{path}: does not parse ({exc}); it lists seqs repair removed, restore it or remove it", path=path
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != HOLES_FORMAT:
         version = doc.get("format") if isinstance(doc, dict) else None
         raise UnsupportedVersionError(f"{path}: format {version!r}; this build reads format {HOLES_FORMAT}", path=path)

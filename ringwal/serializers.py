@@ -48,7 +48,9 @@ _pack_len = RECORD_LENGTH.pack
 class Serializer(Protocol):
     """What a serializer must provide. Subclass BaseSerializer to get the batch methods."""
 
-    name: str
+    # Read-only, so that a class attribute (as BaseSerializer's ClassVar) satisfies it too.
+    @property
+    def name(self) -> str: ...
 
     def encode(self, record: Record) -> bytes: ...
 
@@ -79,7 +81,9 @@ class BaseSerializer(abc.ABC):
         frame = self.frame
         return [frame(r) for r in records]
 
-    def decode_batch(self, body: bytes, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)) -> Sequence[Record] | Iterator[Record]:
+    def decode_batch(
+        self, body: bytes, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)
+    ) -> Sequence[Record] | Iterator[Record]:
         """Records of a checksum-verified frame body. ``where`` is (path, offset) for errors."""
         decode = self.decode
         return [decode(payload, first_seq + i) for i, payload in enumerate(split_body(body, count, where))]
@@ -171,7 +175,9 @@ class BinarySerializer(BaseSerializer):
         pack = self._FRAMED.pack
         return [pack(10 + len(r[2]), r[0], r[1]) + r[2] for r in records]
 
-    def decode_batch(self, body: bytes, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)) -> Sequence[Record] | Iterator[Record]:
+    def decode_batch(
+        self, body: bytes, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)
+    ) -> Sequence[Record] | Iterator[Record]:
         (n,) = _unpack_len(body, 0) if len(body) >= 4 else (0,)
         stride = n + 4
         if n >= 10 and stride * count == len(body):
@@ -185,7 +191,7 @@ class BinarySerializer(BaseSerializer):
             ):
                 s = _uniform_struct(n - 10)
                 return map(_tuple_new, repeat(Record), map(add, s.iter_unpack(body), zip(_count(first_seq))))
-        out = []
+        out: list[Record] = []
         append = out.append
         unpack = self._FRAMED.unpack_from
         pos = 0
@@ -248,13 +254,14 @@ class ProtoSerializer(BaseSerializer):
         self._cls = record_pb2.Record
 
     def encode(self, record: Record) -> bytes:
-        return self._cls(type=record[0], time=record[1], data=record[2]).SerializeToString()
+        payload: bytes = self._cls(type=record[0], time=record[1], data=record[2]).SerializeToString()
+        return payload
 
     def decode(self, payload: bytes, seq: int) -> Record:
         msg = self._cls()
         try:
             msg.ParseFromString(payload)
-        except Exception as exc:  # protobuf raises its own DecodeError
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or whatever another protobuf backend raises
             raise CorruptRecordError(f"protobuf payload of seq {seq} does not decode: {exc}") from None
         if not 1 <= msg.type <= MAX_TYPE:
             raise CorruptRecordError(f"protobuf payload of seq {seq} has invalid type {msg.type}")
