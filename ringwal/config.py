@@ -93,11 +93,17 @@ class Config:
         _positive_int("write_buffer_size", self.write_buffer_size)
         _positive_int("max_record_size", self.max_record_size)
         if self.max_record_size > MAX_FRAME_BODY - 4:
-            raise ConfigError(f"max_record_size={self.max_record_size} exceeds the format's limit of {MAX_FRAME_BODY - 4} bytes")
+            raise ConfigError(
+                f"max_record_size={self.max_record_size} exceeds the format's limit of {MAX_FRAME_BODY - 4} bytes"
+            )
         _positive_number("append_timeout", self.append_timeout)
         _positive_number("sync_timeout", self.sync_timeout)
         _positive_number("writer_wait", self.writer_wait)
-        if isinstance(self.writer_linger, bool) or not isinstance(self.writer_linger, (int, float)) or not 0 <= self.writer_linger < math.inf:
+        if (
+            isinstance(self.writer_linger, bool)
+            or not isinstance(self.writer_linger, (int, float))
+            or not 0 <= self.writer_linger < math.inf
+        ):
             raise ConfigError(f"writer_linger must be a number of seconds >= 0, got {self.writer_linger!r}")
         if self.retention_max_bytes is not None:
             _positive_int("retention_max_bytes", self.retention_max_bytes)
@@ -106,9 +112,12 @@ class Config:
         if not isinstance(self.start_writer, bool):
             raise ConfigError(f"start_writer must be True or False, got {self.start_writer!r}")
         name = getattr(self.serializer, "name", None)
-        if not (isinstance(name, str) and callable(getattr(self.serializer, "encode", None)) and callable(getattr(self.serializer, "decode", None))):
+        if not (
+            isinstance(name, str)
+            and callable(getattr(self.serializer, "encode", None))
+            and callable(getattr(self.serializer, "decode", None))
+        ):
             raise ConfigError(f"serializer={self.serializer!r} is not a Serializer (needs name, encode, decode)")
-
 
     def validate_ring(self) -> None:
         """Also check the ring settings (``ringwal.open`` and the writer call this)."""
@@ -117,7 +126,9 @@ class Config:
         _positive_int("ring_size", rs)
         _positive_int("producer_slots", slots)
         if rs & (rs - 1) or not MIN_RING_SIZE <= rs <= MAX_RING_SIZE:
-            raise ConfigError(f"ring_size must be a power of two from {MIN_RING_SIZE} to {MAX_RING_SIZE} bytes, got {rs}")
+            raise ConfigError(
+                f"ring_size must be a power of two from {MIN_RING_SIZE} to {MAX_RING_SIZE} bytes, got {rs}"
+            )
         if slots > MAX_PRODUCER_SLOTS:
             raise ConfigError(f"producer_slots must be at most {MAX_PRODUCER_SLOTS}, got {slots}")
         if self.max_record_size + 4 > rs:

@@ -144,7 +144,9 @@ class RecordsLostError(FormatError):
     ``skip_holes=True`` to step over recorded holes (each is logged as a warning).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, first_seq: int, last_seq: int, reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, first_seq: int, last_seq: int, reason: str = ""
+    ) -> None:
         super().__init__(message, path=path, offset=None)
         self.first_seq = first_seq
         self.last_seq = last_seq

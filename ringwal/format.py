@@ -118,7 +118,9 @@ class SegmentHeader:
             raise ValueError(f"serializer name {self.serializer!r} must be 1-{SERIALIZER_NAME_SIZE} ASCII bytes")
         if self.first_seq < 1:
             raise ValueError(f"first_seq must be >= 1, got {self.first_seq}")
-        body = SEGMENT_HEADER.pack(MAGIC, self.version, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns, 0)
+        body = SEGMENT_HEADER.pack(
+            MAGIC, self.version, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns, 0
+        )
         return body[:-4] + crc32c(body[:-4]).to_bytes(4, "little")
 
     @classmethod
@@ -213,7 +215,9 @@ def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
     if end > limit:
         return (FRAME_INCOMPLETE, length, count, first_seq, crc, -1, pos)
     start = pos + FRAME_HEADER_SIZE
-    computed = crc32c(buf[start + length : end], crc32c(buf[start : start + length], crc32c(buf[pos : pos + FRAME_CRC_PREFIX])))
+    computed = crc32c(
+        buf[start + length : end], crc32c(buf[start : start + length], crc32c(buf[pos : pos + FRAME_CRC_PREFIX]))
+    )
     if computed != crc:
         return (FRAME_BAD, length, count, first_seq, crc, computed, pos)
     return (FRAME_OK, length, count, first_seq, crc, computed, end)
@@ -244,7 +248,7 @@ def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
 #     8 state (W)            9 writer pid (W)  10 writer create time, f64 bits (W)
 #     11 writer generation (W)              12 attach generation (C)
 #     13 pending (W)         14 pending first seq (W)   15 pending last seq (W)
-#     16 next seq (W)        17 durable seq (W)         18 heartbeat (W)
+#     16 next seq (W)        17 durable seq (W)         18 reserved (never written)
 #     19 records written (W) 20 fsyncs (W)  21 writer started, ns (W)
 #     24 wake word: low 32 bits bumped after each publication of progress, the futex that
 #        waiting producers sleep on (W; see _futex.py)
@@ -289,7 +293,7 @@ RH_MAGIC, RH_VERSION, RH_SLOTS, RH_RING_SIZE, RH_MAX_RECORD, RH_SPAN_LOG = range
 RH_SERIALIZER_OFFSET: Final = 48
 RH_STATE, RH_WRITER_PID, RH_WRITER_CTIME, RH_WRITER_GEN, RH_ATTACH_GEN = range(8, 13)
 RH_PENDING, RH_PENDING_FIRST, RH_PENDING_LAST, RH_NEXT_SEQ, RH_DURABLE_SEQ = range(13, 18)
-RH_HEARTBEAT, RH_RECORDS, RH_FSYNCS, RH_STARTED_NS = range(18, 22)
+RH_RECORDS, RH_FSYNCS, RH_STARTED_NS = range(19, 22)
 RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer stores 16-21
 RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
 RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
@@ -314,12 +318,14 @@ def fsync_bucket_upper(b: int) -> int:
     sub = b % 4
     return ((4 | sub) << (bl - 3)) + (1 << (bl - 3)) - 1
 
+
 # ring states
 RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)
 
 # lane control word indices (relative to the lane's block)
 L_HEAD, L_WANT_WRITTEN, L_WANT_DURABLE = 0, 1, 2
-L_TAIL, L_PENDING_TAIL, L_VERSION, L_WRITTEN_COUNT, L_WRITTEN_SEQ, L_DURABLE_COUNT, L_DURABLE_SEQ, L_SPAN_HEAD = range(8, 16)
+L_TAIL, L_PENDING_TAIL, L_VERSION, L_WRITTEN_COUNT = range(8, 12)
+L_WRITTEN_SEQ, L_DURABLE_COUNT, L_DURABLE_SEQ, L_SPAN_HEAD = range(12, 16)
 L_OWNER_PID, L_OWNER_CTIME, L_OWNER_TOKEN, L_PENDING_SEQ = 16, 17, 18, 19
 LANE_WORDS: Final = LANE_CTL_SIZE // 8
 

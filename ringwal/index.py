@@ -62,7 +62,10 @@ def load_index(directory: str) -> tuple[list[IndexEntry] | None, str]:
             return None, f"format {doc.get('format')!r} is not {FORMAT_VERSION}"
         entries = [IndexEntry(**{k: e[k] for k in IndexEntry.__dataclass_fields__}) for e in doc["segments"]]
         for e in entries:
-            if not (isinstance(e.file, str) and all(isinstance(getattr(e, k), int) for k in ("first_seq", "last_seq", "size"))):
+            if not (
+                isinstance(e.file, str)
+                and all(isinstance(getattr(e, k), int) for k in ("first_seq", "last_seq", "size"))
+            ):
                 raise ValueError(f"bad entry {e}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return None, f"unparseable ({exc})"
@@ -100,7 +103,8 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
             header, scan = scan_file(path, sealed=True, holes=holes)
             if scan.records == 0:
                 raise CorruptSegmentError(f"{path}: completed segment holds no records", path=path, offset=0)
-            entries.append(IndexEntry(name, header.first_seq, scan.next_seq - 1, size, header.created_ns, int(os.stat(path).st_mtime_ns)))
+            mtime_ns = int(os.stat(path).st_mtime_ns)
+            entries.append(IndexEntry(name, header.first_seq, scan.next_seq - 1, size, header.created_ns, mtime_ns))
         else:
             header = read_header(path)
             entries.append(IndexEntry(name, header.first_seq, -1, size, header.created_ns, 0))
