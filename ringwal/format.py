@@ -190,7 +190,7 @@ FrameInfo = tuple[int, int, int, int, int, int, int]
 """(outcome, length, count, first_seq, stored_crc, computed_crc, next_offset)"""
 
 
-def parse_frame(buf: bytes, pos: int, limit: int) -> FrameInfo:
+def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> FrameInfo:
     """Look at the frame starting at ``pos`` of ``buf[:limit]`` without trusting any field.
 
     A length is used only after it has been checked against the bytes left, so a corrupt
