@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from .errors import WALError
+from .serializers import BaseSerializer
 
 
 def _require_log(directory: str) -> str:
@@ -237,18 +238,17 @@ def _cmd_append(args: argparse.Namespace) -> int:
 
 
 def _cmd_truncate(args: argparse.Namespace) -> int:
+    from .config import Config
     from .errors import ConfigError, LockedError
-    from .log import WAL
+    from .seglog import SegmentLog
     from .segment import CURRENT, list_segments
-    from .writer import _NameOnly
+    from .writer import log_serializer
 
     d = _require_log(args.dir)
     if not list_segments(d) and not os.path.exists(os.path.join(d, CURRENT)):
         raise ConfigError(f"{d}: holds no ringwal log (no segment files)")
     try:
-        cfg = _log_config(d)
-        cfg.serializer = _NameOnly(cfg.serializer.name)
-        wal = WAL(cfg)
+        wal = SegmentLog(Config(dir=d), log_serializer(d) or "binary")  # never encodes: any serializer works
     except LockedError:
         # A writer runs: ask it (through the ring) as a producer would.
         import ringwal
@@ -267,16 +267,30 @@ def _cmd_truncate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SerializerName(BaseSerializer):
+    """Stands for the log's serializer in ``serve``: the writer copies encoded bytes and needs
+    only the name, which may belong to a serializer registered in the producers alone."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # type: ignore[misc]
+
+    def encode(self, record):  # pragma: no cover - the writer never encodes
+        raise TypeError(f"the writer process does not encode records (serializer {self.name!r} runs in producers)")
+
+    def decode(self, payload, seq):  # pragma: no cover - the writer never decodes
+        raise TypeError(f"the writer process does not decode records (serializer {self.name!r} runs in readers)")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     from ._launch import config_from_args, detach
-    from .writer import _NameOnly, log_serializer, serve
+    from .writer import log_serializer, serve
 
     if args.detach:
         detach()  # started by ringwal.open: not the producer's child
     name = args.serializer or log_serializer(args.dir) or "binary"
-    config = config_from_args(args, _NameOnly(name))
+    config = config_from_args(args, _SerializerName(name))
 
     def announce(writer) -> None:
         if not args.detach:

@@ -1,6 +1,6 @@
 """The writer process: drains the ring into the log, assigns seqs, group-commits fsyncs.
 
-One writer per directory, decided by the ``wal.lock`` flock that ``WAL`` takes. The loop:
+One writer per directory, decided by the ``wal.lock`` flock that ``SegmentLog`` takes. The loop:
 
 1. drain: every lane's published span goes into one body, written as one frame (the
    pending-drain protocol in ``ring.py`` makes this restartable without duplicates);
@@ -28,7 +28,6 @@ the next writer. Producers that are still attached see the writer gone and start
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -39,9 +38,8 @@ from .config import Config
 from .errors import WALError
 from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
-from .log import WAL
 from .ring import WriterSide, check_machine
-from .serializers import BaseSerializer
+from .seglog import SegmentLog
 
 __all__ = ["Writer", "serve"]
 
@@ -56,22 +54,6 @@ LIVENESS_INTERVAL = 0.25
 FIRST_ATTACH_GRACE = 10.0
 
 
-class _NameOnly(BaseSerializer):
-    """The writer never encodes or decodes: it needs only the serializer's name."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name  # type: ignore[misc]
-
-    def encode(self, record):  # pragma: no cover - the writer only copies encoded bytes
-        raise TypeError(f"the writer process does not encode records (serializer {self.name!r} runs in producers)")
-
-    def decode(self, payload, seq):  # pragma: no cover - the writer never reads records back
-        raise TypeError(f"the writer process does not decode records (serializer {self.name!r} runs in readers)")
-
-    def __repr__(self) -> str:
-        return f"<serializer {self.name!r}>"
-
-
 class Writer:
     """A writer serving one directory. ``run()`` loops until ``stop()`` (or idle exit).
 
@@ -79,7 +61,7 @@ class Writer:
     this class decides when: drain, notify, group commit, housekeeping, shutdown.
     """
 
-    wal: WAL | None = None
+    wal: SegmentLog | None = None
     side: WriterSide | None = None
 
     def __init__(
@@ -96,7 +78,7 @@ class Writer:
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
         name = config.serializer.name
-        self.wal = WAL(dataclasses.replace(config, serializer=_NameOnly(name), flush_interval=None), fsync=fsync, fdatasync=fdatasync)
+        self.wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync)
         try:
             self.dir = self.wal.dir
             self.side = side = WriterSide.open(
