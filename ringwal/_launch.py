@@ -29,7 +29,15 @@ from . import errors as _errors
 from .config import Config
 from .errors import LockedError, WALError, WriterGoneError
 
-__all__ = ["SERVE_OPTIONS", "add_serve_options", "config_from_args", "report_error", "report_ready", "serve_argv", "start_writer"]
+__all__ = [
+    "SERVE_OPTIONS",
+    "add_serve_options",
+    "config_from_args",
+    "report_error",
+    "report_ready",
+    "serve_argv",
+    "start_writer",
+]
 
 #: Config field -> (``ringwal serve`` option, type, metavar, help). The one place the two meet.
 SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
@@ -41,7 +49,12 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
     "ring_size": ("--ring-size", int, "B", "bytes of ring per producer lane"),
     "producer_slots": ("--producer-slots", int, "N", "producer lanes in the ring"),
     "retention_max_bytes": ("--retention-max-bytes", int, "B", "remove the oldest completed segments beyond B bytes"),
-    "retention_max_age": ("--retention-max-age", float, "S", "remove completed segments closed more than S seconds ago"),
+    "retention_max_age": (
+        "--retention-max-age",
+        float,
+        "S",
+        "remove completed segments closed more than S seconds ago",
+    ),
 }
 
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
@@ -85,7 +98,7 @@ def report_error(fd: int, exc: BaseException) -> None:
     _report(fd, {"event": "error", "type": type(exc).__name__, "message": str(exc), "attrs": attrs})
 
 
-def _report(fd: int, message: dict) -> None:
+def _report(fd: int, message: dict[str, Any]) -> None:
     try:
         os.write(fd, json.dumps(message).encode() + b"\n")
         os.close(fd)
@@ -93,11 +106,12 @@ def _report(fd: int, message: dict) -> None:
         pass  # the producer that asked gave up waiting: nothing to tell
 
 
-def _rebuild(message: dict, directory: str) -> BaseException:
+def _rebuild(message: dict[str, Any], directory: str) -> BaseException:
     """The exception a writer reported, as its own type when it is a ringwal error."""
     name, text, attrs = message.get("type", ""), message.get("message", ""), message.get("attrs", {})
     cls = getattr(_errors, str(name), None)
     if isinstance(cls, type) and issubclass(cls, WALError):
+        kwargs: dict[str, Any]
         for kwargs in (attrs, {}):
             try:
                 return cls(text, **kwargs)

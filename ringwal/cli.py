@@ -28,10 +28,16 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import WALError
 from .serializers import BaseSerializer
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .record import Record
+    from .writer import Writer
 
 
 def _require_log(directory: str) -> str:
@@ -45,14 +51,14 @@ def _require_log(directory: str) -> str:
 # ---------------------------------------------------------------------- printing records
 
 
-def _data_fields(data: bytes) -> dict:
+def _data_fields(data: bytes) -> dict[str, str]:
     try:
         return {"text": data.decode("utf-8")}
     except UnicodeDecodeError:
         return {"base64": base64.b64encode(data).decode()}
 
 
-def _print_records(records: Iterable, fmt: str, limit: int | None = None, flush: bool = False) -> int:
+def _print_records(records: Iterable[Record], fmt: str, limit: int | None = None, flush: bool = False) -> int:
     out = sys.stdout
     n = 0
     for rec in records:
@@ -61,7 +67,8 @@ def _print_records(records: Iterable, fmt: str, limit: int | None = None, flush:
             out.write(json.dumps({"seq": rec.seq, "type": rec.type, "time": rec.time, **_data_fields(rec.data)}) + "\n")
         else:
             try:
-                when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.time // 1_000_000_000)) + f".{rec.time % 1_000_000_000:09d}Z"
+                secs, ns = divmod(rec.time, 1_000_000_000)
+                when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}Z"
             except (OverflowError, OSError, ValueError):
                 when = f"{rec.time}ns"  # outside what the C library can show as a date
             d = _data_fields(rec.data)
@@ -152,7 +159,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     span = f"seqs {report.first_seq}-{report.last_seq}" if report.last_seq is not None else "no records"
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
     holes = f", {len(report.holes)} recorded hole(s)" if report.holes else ""
-    print(f"{status}: {report.segments} segment(s), {report.records} record(s), {span}, {report.bytes} bytes{holes}", file=sys.stderr)
+    print(
+        f"{status}: {report.segments} segment(s), {report.records} record(s), {span}, {report.bytes} bytes{holes}",
+        file=sys.stderr,
+    )
     return 0 if report.ok else 1
 
 
@@ -171,7 +181,10 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     else:
         lost = sum(h.records for h in report.holes)
         what = "would record" if args.dry_run else "recorded"
-        print(f"{'dry run: ' if args.dry_run else 'repaired: '}{what} {len(report.holes)} hole(s), {lost} record(s) lost", file=sys.stderr)
+        print(
+            f"{'dry run: ' if args.dry_run else 'repaired: '}{what} {len(report.holes)} hole(s), {lost} record(s) lost",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -189,7 +202,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_config(directory: str, **kw):
+def _log_config(directory: str, **kw: Any) -> Config:
     from .config import Config
     from .serializers import get_serializer
     from .writer import log_serializer
@@ -232,7 +245,7 @@ def _cmd_append(args: argparse.Namespace) -> int:
             if n and not select.select([fd], [], [], 0)[0]:
                 last = h.sync()  # the input paused: make what we have durable now
         last = h.sync()
-        span = f"seqs {first.seqs[0]}-{last}" if n else "nothing"
+        span = f"seqs {first.seqs[0]}-{last}" if first is not None else "nothing"
     print(f"appended {n} record(s): {span}", file=sys.stderr)
     return 0
 
@@ -274,10 +287,10 @@ class _SerializerName(BaseSerializer):
     def __init__(self, name: str) -> None:
         self.name = name  # type: ignore[misc]
 
-    def encode(self, record):  # pragma: no cover - the writer never encodes
+    def encode(self, record: Record) -> bytes:  # pragma: no cover - the writer never encodes
         raise TypeError(f"the writer process does not encode records (serializer {self.name!r} runs in producers)")
 
-    def decode(self, payload, seq):  # pragma: no cover - the writer never decodes
+    def decode(self, payload: bytes, seq: int) -> Record:  # pragma: no cover - the writer never decodes
         raise TypeError(f"the writer process does not decode records (serializer {self.name!r} runs in readers)")
 
 
@@ -292,9 +305,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     name = args.serializer or log_serializer(args.dir) or "binary"
     config = config_from_args(args, _SerializerName(name))
 
-    def announce(writer) -> None:
+    def announce(writer: Writer) -> None:
         if not args.detach:
             r = writer.ring
+            if r is None:  # pragma: no cover - serve announces a writer that is serving
+                raise RuntimeError("announce called with a writer that has shut down")
             print(
                 f"ringwal serve: pid {os.getpid()} serving {writer.dir} (serializer {name}, "
                 f"{r.slots} lanes of {r.ring_size} bytes); SIGTERM drains and exits",
@@ -312,16 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, fn, help: str, **kw) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help, **kw)
+    def cmd(name: str, fn: Callable[[argparse.Namespace], int], text: str, **kw: Any) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text, **kw)
         c.add_argument("--dir", required=True, help="the log directory")
-        c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logging")
+        c.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logging"
+        )
         c.set_defaults(fn=fn)
         return c
 
     def records_opts(c: argparse.ArgumentParser) -> None:
-        c.add_argument("--format", choices=("jsonl", "text"), default="jsonl", help="JSON lines (default) or tab-separated text")
-        c.add_argument("--skip-holes", action="store_true", help="step over seqs that repair recorded as lost instead of failing")
+        c.add_argument(
+            "--format", choices=("jsonl", "text"), default="jsonl", help="JSON lines (default) or tab-separated text"
+        )
+        c.add_argument(
+            "--skip-holes", action="store_true", help="step over seqs that repair recorded as lost instead of failing"
+        )
 
     c = cmd("stats", _cmd_stats, "segments, seq range, bytes and records; the running writer's figures")
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -333,11 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--after", type=int, default=0, metavar="SEQ", help="only records with seq > SEQ")
     c.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N records")
     records_opts(c)
-    c = cmd("tail", _cmd_tail, "print the last records; with -f, print new ones as they become durable until interrupted")
+    c = cmd(
+        "tail", _cmd_tail, "print the last records; with -f, print new ones as they become durable until interrupted"
+    )
     c.add_argument("-f", "--follow", action="store_true", help="keep printing records as they become durable")
     c.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="start with the last N records (10)")
     c.add_argument("--after", type=int, default=None, metavar="SEQ", help="start after SEQ instead of the last N")
-    c.add_argument("--poll", type=float, default=0.1, metavar="S", help="longest sleep between looks at the files (0.1)")
+    c.add_argument(
+        "--poll", type=float, default=0.1, metavar="S", help="longest sleep between looks at the files (0.1)"
+    )
     records_opts(c)
     c = cmd("verify", _cmd_verify, "check a log's checksums, headers, seqs and index (exit 1 on problems)")
     c.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -349,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("truncate", _cmd_truncate, "remove completed segments whose records all have seq < SEQ")
     c.add_argument("--before", type=int, required=True, metavar="SEQ", help="keep every record with seq >= SEQ")
     s = cmd("serve", _cmd_serve, "run the writer process in the foreground (the durability sidecar)")
-    s.add_argument("--serializer", default=None, metavar="NAME", help="serializer name (default: the one in the log, else binary)")
+    s.add_argument(
+        "--serializer", default=None, metavar="NAME", help="serializer name (default: the one in the log, else binary)"
+    )
     add_serve_options(s)
     s.add_argument("--linger", type=float, default=None, help=argparse.SUPPRESS)
     s.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
@@ -359,9 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="ringwal: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="ringwal: %(levelname)s: %(message)s"
+    )
+    fn: Callable[[argparse.Namespace], int] = args.fn
     try:
-        return args.fn(args)
+        return fn(args)
     except BrokenPipeError:  # e.g. piped into head: not an error
         with_devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(with_devnull, sys.stdout.fileno())

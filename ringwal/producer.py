@@ -106,8 +106,6 @@ class BatchReceipt:
         return f"<BatchReceipt of {self._n} records of {self._handle.dir}>"
 
 
-
-
 class Handle:
     """This process's handle on a log. Context manager; thread-safe; ``close`` is idempotent.
 
@@ -175,7 +173,9 @@ class Handle:
                 if start_writer(self.config, self.config.writer_linger, deadline):
                     continue
             if now >= deadline:
-                hint = "" if self.config.start_writer else " (start_writer=False: start one with `ringwal serve --dir DIR`)"
+                hint = ""
+                if not self.config.start_writer:
+                    hint = " (start_writer=False: start one with `ringwal serve --dir DIR`)"
                 raise WriterGoneError(gone + hint)
             _pause(0.02)
 
@@ -220,10 +220,10 @@ class Handle:
         if len(b) > self._maxn:
             raise _too_large(len(b) - 4, self._max_record)
         with self._lock:
-            self._check_usable()
-            c = self._side.publish(b, 1)
+            side = self._usable_side()
+            c = side.publish(b, 1)
             if c < 0:
-                self._side.post()
+                side.post()
                 return None
         return Receipt(self, c)
 
@@ -236,10 +236,10 @@ class Handle:
             if len(f) > limit:
                 raise _too_large(len(f) - 4, limit - 4)
         with self._lock:
-            self._check_usable()
-            first = self._side.count + 1
+            side = self._usable_side()
+            first = side.count + 1
             # One publication per chunk that fits half a lane; each chunk is one head store.
-            cap = self._side.ring.ring_size // 2
+            cap = side.ring.ring_size // 2
             i, total = 0, len(framed)
             while i < total:
                 j, size = i, 0
@@ -255,8 +255,7 @@ class Handle:
 
     def _publish_waiting(self, blob: bytes, count: int, timeout: float) -> int:
         """Publish, waiting up to ``timeout`` for room; the new count (lock held)."""
-        self._check_usable()
-        side = self._side
+        side = self._usable_side()
         c = side.publish(blob, count)
         if c < 0:
             if not side.wait_room(len(blob), time.monotonic() + timeout, self._writer_changed):
@@ -270,9 +269,10 @@ class Handle:
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait(self, durable: bool, count: int) -> int:
+    def _wait(self, side: ProducerSide, durable: bool, count: int) -> int:
         """Wait (bounded by sync_timeout) until our records up to ``count`` are written or durable."""
-        seq = self._side.wait_progress(durable, count, time.monotonic() + self.config.sync_timeout, self._writer_changed)
+        deadline = time.monotonic() + self.config.sync_timeout
+        seq = side.wait_progress(durable, count, deadline, self._writer_changed)
         if seq is None:
             raise WaitTimeoutError(
                 f"{self.dir}: the writer did not {'sync' if durable else 'write'} our records within "
@@ -283,6 +283,8 @@ class Handle:
     def _writer_changed(self) -> bool:
         """Check the writer; if it died, get a new one. True when a new writer took over."""
         side = self._side
+        if side is None:
+            raise ClosedError(f"this handle on {self.dir} was closed while waiting for the writer")
         if side.writer_ready():
             return side.writer_changed()
         self._await_writer(
@@ -296,21 +298,21 @@ class Handle:
     def flush(self) -> None:
         """Return once the writer has written every record appended here to the OS."""
         with self._lock:
-            self._check_usable()
-            target = self._count = self._side.count
-        if target > self._side.base:
+            side = self._usable_side()
+            target = self._count = side.count
+        if target > side.base:
             with self._wait_lock:
-                self._wait(False, target)
+                self._wait(side, False, target)
 
     def sync(self) -> int:
         """Return once every record appended here is durable; the seq of the last one (0: none)."""
         with self._lock:
-            self._check_usable()
-            target = self._count = self._side.count
-        if target <= self._side.base:
+            side = self._usable_side()
+            target = self._count = side.count
+        if target <= side.base:
             return 0
         with self._wait_lock:
-            return self._wait(True, target)
+            return self._wait(side, True, target)
 
     def truncate_before(self, seq: int) -> int:
         """Remove the completed segments whose records all have seqs below ``seq`` (what a
@@ -322,11 +324,12 @@ class Handle:
         """
         check_seq(seq, "truncate_before's seq")
         with self._lock:
-            self._check_usable()
-        first = self._side.truncate_before(seq, time.monotonic() + self.config.sync_timeout, self._writer_changed)
+            side = self._usable_side()
+        first = side.truncate_before(seq, time.monotonic() + self.config.sync_timeout, self._writer_changed)
         if first is None:
             raise WaitTimeoutError(
-                f"{self.dir}: the writer did not serve truncate_before({seq}) within {self.config.sync_timeout:g}s (sync_timeout)"
+                f"{self.dir}: the writer did not serve truncate_before({seq}) "
+                f"within {self.config.sync_timeout:g}s (sync_timeout)"
             )
         return first
 
@@ -343,8 +346,8 @@ class Handle:
                 )
             if count > side.count:
                 raise ValueError("receipt from the future")
-            self._check_usable()
-            self._wait(False, count)
+            self._usable_side()  # raises if closed meanwhile
+            self._wait(side, False, count)
             seq = side.seq_of(count)
             if seq is None:
                 raise WALError(f"the seq of record #{count} of this handle is no longer known (span history trimmed)")
@@ -366,11 +369,17 @@ class Handle:
         """The ring lane this handle owns (for diagnostics)."""
         return self._side.lane if self._side is not None else -1
 
-    def _check_usable(self) -> None:
+    def _usable_side(self) -> ProducerSide:
+        """The lane to use now: raises when the handle is closed; claims a lane after a fork."""
         if self._closed:
             raise ClosedError(f"this handle on {self.dir} is closed")
         if self._forked:
             self._reattach_after_fork()
+        side = self._side
+        if side is None:
+            # Only when claiming a lane after a fork failed (WriterGoneError, raised then).
+            raise WriterGoneError(f"this handle on {self.dir} holds no ring lane (claiming one after a fork failed)")
+        return side
 
     def _forked_in_child(self) -> None:
         # Runs in the child right after fork, before any other thread exists there.
@@ -402,7 +411,7 @@ class Handle:
             side = self._side
             if not self._forked and side is not None and side.count > side.base:
                 try:
-                    self._wait(True, side.count)
+                    self._wait(side, True, side.count)
                 except WALError as exc:
                     failure = exc
             self._closed = True

@@ -113,6 +113,7 @@ import struct
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import posix_ipc
 import psutil
@@ -212,11 +213,13 @@ SUPPORTED_MACHINES = ("x86_64", "amd64", "AMD64", "i686", "i386")
 
 
 def f64_bits(x: float) -> int:
-    return _U64.unpack(_F64.pack(x))[0]
+    bits: int = _U64.unpack(_F64.pack(x))[0]
+    return bits
 
 
 def bits_f64(w: int) -> float:
-    return _F64.unpack(_U64.pack(w))[0]
+    x: float = _F64.unpack(_U64.pack(w))[0]
+    return x
 
 
 def check_machine() -> None:
@@ -249,7 +252,8 @@ def process_alive(pid: int, ctime: float) -> bool:
         p = psutil.Process(pid)
         if abs(p.create_time() - ctime) > 0.05:
             return False
-        return p.status() != psutil.STATUS_ZOMBIE
+        alive: bool = p.status() != psutil.STATUS_ZOMBIE
+        return alive
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:  # pragma: no cover - another user's live process
@@ -285,19 +289,21 @@ class Ring:
     indexes ring words.
 
     ``words`` is the whole region as 64-bit words; ``lane_ctl(k)`` / ``lane_data(k)`` /
-    ``span_log(k)`` are views of one lane. Class-level defaults make ``close`` safe on a
-    half-built object.
+    ``span_log(k)`` are views of one lane. ``close`` is safe on a half-built object (``_mm``
+    defaults to None, ``_views`` is set first). After ``close`` every view, ``words`` and
+    ``buf`` included, is released: any use raises ValueError.
     """
 
     _mm: mmap.mmap | None = None
-    _views: list[memoryview] = []
-    words: memoryview | None = None
+    _views: list[memoryview]
+    words: memoryview
+    buf: memoryview
 
     def __init__(self, directory: str, shm: posix_ipc.SharedMemory, created: bool) -> None:
+        self._views = []
         self.directory = directory
         self.name, self.writer_sem_name = ring_names(directory)
         self.created = created
-        self._views = []
         try:
             self._mm = mmap.mmap(shm.fd, shm.size)
         finally:
@@ -372,8 +378,8 @@ class Ring:
         w[RH_RING_SIZE] = ring_size
         w[RH_MAX_RECORD] = max_record
         w[RH_SPAN_LOG] = SPAN_LOG
-        enc = serializer.encode()
-        ring.buf[RH_SERIALIZER_OFFSET : RH_SERIALIZER_OFFSET + SERIALIZER_NAME_SIZE] = enc.ljust(SERIALIZER_NAME_SIZE, b"\0")
+        enc = serializer.encode().ljust(SERIALIZER_NAME_SIZE, b"\0")
+        ring.buf[RH_SERIALIZER_OFFSET : RH_SERIALIZER_OFFSET + SERIALIZER_NAME_SIZE] = enc
         w[RH_STATE] = RING_INIT
         w[RH_MAGIC] = _MAGIC_WORD  # last: a ring without magic is one whose creator died
         ring.check_header()
@@ -459,7 +465,6 @@ class Ring:
         views, self._views = self._views, []
         for v in reversed(views):
             v.release()
-        self.words = None
         mm, self._mm = self._mm, None
         if mm is not None:
             mm.close()
@@ -489,11 +494,13 @@ class RingView:
     reads ``current.wal`` is guaranteed to see every frame up to that seq complete.
     """
 
-    _ring: Ring | None = None
+    _ring: Ring
     _registered = False
+    _closed = True  # until __init__ has run: close() is then a no-op
 
     def __init__(self, ring: Ring) -> None:
         self._ring = ring
+        self._closed = False
         self.directory = ring.directory
         self.follow_addr = ring.follow_addr
 
@@ -536,7 +543,7 @@ class RingView:
                 self._ring.words[RH_FOLLOWERS] += 1
             self._registered = True
 
-    def writer_stats(self) -> dict | None:
+    def writer_stats(self) -> dict[str, Any] | None:
         """The running writer's figures (``ringwal stats``), or None when no writer is alive."""
         ring = self._ring
         w = ring.words
@@ -571,10 +578,12 @@ class RingView:
         }
 
     def close(self) -> None:
-        """Unregister (if registered) and unmap. Idempotent."""
-        ring, self._ring = self._ring, None
-        if ring is None:
+        """Unregister (if registered) and unmap. Idempotent; the view is unusable afterwards."""
+        if self._closed:
             return
+        self._closed = True
+        ring = self._ring
+        del self._ring  # any later use raises AttributeError
         if self._registered:
             self._registered = False
             with contextlib.suppress(OSError), claim_lock(self.directory):
@@ -862,7 +871,6 @@ class ProducerSide:
         """Give the lane back (if this side still owns it), wake the writer, unmap. Idempotent."""
         if self._closed:
             return
-        self._closed = True
         ring = self.ring
         with contextlib.suppress(OSError), claim_lock(ring.directory):
             base = ring.lane_base(self.lane)
@@ -879,9 +887,12 @@ class ProducerSide:
 
     def abandon(self) -> None:
         """Drop this process's references without touching shared state (after a fork, the
-        lane, the semaphore and the mapping are the parent's)."""
+        lane, the semaphore and the mapping are the parent's). Idempotent; the side is
+        unusable afterwards (its views are gone: any use raises AttributeError)."""
+        if self._closed:
+            return
         self._closed = True
-        self._ctl = self._data = self._spanlog = self._words = None  # type: ignore[assignment]
+        del self._ctl, self._data, self._spanlog, self._words
         with contextlib.suppress(posix_ipc.Error):
             self._wsem.close()
         self.ring.close()
@@ -916,6 +927,8 @@ class WriterSide:
     the owner words of lanes whose producer died. ``at(name)`` is called at each named crash
     point of a drain (the crash tests kill the process there).
     """
+
+    _closed = False  # the semaphore is closed (close() unmaps the ring every time)
 
     def __init__(self, ring: Ring, wsem: posix_ipc.Semaphore, at: Callable[[str], None]) -> None:
         self.ring = ring
@@ -1303,7 +1316,7 @@ class WriterSide:
         """Unmap and close the semaphore (the ring stays unless ``shutdown`` unlinked it). Idempotent."""
         self.lanes = []
         self._dirty = set()
-        sem, self._wsem = self._wsem, None
-        if sem is not None:
-            sem.close()
+        if not self._closed:
+            self._closed = True
+            self._wsem.close()
         self.ring.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from .format import SEGMENT_HEADER_SIZE, SegmentHeader, fsync_bucket_upper
 from .holes import load_holes
@@ -23,7 +24,7 @@ __all__ = ["format_stats", "log_stats"]
 _STATES = {0: "starting", 1: "ready", 2: "stopped", 3: "closed"}
 
 
-def log_stats(directory: str) -> dict:
+def log_stats(directory: str) -> dict[str, Any]:
     directory = os.path.abspath(directory)
     holes = load_holes(directory)
     entries, _reason = reconcile(directory, full=True, holes=holes)
@@ -44,7 +45,13 @@ def log_stats(directory: str) -> dict:
         scan = SegmentScan(buf, cur_path, sealed=False, next_seq=header.first_seq, holes=holes)
         for _ in scan.frames():
             pass
-        current = {"file": CURRENT, "first_seq": header.first_seq, "last_seq": scan.next_seq - 1, "bytes": scan.end, "allocated_bytes": len(buf)}
+        current = {
+            "file": CURRENT,
+            "first_seq": header.first_seq,
+            "last_seq": scan.next_seq - 1,
+            "bytes": scan.end,
+            "allocated_bytes": len(buf),
+        }
         segs.append(current)
         total += scan.end
         if first is None:
@@ -52,9 +59,8 @@ def log_stats(directory: str) -> dict:
         if scan.records:
             last = scan.next_seq - 1
     if first is not None and last is not None and last >= first:
-        records = last - first + 1 - sum(
-            min(h.last_seq, last) - max(h.first_seq, first) + 1 for h in holes.overlapping(first, last)
-        )
+        lost = sum(min(h.last_seq, last) - max(h.first_seq, first) + 1 for h in holes.overlapping(first, last))
+        records = last - first + 1 - lost
     else:
         records, first, last = 0, None, None
     return {
@@ -71,7 +77,7 @@ def log_stats(directory: str) -> dict:
     }
 
 
-def writer_stats(directory: str) -> dict | None:
+def writer_stats(directory: str) -> dict[str, Any] | None:
     """The running writer's figures from the ring, or None when no writer is alive."""
     view = RingView.attach(directory)
     if view is None:
@@ -110,7 +116,7 @@ def _percentile(hist: list[int], n: int, q: float) -> int | None:
     return fsync_bucket_upper(len(hist) - 1)
 
 
-def format_stats(st: dict) -> str:
+def format_stats(st: dict[str, Any]) -> str:
     lines = [f"log {st['dir']} (serializer {st['serializer'] or 'unknown'})"]
     span = f"seqs {st['first_seq']}-{st['last_seq']}" if st["records"] else "no records"
     lines.append(f"  {st['records']} record(s), {span}, {st['segments']} segment(s), {st['bytes']} bytes")
@@ -121,8 +127,8 @@ def format_stats(st: dict) -> str:
         lines.append("  writer: none running")
         return "\n".join(lines)
     lines.append(
-        f"  writer: pid {w['pid']}, {w['state']}, up {w['uptime_s']:.0f}s, {w['records_per_s']} records/s over the last second, "
-        f"{w['records_written']} written since it started"
+        f"  writer: pid {w['pid']}, {w['state']}, up {w['uptime_s']:.0f}s, "
+        f"{w['records_per_s']} records/s over the last second, {w['records_written']} written since it started"
     )
     lines.append(f"    durable seq {w['durable_seq']}, next seq {w['next_seq']}")
     lines.append(

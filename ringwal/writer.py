@@ -34,11 +34,11 @@ import signal
 import time
 from collections.abc import Callable
 
-from .config import Config
-from .errors import WALError
 from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
-from .ring import WriterSide, check_machine
+from .config import Config
+from .errors import WALError
+from .ring import Ring, WriterSide, check_machine
 from .seglog import SegmentLog
 
 __all__ = ["Writer", "serve"]
@@ -59,10 +59,14 @@ class Writer:
 
     The ring's writer side (``ring.WriterSide``) does everything that touches shared memory;
     this class decides when: drain, notify, group commit, housekeeping, shutdown.
+
+    ``wal`` and ``side`` exist from construction until ``shutdown``; after it they are
+    closed and the writer is not used again (``_closed``).
     """
 
-    wal: SegmentLog | None = None
-    side: WriterSide | None = None
+    wal: SegmentLog
+    side: WriterSide
+    _closed = True  # until both are open; again once shutdown has closed them
 
     def __init__(
         self,
@@ -78,25 +82,30 @@ class Writer:
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
         name = config.serializer.name
-        self.wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync)
+        self.wal = wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync)
+        side: WriterSide | None = None
         try:
-            self.dir = self.wal.dir
+            self.dir = wal.dir
             self.side = side = WriterSide.open(
                 self.dir, config.producer_slots, config.ring_size, config.max_record_size, name, self._at
             )
             ring = side.ring
             if not ring.created and (ring.slots, ring.ring_size) != (config.producer_slots, config.ring_size):
                 log.warning(
-                    "%s: reusing the existing ring (%d slots of %d bytes); the configured ring settings apply after a clean shutdown",
+                    "%s: reusing the existing ring (%d slots of %d bytes); "
+                    "the configured ring settings apply after a clean shutdown",
                     self.dir, ring.slots, ring.ring_size,
                 )  # fmt: skip
-            done = side.recover(self.wal.last_seq, self.wal.first_seq)
+            done = side.recover(wal.last_seq, wal.first_seq)
             if done:
                 log.warning("%s: %s", self.dir, done)
             side.publish_ready()
         except BaseException:
-            self._close_resources()
+            if side is not None:
+                side.close()
+            wal.close()
             raise
+        self._closed = False
         self._budget = max(4096, min(config.write_buffer_size, config.segment_size // 2))
         self._last_sync = time.monotonic()
         self._unsynced = False
@@ -109,9 +118,9 @@ class Writer:
         self._retention = config.retention_max_bytes is not None or config.retention_max_age is not None
 
     @property
-    def ring(self):
-        """The mapped ring (for diagnostics: slots, ring_size, name)."""
-        return self.side.ring if self.side is not None else None
+    def ring(self) -> Ring | None:
+        """The mapped ring (for diagnostics: slots, ring_size, name); None after shutdown."""
+        return None if self._closed else self.side.ring
 
     # ------------------------------------------------------------------ the loop
 
@@ -204,13 +213,17 @@ class Writer:
         """Serve ``truncate_before`` requests: remove completed segments ending below ``before``."""
         removed, first = self.wal.truncate_before(before)
         for e in removed:
-            log.info("%s: truncate_before(%d) removed %s (seqs %d-%d)", self.dir, before, e.file, e.first_seq, e.last_seq)
+            log.info(
+                "%s: truncate_before(%d) removed %s (seqs %d-%d)", self.dir, before, e.file, e.first_seq, e.last_seq
+            )
         self.side.truncation_served(before, first)
 
     def _apply_retention(self) -> None:
         removed, first = self.wal.apply_retention(self.config.retention_max_bytes, self.config.retention_max_age)
         for e in removed:
-            log.info("%s: retention removed %s (seqs %d-%d, %d bytes)", self.dir, e.file, e.first_seq, e.last_seq, e.size)
+            log.info(
+                "%s: retention removed %s (seqs %d-%d, %d bytes)", self.dir, e.file, e.first_seq, e.last_seq, e.size
+            )
         if removed:
             self.side.set_first_seq(first)
 
@@ -228,17 +241,17 @@ class Writer:
                 if busy:
                     self._idle_since = now
                     continue
-                if self.linger is not None and self._idle_exit_due(now):
+                if self.linger is not None and self._idle_exit_due(now, self.linger):
                     break
                 self._sleep(IDLE_SLEEP)
         finally:
             self.shutdown()
 
-    def _idle_exit_due(self, now: float) -> bool:
+    def _idle_exit_due(self, now: float, linger: float) -> bool:
         if self.side.owned() or self.side.has_records():
             self._idle_since = now
             return False
-        grace = self.linger if self._ever_attached else max(self.linger, FIRST_ATTACH_GRACE)
+        grace = linger if self._ever_attached else max(linger, FIRST_ATTACH_GRACE)
         return now - self._idle_since >= grace
 
     def stop(self) -> None:
@@ -246,7 +259,7 @@ class Writer:
 
     def shutdown(self) -> None:
         """Drain, fsync, then unlink the ring if nobody uses it, else leave it for the next writer."""
-        if self.side is None or self.wal is None:
+        if self._closed:
             return
         try:
             if not self.wal.closed:
@@ -260,12 +273,9 @@ class Writer:
             self._close_resources()
 
     def _close_resources(self) -> None:
-        side, self.side = self.side, None
-        if side is not None:
-            side.close()
-        wal, self.wal = self.wal, None
-        if wal is not None:
-            wal.close()
+        self._closed = True
+        self.side.close()
+        self.wal.close()
 
 
 def serve(
@@ -309,8 +319,8 @@ def log_serializer(directory: str) -> str | None:
 
     if not os.path.isdir(directory):
         return None
-    candidates = [os.path.join(directory, CURRENT)] + [os.path.join(directory, n) for _, n in reversed(list_segments(directory))]
-    for path in candidates:
+    newest_first = [os.path.join(directory, n) for _, n in reversed(list_segments(directory))]
+    for path in [os.path.join(directory, CURRENT), *newest_first]:
         try:
             return read_header(path).serializer
         except (OSError, WALError):
