@@ -395,8 +395,8 @@ class Handle:
         if side is not None:
             self._count = side.count
             side.abandon()
+        self._attach()  # raises WriterGoneError when no writer comes; the next call tries again
         self._forked = False
-        self._attach()
 
     def close(self) -> None:
         """Sync what this handle appended, give back its lane. Idempotent.

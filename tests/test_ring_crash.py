@@ -289,3 +289,51 @@ def test_producer_killed_then_writer_stopped_at_once_leaves_nothing_in_dev_shm(w
         assert w.wait(20) == 0
         assert ring_objects(wdir) == [], f"attempt {attempt}: the ring was left behind"
     check_log(wdir, acked)
+
+
+FORK_RETRY = """
+import os, sys, ringwal
+d = sys.argv[1]
+h = ringwal.open(ringwal.Config(dir=d, start_writer=False, writer_wait=1.0))
+print("attached", flush=True)
+sys.stdin.readline()
+pid = os.fork()
+if pid == 0:
+    try:
+        h.append(ringwal.Record(1, 0, b"child:0|"))
+        print("claimed without a writer", flush=True)
+        os._exit(1)
+    except ringwal.WriterGoneError:
+        print("gone", flush=True)
+    sys.stdin.readline()
+    h.append(ringwal.Record(1, 0, b"child:0|"))  # the claim is tried again, now with a writer
+    print("ok", h.sync(), flush=True)
+    h.close()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+h.close()
+"""
+
+
+def test_a_forked_child_whose_first_claim_failed_claims_again_on_its_next_call(wdir):
+    w = start_serve(wdir)
+    p = spawn(FORK_RETRY, wdir, stdin=subprocess.PIPE)
+    try:
+        assert read_line(p) == "attached"
+        w.terminate()
+        assert w.wait(20) == 0
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert read_line(p) == "gone"
+        w = start_serve(wdir)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert read_line(p) == "ok 1"
+        assert read_line(p) == "child exit 0"
+        assert p.wait(20) == 0
+    finally:
+        p.kill()
+        w.terminate()
+        w.wait(20)
+    check_log(wdir, {}, {"child": 1})
