@@ -15,15 +15,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Callable
 
 from .errors import ConfigError, LockedError
 
-__all__ = ["DirLock", "FsyncFn", "atomic_write", "fsync_dir", "preallocate"]
+__all__ = ["DirLock", "FsyncFn", "atomic_write", "fsync_dir", "preallocate", "writer_holds_lock"]
 
 FsyncFn = Callable[[int], None]
 
 LOCK_NAME = "wal.lock"
+
+#: ``writer_holds_lock`` takes a shared lock on wal.lock for a few microseconds; an exclusive
+#: attempt landing in that instant tries again this many times, LOCK_RETRY apart, before it
+#: believes that another process holds the directory.
+LOCK_ATTEMPTS = 5
+LOCK_RETRY = 0.002
 
 
 def fsync_dir(path: str, fsync: FsyncFn = os.fsync) -> None:
@@ -102,7 +109,7 @@ class DirLock:
         self.path = os.path.join(directory, LOCK_NAME)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_exclusive(fd)
         except BlockingIOError:
             holder = read_lock_pid(fd)
             os.close(fd)
@@ -133,3 +140,31 @@ def read_lock_pid(fd: int) -> int | None:
     except (OSError, ValueError):
         return None
 
+
+def _flock_exclusive(fd: int) -> None:
+    for _ in range(LOCK_ATTEMPTS - 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(LOCK_RETRY)  # perhaps a reader's writer_holds_lock probe
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def writer_holds_lock(directory: str) -> bool:
+    """Whether a process holds ``<directory>/wal.lock`` (a writer, or repair), right now.
+
+    Probes with a non-blocking shared lock, dropped at once; DirLock retries briefly so that
+    a writer starting at that instant is not refused.
+    """
+    try:
+        fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops our shared lock
