@@ -46,18 +46,20 @@ from dataclasses import dataclass, field
 
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
 from .errors import CorruptSegmentError, FormatError, UnsupportedVersionError
-from .format import (
-    FRAME_BAD,
-    FRAME_END,
-    FRAME_INCOMPLETE,
-    FRAME_OK,
-    SEGMENT_HEADER_SIZE,
-    SegmentHeader,
-    parse_frame,
-)
+from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader, align8
 from .holes import Hole, load_holes, write_holes
 from .index import INDEX_NAME, load_index, reconcile, write_index
-from .segment import CURRENT, _all_zero, _trailing_zeros, find_valid_frame, list_segments, read_file
+from .segment import (
+    CURRENT,
+    TORN,
+    Damage,
+    Reporter,
+    SegmentScan,
+    find_valid_frame,
+    list_segments,
+    read_file,
+    read_header,
+)
 
 __all__ = ["RepairReport", "repair"]
 
@@ -160,8 +162,7 @@ class _Repair:
         for name in names:
             path = os.path.join(self.dir, name)
             try:
-                with open(path, "rb") as f:
-                    header = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), path)
+                header = read_header(path)
             except UnsupportedVersionError:
                 raise
             except FormatError:
@@ -193,7 +194,7 @@ class _Repair:
         header = None
         header_note = ""
         try:
-            header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], path)
+            header = read_header(path)
         except UnsupportedVersionError:
             raise
         except FormatError as exc:
@@ -201,8 +202,8 @@ class _Repair:
         if header is not None:
             first = header.first_seq
         else:
-            at = find_valid_frame(memoryview(buf), SEGMENT_HEADER_SIZE, len(buf), expected or 1)
-            if at is None:
+            found = find_valid_frame(buf, SEGMENT_HEADER_SIZE, len(buf), expected or 1)
+            if found is None:
                 # Nothing readable at all: set the whole file aside.
                 nonzero = any(buf)
                 self.plans.append(_FilePlan(name, None, nonzero))
@@ -210,7 +211,7 @@ class _Repair:
                 if nonzero:
                     self.report.broken_copies.append(f"{name}.broken")
                 return expected, open_loss or (name, 0, f"segment header damaged ({header_note}), no valid frame")
-            first = parse_frame(buf, at, len(buf))[3]
+            first = found[1]
             if expected is not None and expected < first:
                 first = expected
             entry = self.index.get(name)
@@ -247,59 +248,32 @@ class _Repair:
                 self.report.broken_copies.append(f"{name}.broken")
         return nxt, open_loss
 
-    def _frames(self, name: str, buf: bytes, first: int, sealed: bool):
-        """Walk the frames; return (new body or None if unchanged, next seq, records kept,
-        whether non-zero bytes are dropped, damage at the end whose seqs are not known yet)."""
-        view = memoryview(buf)
-        limit = len(buf)
-        pos = SEGMENT_HEADER_SIZE
-        nxt = first
-        kept: list[tuple[int, int]] = []
-        records = 0
-        changed = copy = False
+    def _frames(
+        self, name: str, buf: bytes, first: int, sealed: bool
+    ) -> tuple[bytes | None, int, int, bool, tuple[str, int, str] | None]:
+        """Walk the frames with the salvaging policy; return (new body or None if unchanged,
+        next seq, records kept, whether non-zero bytes are dropped, damage at the end whose
+        seqs are not known yet)."""
+        policy = _Salvage(self, name)
+        path = os.path.join(self.dir, name)
+        scan = SegmentScan(buf, path, sealed=sealed, next_seq=first, holes=self.holes, reporter=policy)
+        kept = [(off, off + FRAME_HEADER_SIZE + align8(length)) for off, _, _, length in scan.frames()]
         open_loss = None
-        while True:
-            outcome, length, count, fseq, stored, computed, end = parse_frame(view, pos, limit)
-            if outcome == FRAME_OK:
-                if fseq < nxt:
-                    self.say(f"{name}: dropped the frame at offset {pos}: its seqs {fseq}-{fseq + count - 1} repeat seqs already in the log")
-                    changed = copy = True
-                    pos = end
-                    continue
-                if fseq > nxt and not self.holes.bridging(nxt, fseq):
-                    self._hole(nxt, fseq - 1, name, pos, f"valid frame at offset {pos} starts at seq {fseq}, expected {nxt}", True)
-                    copy = True
-                kept.append((pos, end))
-                records += count
-                nxt = fseq + count
-                pos = end
-                continue
-            if outcome == FRAME_END and (pos >= limit or _all_zero(view[pos:])):
-                if sealed and pos < limit:
-                    self.say(f"{name}: truncated {limit - pos} zero bytes after the last frame (no data)")
-                    changed = True
-                break
-            reason = _describe(outcome, length, stored, computed, limit)
-            later = find_valid_frame(view, pos + 8, limit, nxt)
-            if later is None:
-                dropped = limit - pos - _trailing_zeros(view, pos, limit)
-                kind = "torn tail" if not sealed else "damaged tail"
-                self.say(f"{name}: cut a {kind} of {dropped} bytes at offset {pos} ({reason}); copy kept in {name}.broken")
-                changed = copy = True
-                open_loss = (name, pos, reason)
-                break
-            lseq = parse_frame(view, later, limit)[3]
-            changed = copy = True
-            self.say(f"{name}: cut {later - pos} damaged bytes at offsets {pos}-{later - 1} ({reason}); a valid frame follows at {later}")
-            if lseq > nxt:
-                self._hole(nxt, lseq - 1, name, pos, f"{later - pos} bytes damaged at offset {pos}: {reason}", True)
-                nxt = lseq
-            pos = later
-        view.release()
-        if not changed:
-            return None, nxt, records, False, None
+        if scan.tail is not None:  # TORN or DAMAGED: damage with nothing valid after it
+            d = scan.tail
+            kind = "torn tail" if scan.outcome == TORN else "damaged tail"
+            self.say(
+                f"{name}: cut a {kind} of {scan.tail_bytes} bytes at offset {d.offset} ({d.what}); copy kept in {name}.broken"
+            )
+            policy.changed = policy.copy = True
+            open_loss = (name, d.offset, d.what)
+        elif sealed and scan.end < len(buf):
+            self.say(f"{name}: truncated {len(buf) - scan.end} zero bytes after the last frame (no data)")
+            policy.changed = True
+        if not policy.changed:
+            return None, scan.next_seq, scan.records, False, None
         body = b"".join(buf[a:b] for a, b in kept)
-        return body, nxt, records, copy, open_loss
+        return body, scan.next_seq, scan.records, policy.copy, open_loss
 
     def _index_needs_rebuild(self) -> bool:
         entries, reason = load_index(self.dir)
@@ -368,11 +342,38 @@ class _Repair:
             self.say(f"{INDEX_NAME}: rebuilt from the segment files ({len(entries)} completed segment(s))")
 
 
-def _describe(outcome: int, length: int, stored: int, computed: int, limit: int) -> str:
-    if outcome == FRAME_BAD and stored >= 0:
-        return f"checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-    if outcome == FRAME_INCOMPLETE:
-        return f"frame of {length} bytes runs past the end of the file ({limit} bytes)"
-    if outcome == FRAME_END:
-        return "zero-filled gap"
-    return "invalid frame header"
+class _Salvage(Reporter):
+    """Repair's policy for the scan: cut damage out and go on at the next valid frame, drop a
+    frame repeating seqs, and record every seq that goes as a hole."""
+
+    def __init__(self, repair: _Repair, name: str) -> None:
+        self.repair = repair
+        self.name = name
+        self.changed = False  # the file's content changes
+        self.copy = False  # non-zero bytes are dropped, or seqs lost: keep the original
+
+    def damage(self, scan: SegmentScan, d: Damage) -> bool:
+        if d.later is None:
+            return False  # a damaged tail: the caller cuts it off
+        self.changed = self.copy = True
+        self.repair.say(
+            f"{self.name}: cut {d.later - d.offset} damaged bytes at offsets {d.offset}-{d.later - 1} ({d.what}); "
+            f"a valid frame follows at {d.later}"
+        )
+        if d.later_seq is not None and d.later_seq > scan.next_seq:
+            reason = f"{d.later - d.offset} bytes damaged at offset {d.offset}: {d.what}"
+            self.repair._hole(scan.next_seq, d.later_seq - 1, self.name, d.offset, reason, True)
+        return True
+
+    def seq_jump(self, scan: SegmentScan, offset: int, first_seq: int, count: int) -> bool:
+        if first_seq < scan.next_seq:
+            self.repair.say(
+                f"{self.name}: dropped the frame at offset {offset}: its seqs {first_seq}-{first_seq + count - 1} "
+                "repeat seqs already in the log"
+            )
+            self.changed = self.copy = True
+            return False
+        reason = f"valid frame at offset {offset} starts at seq {first_seq}, expected {scan.next_seq}"
+        self.repair._hole(scan.next_seq, first_seq - 1, self.name, offset, reason, True)
+        self.copy = True
+        return True

@@ -1,20 +1,51 @@
-"""Segment files: scanning frames (shared by replay, recovery and verify) and the active segment.
+"""Segment files: the one frame reader (``SegmentScan``) and the active segment.
 
 Vocabulary: frames, offsets and sync. A segment is ``current.wal`` (the active one, written
 to) or ``NNNNNN.wal`` (completed: sealed, read-only, never written again).
 
-Scanning outcomes are three different answers (see :class:`SegmentScan`):
+One reader of frames
+    :class:`SegmentScan` is the only code that walks frames. Replay, follow, verify, stats,
+    repair, the index rebuild and the writer's recovery all run it and differ only in the
+    policy they give it (as leveldb's ``log::Reader`` reports to a ``Reporter``, and etcd's
+    decoder serves ReadAll, Verify and Repair):
+
+    * ``sealed``: a completed segment is never torn, so any bad byte in it is damage;
+    * ``written``: for ``current.wal``, whether a writer may still be appending and how far
+      it has written (the live-reading rule below); None judges the bytes as a crash left them;
+    * ``reporter``: what to do with damage and with a seq that does not continue. The default
+      raises; repair cuts the damage out and goes on;
+    * ``upto``: stop before the first frame holding a seq past it (follow's durable bound).
+
+    A scan over a file descriptor is incremental: ``frames()`` can be called again and goes
+    on from ``end`` with fresh bytes, so a follower reads only what is new.
+
+Reading outcomes, decided once here (``docs/FORMAT.md``, "Reading"):
 
 * clean end: the data ends in zero-filled space or exactly at end of file;
-* torn tail: an invalid or incomplete frame with no valid frame anywhere after it, in the
-  active segment only. It is what a writer dying mid-write leaves; readers stop there
-  without error and the next writer truncates it;
-* corruption: an invalid frame followed by a valid one, any invalid frame in a completed
-  segment (those were fsynced before they were renamed, so they are never torn), or a
-  valid frame whose seq does not continue the previous one. Raised as CorruptRecordError or
-  CorruptSegmentError with the file and byte offset.
+* torn tail: an invalid or incomplete frame with no valid frame anywhere after it, in
+  ``current.wal`` with no writer holding it. It is what a writer dying mid-write leaves;
+  readers stop there without error and the next writer truncates it;
+* not yet written (UNWRITTEN): in ``current.wal`` while a writer holds ``wal.lock``, an
+  invalid, zero or incomplete frame where a seq above the writer's written seq is due. The
+  writer is writing it; readers stop there (follow looks again later);
+* corruption: an invalid frame followed by a valid one (no writer), an invalid frame where
+  a seq the writer had already written is due (live), any invalid frame in a completed
+  segment, or a valid frame whose seq does not continue the previous one. Raised as
+  CorruptRecordError or CorruptSegmentError with the file and byte offset.
 
-Sealing and creating (the rotation steps that touch segment files; ``log.py`` orders them):
+Reading a live ``current.wal`` (the rule, in full in ``docs/FORMAT.md``)
+    A ``read`` of the file is not atomic with the writer's ``pwritev``: the page cache copies
+    page by page, so one read can hold a frame's old zeros next to later frames' new bytes.
+    The crash rule ("bad followed by valid is corruption") is therefore applied only to bytes
+    no writer can be changing. Whenever a scan meets anything but a valid frame or a clean end
+    in ``current.wal`` it asks ``written()`` *first* and only then reads that region again;
+    the writer stores its written seq in the ring after ``pwritev`` returns, so every frame up
+    to that seq is complete in what is read afterwards. A frame that is still bad where a seq
+    <= the written seq is due is re-read a few times (``REREAD_DELAYS``, about 1 s in all);
+    if ``current.wal`` was renamed meanwhile, the rest of the file is read as the sealed
+    segment it became; otherwise it is corruption.
+
+Sealing and creating (the rotation steps that touch segment files; ``seglog.py`` orders them):
 
 1. ``seal``: ftruncate the preallocated tail away, fsync. A crash here leaves a complete
    ``current.wal`` that recovery simply continues.
@@ -31,11 +62,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ._fileutil import FsyncFn, fsync_dir, preallocate
-from .errors import CorruptRecordError, CorruptSegmentError
-from .holes import Holes
+from ._fileutil import FsyncFn, fsync_dir, preallocate, writer_holds_lock
+from .errors import CorruptRecordError, CorruptSegmentError, FormatError
 from .format import (
     FRAME_BAD,
     FRAME_END,
@@ -44,16 +77,34 @@ from .format import (
     FRAME_OK,
     SEGMENT_HEADER_SIZE,
     SegmentHeader,
+    align8,
     encode_frame,
     parse_frame,
 )
+from .holes import Holes
+
+if TYPE_CHECKING:
+    from .ring import RingView
 
 __all__ = [
-    "CURRENT",
     "ActiveSegment",
+    "CLEAN",
+    "CURRENT",
+    "DAMAGED",
+    "Damage",
+    "LiveWriter",
+    "NO_WRITER",
+    "REREAD_DELAYS",
+    "Reporter",
     "SegmentScan",
+    "TORN",
+    "UNWRITTEN",
+    "find_valid_frame",
     "list_segments",
+    "read_fd",
     "read_file",
+    "read_header",
+    "scan_file",
     "segment_name",
     "segment_number",
 ]
@@ -61,8 +112,31 @@ __all__ = [
 CURRENT = "current.wal"
 _SEGMENT_RE = re.compile(r"^(\d{6,})\.wal$")
 
-CLEAN = "clean"
-TORN = "torn"
+#: ``SegmentScan.outcome`` after a walk.
+CLEAN = "clean"  # zero-filled space or end of file: nothing more was ever written here
+TORN = "torn"  # current.wal, no writer: an invalid tail with nothing valid after it (a crash)
+UNWRITTEN = "unwritten"  # current.wal, a writer holds it: the next frame is not written yet
+DAMAGED = "damaged"  # the reporter chose to stop at damage (repair cuts it off)
+
+#: What ``written()`` returns when no writer holds the directory (the crash rule applies).
+NO_WRITER = -1
+_NOT_ASKED = -2  # ``written()`` not asked yet during this walk
+
+#: The seam through which a scan asks how far a live writer has written: the last seq whose
+#: frame the writer has finished writing (its ``pwritev`` returned); None when a writer holds
+#: ``wal.lock`` but that seq cannot be read (no ring, or it is starting); NO_WRITER when no
+#: writer holds the lock. :class:`LiveWriter` is the real one; tests pass plain functions.
+WrittenFn = Callable[[], "int | None"]
+
+#: Pauses before each re-read of a frame that reads bad although the writer has written it
+#: (or may be writing it, with no written seq to go by): about 1 s in all. A page the kernel
+#: was still copying settles in microseconds, so only real damage outlasts them.
+REREAD_DELAYS: tuple[float, ...] = (0.0, 0.002, 0.01, 0.04, 0.15, 0.3, 0.5)
+
+#: Bytes a scan that does not read a whole file loads at a time (a larger frame is read whole).
+READ_CHUNK = 1 << 20
+
+_FileState = tuple[int, int, int, int, int]  # offset, inode, size, mtime, ctime
 
 
 def segment_name(number: int) -> str:
@@ -93,148 +167,494 @@ def read_file(path: str) -> bytes:
         return f.read()
 
 
-def read_fd(fd: int) -> bytes:
-    """Everything in an open file, read from offset 0 (the file may be growing)."""
+def read_fd(fd: int, start: int = 0) -> bytes:
+    """Everything in an open file from ``start`` to its end (the file may be growing)."""
     size = os.fstat(fd).st_size
     chunks = []
-    pos = 0
+    pos = start
     while True:
         chunk = os.pread(fd, max(size - pos, 1 << 20), pos)
         if not chunk:
             break
         chunks.append(chunk)
         pos += len(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_header(source: str | int, path: str | None = None) -> SegmentHeader:
+    """Read and check the 64-byte header of a segment, from its path or an open descriptor
+    (``path`` then names it in errors). Raises FormatError naming the file when it is bad,
+    FileNotFoundError when the path does not exist."""
+    if isinstance(source, int):
+        return SegmentHeader.decode(os.pread(source, SEGMENT_HEADER_SIZE, 0), path or f"fd {source}")
+    with open(source, "rb", buffering=0) as f:
+        return SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), source)
+
+
+class LiveWriter:
+    """The real ``written`` seam for ``current.wal`` of ``directory``: a running writer's
+    written seq from the ring, else whether anything holds ``wal.lock``.
+
+    ``view`` is a ``ring.RingView`` to ask (follow keeps one); without it each call attaches
+    and detaches one, which only happens when a scan meets something other than a valid
+    frame or a clean end.
+    """
+
+    def __init__(self, directory: str, view: RingView | None = None) -> None:
+        self.directory = directory
+        self.view = view
+
+    def __call__(self) -> int | None:
+        view, own = self.view, None
+        if view is None:
+            from .ring import RingView  # loaded only when a live check is due
+
+            view = own = RingView.attach(self.directory)
+        try:
+            # A writer serving the ring holds wal.lock for as long as it lives.
+            if view is not None and view.writer_alive():
+                return view.written_seq()
+        finally:
+            if own is not None:
+                own.close()
+        return None if writer_holds_lock(self.directory) else NO_WRITER
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Invalid bytes a scan met where a frame should start, and what it knows about them."""
+
+    path: str
+    offset: int
+    what: str  # "checksum mismatch: stored ..., computed ...", "zero-filled gap", ...
+    stored: int | None  # the frame's checksum, when it got as far as comparing one
+    computed: int | None
+    later: int | None  # offset of the next valid frame, if one was looked for and found
+    later_seq: int | None  # its first seq
+    why: str  # why this is damage and not an end: "; a valid frame follows at offset N", ...
+
+    @property
+    def message(self) -> str:
+        return f"{self.path}: corrupt frame at offset {self.offset}: {self.what}{self.why}"
+
+
+class Reporter:
+    """The policy a scan applies to what is not the next valid frame. This one raises.
+
+    Subclass it to go on instead (``ringwal repair`` does). Each method is called only on
+    damage, never per valid frame.
+    """
+
+    def damage(self, scan: SegmentScan, d: Damage) -> bool:
+        """Invalid bytes at ``d.offset`` that are not an end. Return True to go on at ``d.later``
+        (when it is not None; the scan's next seq becomes at least ``d.later_seq``), False to
+        stop there (outcome DAMAGED). Raises CorruptRecordError."""
+        raise CorruptRecordError(d.message, path=d.path, offset=d.offset, expected=d.stored, computed=d.computed)
+
+    def seq_jump(self, scan: SegmentScan, offset: int, first_seq: int, count: int) -> bool:
+        """A valid frame at ``offset`` starts at ``first_seq``, not ``scan.next_seq``, and no
+        recorded hole explains it. Return True to take it (seqs go on from it), False to skip
+        it. Raises CorruptSegmentError."""
+        raise CorruptSegmentError(
+            f"{scan.path}: frame at offset {offset} starts at seq {first_seq}, expected "
+            f"{scan.next_seq} (seqs must be gap-free)",
+            path=scan.path,
+            offset=offset,
+        )
+
+
+_RAISE = Reporter()
 
 
 class SegmentScan:
-    """Walk the frames of one segment's bytes, checking every checksum and seq.
+    """Walk the frames of one segment, checking every checksum and seq.
+
+    Two sources: ``buf``, all of a segment's bytes already read (``fd`` None; the crash rule
+    judges them as they are), or ``buf=None`` and ``fd``, an open segment file the scan reads
+    itself, from ``start`` (``SegmentScan.open`` opens one by path and checks its header).
 
     Iterate :meth:`frames` for (offset, first_seq, count, length) of each valid frame, in
-    order; the body is ``buf[offset + 24 : offset + 24 + length]``. Corruption raises during
-    iteration. Afterwards ``end`` is the offset just past the last valid frame, ``next_seq``
-    the seq after its last record, ``outcome`` is CLEAN or TORN and ``tail_bytes`` how many
-    non-zero bytes a torn tail holds.
+    order; while that tuple is current, the frame is ``buf[offset - base : ...]`` (see
+    :meth:`body`). Corruption raises during iteration (or goes to ``reporter``). Afterwards
+    ``end`` is the offset just past the last valid frame, ``next_seq`` the seq after its last
+    record, ``records`` how many were walked, ``outcome`` CLEAN, TORN, UNWRITTEN or DAMAGED,
+    and for TORN/DAMAGED ``tail`` describes the bytes at ``end`` and ``tail_bytes`` counts
+    their non-zero span. ``size`` is the file size as last read.
 
     ``holes`` (from ``wal_holes.json``) lets a frame skip exactly a recorded lost range;
     each such jump is appended to ``crossed`` as (expected seq, seq found). Any other jump
-    is corruption.
+    goes to ``reporter.seq_jump``.
+
+    ``written`` (only with ``fd``, only for an unsealed segment) applies the live-reading
+    rule (module docstring); ``rereads`` are its pauses and ``sleep`` how it pauses (seams).
+    ``chunk`` makes the scan read that many bytes at a time instead of whole files (follow).
     """
+
+    fd: int | None = None
+    _own_fd = False
 
     def __init__(
         self,
-        buf: bytes,
+        buf: bytes | None,
         path: str,
         *,
         sealed: bool,
         start: int = SEGMENT_HEADER_SIZE,
         next_seq: int,
         holes: Holes | None = None,
+        fd: int | None = None,
+        written: WrittenFn | None = None,
+        reporter: Reporter | None = None,
+        chunk: int | None = None,
+        rereads: Sequence[float] = REREAD_DELAYS,
+        sleep: Callable[[float], object] = time.sleep,
+        header: SegmentHeader | None = None,
     ) -> None:
-        self.buf = buf
-        self.holes = holes
-        self.crossed: list[tuple[int, int]] = []
+        if buf is None and fd is None:
+            raise ValueError("SegmentScan needs the segment's bytes or an open descriptor")
         self.path = path
         self.sealed = sealed
+        self.holes = holes
+        self.crossed: list[tuple[int, int]] = []
         self.end = start
         self.next_seq = next_seq
         self.records = 0
         self.outcome = CLEAN
+        self.tail: Damage | None = None
         self.tail_bytes = 0
+        self._header = header
+        self.written = written
+        self.reporter = reporter if reporter is not None else _RAISE
+        self.chunk = chunk
+        self.rereads = rereads
+        self._sleep = sleep
+        # (file state, outcome, tail, tail_bytes) of the last crash-rule end, no writer (follow)
+        self._quiet: tuple[_FileState, str, Damage | None, int] | None = None
+        self._w: int | None = _NOT_ASKED
+        if buf is not None:
+            buf = buf if isinstance(buf, bytes) else bytes(buf)
+            self.buf, self.base, self.eof, self.size = buf, 0, True, len(buf)
+        else:
+            self.fd = fd
+            self.buf, self.base, self.eof, self.size = b"", start, False, start
 
-    def frames(self) -> Iterator[tuple[int, int, int, int]]:
-        buf = memoryview(self.buf)
-        limit = len(buf)
-        pos = self.end
+    @classmethod
+    def open(cls, path: str, *, sealed: bool, holes: Holes | None = None, **kw: Any) -> SegmentScan:
+        """Open the segment at ``path``, check its header (``scan.header``) and return a scan
+        of its frames that reads the file itself; close it (or use ``with``) when done.
+        FileNotFoundError when it does not exist; FormatError for a bad header."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            while True:
-                outcome, length, count, first_seq, stored, computed, nxt = parse_frame(buf, pos, limit)
-                if outcome == FRAME_OK:
-                    if first_seq != self.next_seq:
-                        if self.holes and first_seq > self.next_seq and self.holes.bridging(self.next_seq, first_seq):
-                            self.crossed.append((self.next_seq, first_seq))
-                            self.next_seq = first_seq
-                            continue
-                        raise CorruptSegmentError(
-                            f"{self.path}: frame at offset {pos} starts at seq {first_seq}, expected "
-                            f"{self.next_seq} (seqs must be gap-free)",
-                            path=self.path,
-                            offset=pos,
-                        )
-                    yield pos, first_seq, count, length
-                    pos = self.end = nxt
-                    self.next_seq = first_seq + count
-                    self.records += count
-                    continue
-                if outcome == FRAME_END:
-                    if pos >= limit or _all_zero(buf[pos:]):
-                        return
-                self._bad_tail(buf, pos, limit, outcome, stored, computed, length)
-                return
-        finally:
-            buf.release()
+            header = read_header(fd, path)
+            scan = cls(None, path, sealed=sealed, next_seq=header.first_seq, holes=holes, fd=fd, header=header, **kw)
+        except BaseException:
+            os.close(fd)
+            raise
+        scan._own_fd = True
+        return scan
 
-    def _bad_tail(self, buf: memoryview, pos: int, limit: int, outcome: int, stored: int, computed: int, length: int) -> None:
-        """Decide torn tail vs corruption for the invalid bytes at ``pos``."""
-        later = find_valid_frame(buf, pos + 8, limit, self.next_seq)
+    @property
+    def header(self) -> SegmentHeader:
+        """The segment header, checked (a scan made by :meth:`open`)."""
+        if self._header is None:
+            raise ValueError(f"{self.path}: this scan was given bytes, not opened: it has no header")
+        return self._header
+
+    def _fd(self) -> int:
+        fd = self.fd
+        if fd is None:
+            raise ValueError(f"{self.path}: the scan is closed (or reads a buffer, not a file)")
+        return fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None and self._own_fd:
+            os.close(fd)
+
+    def __enter__(self) -> SegmentScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def body(self, offset: int, length: int) -> bytes:
+        """The body of the frame at ``offset`` just yielded by :meth:`frames`."""
+        start = offset - self.base + FRAME_HEADER_SIZE
+        return self.buf[start : start + length]
+
+    def renamed(self) -> bool:
+        """Whether the file this scan reads is no longer at ``path`` (``current.wal`` rotated)."""
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._fd()).st_ino
+        except FileNotFoundError:
+            return True
+
+    def seal(self) -> None:
+        """The file was renamed from ``current.wal`` to a completed segment, which the writer
+        sealed (truncated and fsynced) before the rename: the next :meth:`frames` call reads
+        the rest of it under the sealed rule."""
+        self.sealed = True
+
+    # ------------------------------------------------------------------ the walk
+
+    def frames(self, upto: int | None = None) -> Iterator[tuple[int, int, int, int]]:
+        """Yield each valid frame after ``end``; stop at the end of what is written, or before
+        a frame holding a seq past ``upto``. Called again, goes on from ``end`` (re-reading
+        the file when the scan has one)."""
+        self.outcome = CLEAN
+        self._w = _NOT_ASKED
+        if self.fd is not None:
+            self._load(self.end, self.chunk)
+        while True:
+            buf = self.buf
+            base = self.base
+            view = memoryview(buf)
+            limit = len(buf)
+            pos = self.end - base
+            while True:
+                outcome, length, count, first_seq, _stored, _computed, nxt = parse_frame(view, pos, limit)
+                if outcome != FRAME_OK:
+                    break
+                if first_seq != self.next_seq and not self._jump(base + pos, first_seq, count):
+                    pos = nxt
+                    self.end = base + nxt
+                    continue
+                if upto is not None and first_seq + count - 1 > upto:
+                    return
+                yield base + pos, first_seq, count, length
+                pos = nxt
+                self.end = base + nxt
+                self.next_seq = first_seq + count
+                self.records += count
+            if not self._settle(base + pos, outcome, length):
+                return
+
+    def _jump(self, offset: int, first_seq: int, count: int) -> bool:
+        """A valid frame that does not continue the seqs: True to take it, False to skip it."""
+        if self.holes and first_seq > self.next_seq and self.holes.bridging(self.next_seq, first_seq):
+            self.crossed.append((self.next_seq, first_seq))
+            self.next_seq = first_seq
+            return True
+        if self.reporter.seq_jump(self, offset, first_seq, count):
+            self.next_seq = first_seq
+            return True
+        return False
+
+    def _settle(self, off: int, outcome: int, length: int) -> bool:
+        """Something other than a valid frame is at ``off``: decide what. True when the walk
+        goes on (more bytes were read, or the reporter skipped damage), False when it ends."""
+        if not self.eof and (outcome == FRAME_INCOMPLETE or off + FRAME_HEADER_SIZE > self.base + len(self.buf)):
+            # Only the bytes read so far end here: read on (a frame whole, up to the file size).
+            self._load(off, max(self.chunk or READ_CHUNK, FRAME_HEADER_SIZE + align8(length)))
+            return True
+        clean = outcome == FRAME_END and self.eof and _zeros_from(self.buf, off - self.base)
+        if self.sealed or self.fd is None or self.written is None:
+            return False if clean else self._crash_rule(off)
+        w = self._w
+        stale = w == _NOT_ASKED  # the bytes at off were read before any answer: read them again
+        if stale:
+            w = self._ask()
+        if clean and (w is None or w < 0 or self.next_seq > w):
+            return False  # nothing is written here, and no writer says otherwise: the usual end
+        return self._live(off, w, stale)
+
+    def _load(self, off: int, want: int | None) -> None:
+        """Read the file from ``off``: ``want`` bytes (never past its size), or all (None)."""
+        fd = self._fd()
+        if want is None:
+            data = read_fd(fd, off)
+            self.eof = True
+            self.size = off + len(data)
+        else:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, max(0, min(want, size - off)), off)
+            self.eof = off + len(data) >= size
+            self.size = max(size, off + len(data))
+        self.buf, self.base = data, off
+
+    def _look(self, off: int) -> tuple[int, int, int, int, int, int, int]:
+        return parse_frame(memoryview(self.buf), off - self.base, len(self.buf))
+
+    def _crash_rule(self, off: int) -> bool:
+        """Judge the bytes at ``off`` as a crash left them (no writer can be changing them)."""
+        if not self.eof:
+            self._load(off, None)
+        view = memoryview(self.buf)
+        pos, limit = off - self.base, len(self.buf)
+        outcome, length, _, _, stored, computed, _ = parse_frame(view, pos, limit)
+        if outcome == FRAME_OK:
+            return True  # written since the bytes we had were read
+        if outcome == FRAME_END and _zeros_from(self.buf, pos):
+            self.outcome = CLEAN
+            return False
+        later = find_valid_frame(self.buf, pos + 8, limit, self.next_seq)
         if later is None and not self.sealed:
             self.outcome = TORN
-            self.tail_bytes = limit - pos - _trailing_zeros(buf, pos, limit)
-            return
-        if outcome == FRAME_BAD and stored >= 0:
-            what = f"checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-        elif outcome == FRAME_INCOMPLETE:
-            what = f"frame of {length} bytes runs past the end of the file ({limit} bytes)"
-        elif outcome == FRAME_END:
-            what = "zero-filled gap"
+            why = "; nothing valid follows (a torn tail)"
+            self.tail = self._damage(off, outcome, length, stored, computed, None, why)
+            self.tail_bytes = limit - pos - _trailing_zeros(view, pos, limit)
+            return False
+        if later is None:
+            why = " in a completed segment (never torn)"
         else:
-            what = "invalid frame header"
-        where = (
-            f"; a valid frame follows at offset {later}" if later is not None else " in a completed segment (never torn)"
-        )
-        raise CorruptRecordError(
-            f"{self.path}: corrupt frame at offset {pos}: {what}{where}",
-            path=self.path,
-            offset=pos,
-            expected=stored if stored >= 0 else None,
-            computed=computed if computed >= 0 else None,
+            later = (self.base + later[0], later[1])
+            why = f"; a valid frame follows at offset {later[0]}"
+        return self._report(self._damage(off, outcome, length, stored, computed, later, why))
+
+    def _live(self, off: int, w: int | None, stale: bool) -> bool:
+        """Judge the bytes at ``off`` of a current.wal that a writer may be appending to.
+
+        ``w`` is what ``written()`` answered; ``stale`` says the buffer was read before that
+        answer. One answer serves a whole ``frames()`` call, so a walk ends at most at the
+        writer's position when it first asked, instead of chasing a writer that keeps writing.
+        """
+        delays = iter(self.rereads)
+        while True:
+            if w is not None and w >= 0:
+                if stale:
+                    self._load(off, self.chunk or READ_CHUNK)
+                outcome, length, _, _, stored, computed, _ = self._look(off)
+                if outcome == FRAME_INCOMPLETE and not self.eof:
+                    self._load(off, FRAME_HEADER_SIZE + align8(length))
+                    outcome, length, _, _, stored, computed, _ = self._look(off)
+                if outcome == FRAME_OK:
+                    return True
+                if self.next_seq > w:  # the writer had not finished writing this frame
+                    zeros = outcome == FRAME_END and _zeros_from(self.buf, off - self.base)
+                    self.outcome = CLEAN if zeros else UNWRITTEN
+                    return False
+                if self.renamed():
+                    self.seal()  # rotated: what is due is in the next segment; read the rest as sealed
+                    self._load(off, None)
+                    return True
+                delay = next(delays, None)
+                if delay is None:
+                    why = (
+                        f"; the writer had already written up to seq {w}, so the frame holding seq "
+                        f"{self.next_seq} is complete (this is not a frame being written)"
+                    )
+                    return self._report(self._damage(off, outcome, length, stored, computed, None, why))
+            else:
+                # No written seq to go by: the crash rule, on bytes read after asking.
+                if w == NO_WRITER:
+                    state = self._file_state(off)
+                    if self._quiet is not None and self._quiet[0] == state:
+                        _, self.outcome, self.tail, self.tail_bytes = self._quiet
+                        return False  # nothing changed since the last look (follow)
+                if stale:
+                    self._load(off, None)
+                try:
+                    going = self._crash_rule(off)
+                except FormatError:
+                    delay = next(delays, None)
+                    if delay is None or (w == NO_WRITER and self._ask() == NO_WRITER):
+                        raise
+                else:
+                    if going or w == NO_WRITER or self.outcome != TORN:
+                        if not going and w == NO_WRITER:
+                            self._quiet = (state, self.outcome, self.tail, self.tail_bytes)
+                        return going
+                    delay = next(delays, None)  # a writer without a ring: this may be its frame in flight
+                    if delay is None:
+                        return going
+            self._sleep(delay)
+            w = self._ask()
+            stale = True
+
+    def _ask(self) -> int | None:
+        written = self.written
+        self._w = written() if written is not None else NO_WRITER
+        return self._w
+
+    def _file_state(self, off: int) -> _FileState:
+        st = os.fstat(self._fd())
+        return (off, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _damage(
+        self, off: int, outcome: int, length: int, stored: int, computed: int, later: tuple[int, int] | None, why: str
+    ) -> Damage:
+        return Damage(
+            self.path,
+            off,
+            _describe(outcome, length, stored, computed, self.size),
+            stored if stored >= 0 else None,
+            computed if computed >= 0 else None,
+            later[0] if later is not None else None,
+            later[1] if later is not None else None,
+            why,
         )
 
+    def _report(self, d: Damage) -> bool:
+        if self.reporter.damage(self, d) and d.later is not None and d.later_seq is not None:
+            self.end = d.later
+            self.next_seq = max(self.next_seq, d.later_seq)
+            return True
+        self.outcome = DAMAGED
+        self.tail = d
+        view = memoryview(self.buf)
+        self.tail_bytes = len(view) - (d.offset - self.base) - _trailing_zeros(view, d.offset - self.base, len(view))
+        return False
 
-def find_valid_frame(buf: memoryview, start: int, limit: int, min_seq: int) -> int | None:
-    """Offset of the first valid frame at or after ``start`` (8-aligned) with a plausible seq."""
+
+def _describe(outcome: int, length: int, stored: int, computed: int, size: int) -> str:
+    if outcome == FRAME_BAD and stored >= 0:
+        return f"checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+    if outcome == FRAME_INCOMPLETE:
+        return f"frame of {length} bytes runs past the end of the file ({size} bytes)"
+    if outcome == FRAME_END:
+        return "zero-filled gap"
+    return "invalid frame header"
+
+
+def find_valid_frame(buf: bytes, start: int, limit: int, min_seq: int) -> tuple[int, int] | None:
+    """(offset, first seq) of the first valid frame at or after ``start`` (8-aligned) in
+    ``buf[:limit]`` whose seq is at least ``min_seq``; None when there is none. Zero runs are
+    skipped at C speed, so a mostly preallocated file costs little."""
     pos = (start + 7) & ~7
     while pos + FRAME_HEADER_SIZE <= limit:
-        if buf[pos] or buf[pos + 1] or buf[pos + 2] or buf[pos + 3]:  # non-zero length
+        nz = _next_nonzero(buf, pos, limit)
+        if nz == limit:
+            return None
+        pos = nz & ~7
+        if pos + FRAME_HEADER_SIZE > limit:
+            return None
+        if nz - pos < 4:  # the length word of the frame that would start at pos is not zero
             outcome, _, _, first_seq, _, _, _ = parse_frame(buf, pos, limit)
             if outcome == FRAME_OK and first_seq >= min_seq:
-                return pos
+                return pos, first_seq
         pos += 8
     return None
 
 
-def _all_zero(view: memoryview) -> bool:
-    return not bytes(view).strip(b"\x00")
+def _zeros_from(buf: bytes, pos: int) -> bool:
+    """Whether ``buf[pos:]`` is all zero bytes (bytes.count runs at memory speed)."""
+    return buf.count(0, pos) == len(buf) - pos if pos < len(buf) else True
 
 
-def _trailing_zeros(buf: memoryview, pos: int, limit: int) -> int:
+def _next_nonzero(buf: bytes, pos: int, limit: int) -> int:
+    """Offset of the first non-zero byte of ``buf[pos:limit]``, or ``limit``."""
+    step = 4096
+    while pos < limit:
+        end = min(pos + step, limit)
+        if buf.count(0, pos, end) != end - pos:
+            chunk = buf[pos:end]
+            return pos + len(chunk) - len(chunk.lstrip(b"\x00"))
+        pos = end
+        step = min(step * 4, 1 << 20)
+    return limit
+
+
+def _trailing_zeros(buf: bytes | memoryview, pos: int, limit: int) -> int:
     tail = bytes(buf[pos:limit])
     return len(tail) - len(tail.rstrip(b"\x00"))
 
 
-def read_header(path: str) -> SegmentHeader:
-    with open(path, "rb", buffering=0) as f:
-        return SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), path)
-
-
 def scan_file(path: str, *, sealed: bool, holes: Holes | None = None) -> tuple[SegmentHeader, SegmentScan]:
     """Read and fully check one segment file; raise on corruption."""
-    buf = read_file(path)
-    header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], path)
-    scan = SegmentScan(buf, path, sealed=sealed, next_seq=header.first_seq, holes=holes)
-    for _ in scan.frames():
-        pass
-    return header, scan
+    with SegmentScan.open(path, sealed=sealed, holes=holes) as scan:
+        for _ in scan.frames():
+            pass
+    return scan.header, scan
 
 
 class ActiveSegment:
