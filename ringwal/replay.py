@@ -6,8 +6,10 @@ yields every record with ``seq > after_seq`` in order, opening only the segments
 
 Reading while a writer appends:
 
-* ``current.wal`` is read as it is at that moment; the read stops cleanly at the last
-  complete frame (a frame being written looks like a torn tail: stop, no error).
+* ``current.wal`` is read as it is at that moment; the read stops cleanly at the first
+  frame the writer has not finished writing. One read is not atomic with the writer's
+  ``pwritev``, so what looks damaged is judged by the live-reading rule (``segment.py``,
+  ``docs/FORMAT.md``): against the seq the writer says it has written, after reading again.
 * If ``current.wal`` was renamed meanwhile (rotation), the open descriptor still names the
   now-completed segment, which the writer fsynced and truncated *before* the rename: the
   rest of it is read through that descriptor, then replay continues with the next segment.
@@ -24,16 +26,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from itertools import chain, islice
 from typing import NamedTuple
 
 from .errors import ConfigError, CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
+from .format import FRAME_HEADER_SIZE, SegmentHeader
 from .holes import load_holes
-from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader
 from .index import reconcile
 from .record import Record, check_seq
-from .segment import CURRENT, SegmentScan, list_segments, read_fd, read_file
+from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header
 from .serializers import Serializer, get_serializer, with_batch_methods
 
 __all__ = ["replay"]
@@ -83,9 +85,7 @@ def _plan(directory: str) -> list[_Seg]:
         plan = [_Seg(e.first_seq, e.last_seq, os.path.join(directory, e.file), False) for e in entries]
         cur = os.path.join(directory, CURRENT)
         try:
-            with open(cur, "rb", buffering=0) as f:
-                header = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), cur)
-            plan.append(_Seg(header.first_seq, -1, cur, True))
+            plan.append(_Seg(read_header(cur).first_seq, -1, cur, True))
         except FileNotFoundError:
             pass
         if list_segments(directory) == before:
@@ -207,11 +207,10 @@ def _serializer_for(header: SegmentHeader, path: str, serializer: Serializer | N
 
 def _records(scan: SegmentScan, want: int, ser: Serializer, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
     """The records with seq >= want of each valid frame of ``scan``, one iterable per frame."""
-    buf = scan.buf
     path = scan.path
     decode = with_batch_methods(ser).decode_batch
     crossed = scan.crossed
-    seen = 0
+    seen = len(crossed)
     for off, first, count, length in scan.frames():
         if len(crossed) > seen:  # the scan stepped over a recorded hole to reach this frame
             lo, found = crossed[-1]
@@ -220,60 +219,60 @@ def _records(scan: SegmentScan, want: int, ser: Serializer, holes: _HoleCheck) -
                 holes.cross(max(lo, want), found - 1, path)
         if first + count <= want:
             continue
-        start = off + FRAME_HEADER_SIZE
-        body = buf[start : start + length]
+        start = off - scan.base + FRAME_HEADER_SIZE
+        body = scan.buf[start : start + length]
         recs = decode(body, count, first, (path, off))
         if first < want:
             recs = islice(recs, want - first, None)
         yield recs
 
 
-def _replay_completed(seg: _Seg, want: int, serializer: Serializer | None, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
+def _replay_completed(
+    seg: _Seg, want: int, serializer: Serializer | None, holes: _HoleCheck
+) -> Generator[Iterable[Record], None, int | None]:
     try:
-        buf = read_file(seg.path)
+        scan = SegmentScan.open(seg.path, sealed=True, holes=holes.holes)
     except FileNotFoundError:
         return None
-    header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], seg.path)
-    if header.first_seq != seg.first_seq:
-        raise CorruptSegmentError(
-            f"{seg.path}: header says first seq {header.first_seq}, expected {seg.first_seq}", path=seg.path, offset=32
-        )
-    ser = _serializer_for(header, seg.path, serializer)
-    scan = SegmentScan(buf, seg.path, sealed=True, next_seq=header.first_seq, holes=holes.holes)
-    yield from _records(scan, want, ser, holes)
+    with scan:
+        header = scan.header
+        if header.first_seq != seg.first_seq:
+            raise CorruptSegmentError(
+                f"{seg.path}: header says first seq {header.first_seq}, expected {seg.first_seq}", path=seg.path, offset=32
+            )
+        ser = _serializer_for(header, seg.path, serializer)
+        yield from _records(scan, want, ser, holes)
     return max(want, scan.next_seq)
 
 
-def _replay_current(seg: _Seg, want: int, serializer: Serializer | None, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
-    """Replay current.wal; returns (next want, renamed) or None if it vanished before opening."""
+def _replay_current(
+    seg: _Seg, want: int, serializer: Serializer | None, holes: _HoleCheck
+) -> Generator[Iterable[Record], None, tuple[int, bool] | None]:
+    """Replay current.wal; returns (next want, renamed) or None if it vanished before opening.
+
+    A writer may be appending: the scan applies the live-reading rule (``segment.py``), so
+    it stops at the first frame the writer has not finished writing, and raises only on
+    damage no write in progress can explain.
+    """
+    directory = os.path.dirname(seg.path)
     try:
-        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        scan = SegmentScan.open(seg.path, sealed=False, holes=holes.holes, written=LiveWriter(directory))
     except FileNotFoundError:
         return None
-    try:
-        ino = os.fstat(fd).st_ino
-        buf = read_fd(fd)
-        header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], seg.path)
+    with scan:
+        header = scan.header
         if header.first_seq != seg.first_seq:
             return None  # a newer current.wal replaced the planned one
         ser = _serializer_for(header, seg.path, serializer)
-        scan = SegmentScan(buf, seg.path, sealed=False, next_seq=header.first_seq, holes=holes.holes)
         yield from _records(scan, want, ser, holes)
         want = max(want, scan.next_seq)
-        try:
-            renamed = os.stat(seg.path).st_ino != ino
-        except FileNotFoundError:
-            renamed = True
-        if not renamed:
+        if not scan.renamed():
             return want, False
-        # Rotated while we read: the file behind fd is sealed now (truncated and fsynced
-        # before the rename), so whatever follows scan.end is complete.
-        rest = read_fd(fd)
-        tail = SegmentScan(rest, f"{seg.path} (rotated while reading)", sealed=True, start=scan.end, next_seq=scan.next_seq, holes=holes.holes)
-        yield from _records(tail, want, ser, holes)
-        return max(want, tail.next_seq), True
-    finally:
-        os.close(fd)
+        # Rotated while we read: the file behind the scan is sealed now (truncated and
+        # fsynced before the rename), so whatever follows scan.end is complete.
+        scan.seal()
+        yield from _records(scan, want, ser, holes)
+        return max(want, scan.next_seq), True
 
 
 def replay_into(directory: str, after_seq: int, serializer, fn: Callable[[Record], object]) -> int:

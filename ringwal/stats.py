@@ -13,11 +13,11 @@ import os
 import time
 from typing import Any
 
-from .format import SEGMENT_HEADER_SIZE, SegmentHeader, fsync_bucket_upper
+from .format import fsync_bucket_upper
 from .holes import load_holes
 from .index import reconcile
 from .ring import RingView
-from .segment import CURRENT, SegmentScan, read_file
+from .segment import CURRENT, LiveWriter, SegmentScan
 
 __all__ = ["format_stats", "log_stats"]
 
@@ -36,21 +36,21 @@ def log_stats(directory: str) -> dict[str, Any]:
     cur_path = os.path.join(directory, CURRENT)
     current = None
     try:
-        buf = read_file(cur_path)
+        scan = SegmentScan.open(cur_path, sealed=False, holes=holes, written=LiveWriter(directory))
     except FileNotFoundError:
-        buf = None
-    if buf is not None:
-        header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], cur_path)
+        scan = None
+    if scan is not None:
+        with scan:
+            for _ in scan.frames():
+                pass
+        header = scan.header
         serializer = header.serializer
-        scan = SegmentScan(buf, cur_path, sealed=False, next_seq=header.first_seq, holes=holes)
-        for _ in scan.frames():
-            pass
         current = {
             "file": CURRENT,
             "first_seq": header.first_seq,
             "last_seq": scan.next_seq - 1,
             "bytes": scan.end,
-            "allocated_bytes": len(buf),
+            "allocated_bytes": scan.size,
         }
         segs.append(current)
         total += scan.end

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._fileutil import writer_holds_lock
 from .errors import FormatError
-from ._fileutil import LOCK_NAME
-from .format import SEGMENT_HEADER_SIZE, SegmentHeader
+from .format import SEGMENT_HEADER_SIZE
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, TORN, SegmentScan, list_segments, read_file
+from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -116,59 +115,60 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             progress(min(done, total), total)
             done += sizes.get(name, 0)
         try:
-            buf = read_file(path)
+            scan = SegmentScan.open(path, sealed=sealed, holes=holes, written=None if sealed else LiveWriter(directory))
         except FileNotFoundError:
             if sealed:
                 report.notes.append(f"{path}: removed while verify ran (retention)")
                 expected = None  # what follows it cannot be checked against it
             continue
-        try:
-            header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], path)
         except FormatError as exc:
             report.segments += 1
-            report.bytes += len(buf)
+            with contextlib.suppress(FileNotFoundError):
+                report.bytes += os.stat(path).st_size
             report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
             expected = None
             continue
-        if not sealed and expected is not None and header.first_seq > expected and replans < REPLANS:
-            newer = [n for _, n in list_segments(directory) if n not in seen]
-            if newer:
-                replans += 1
-                queue[i:i] = newer + [CURRENT]
+        with scan:
+            header = scan.header
+            if not sealed and expected is not None and header.first_seq > expected and replans < REPLANS:
+                newer = [n for _, n in list_segments(directory) if n not in seen]
+                if newer:
+                    replans += 1
+                    queue[i:i] = [*newer, CURRENT]
+                    continue
+            seen.add(name)
+            report.segments += 1
+            if serializer is None:
+                serializer = header.serializer
+            elif header.serializer != serializer:
+                report.problems.append(Problem(path, 16, f"serializer {header.serializer!r} differs from {serializer!r} of earlier segments"))
+            if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
+                what = "gap" if header.first_seq > expected else "overlap"
+                report.problems.append(Problem(path, 32, f"seq {what}: starts at {header.first_seq}, previous segment ends at {expected - 1}"))
+            if report.first_seq is None:
+                report.first_seq = header.first_seq
+            try:
+                for _ in scan.frames():
+                    pass
+            except FormatError as exc:
+                report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
+                report.records += scan.records
+                report.bytes += scan.size
+                expected = None
                 continue
-        seen.add(name)
-        report.segments += 1
-        report.bytes += len(buf)
-        if serializer is None:
-            serializer = header.serializer
-        elif header.serializer != serializer:
-            report.problems.append(Problem(path, 16, f"serializer {header.serializer!r} differs from {serializer!r} of earlier segments"))
-        if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
-            what = "gap" if header.first_seq > expected else "overlap"
-            report.problems.append(Problem(path, 32, f"seq {what}: starts at {header.first_seq}, previous segment ends at {expected - 1}"))
-        if report.first_seq is None:
-            report.first_seq = header.first_seq
-        scan = SegmentScan(buf, path, sealed=sealed, next_seq=header.first_seq, holes=holes)
-        try:
-            for _ in scan.frames():
-                pass
-        except FormatError as exc:
-            report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
             report.records += scan.records
-            expected = None
-            continue
-        report.records += scan.records
-        if scan.records:
-            report.last_seq = scan.next_seq - 1
-        expected = scan.next_seq
-        if sealed:
-            if scan.records == 0:
-                report.problems.append(Problem(path, SEGMENT_HEADER_SIZE, "completed segment holds no records"))
-            if scan.end != len(buf):
-                report.problems.append(Problem(path, scan.end, f"{len(buf) - scan.end} bytes after the last frame of a completed segment"))
-            found[name] = (header.first_seq, scan.next_seq - 1, len(buf))
-        elif scan.outcome == TORN:
-            report.notes.append(f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); the next writer truncates it")
+            report.bytes += scan.size
+            if scan.records:
+                report.last_seq = scan.next_seq - 1
+            expected = scan.next_seq
+            if sealed:
+                if scan.records == 0:
+                    report.problems.append(Problem(path, SEGMENT_HEADER_SIZE, "completed segment holds no records"))
+                if scan.end != scan.size:
+                    report.problems.append(Problem(path, scan.end, f"{scan.size - scan.end} bytes after the last frame of a completed segment"))
+                found[name] = (header.first_seq, scan.next_seq - 1, scan.size)
+            elif scan.outcome == TORN:
+                report.notes.append(f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); the next writer truncates it")
     if progress is not None:
         progress(total, total)
     _check_index(directory, found, report)
@@ -191,25 +191,11 @@ def _check_index(directory: str, found: dict[str, tuple[int, int, int]], report:
     while True:
         problems: list[Problem] = []
         _index_problems(directory, found, problems)
-        if not problems or time.monotonic() >= deadline or not _writer_running(directory):
+        if not problems or time.monotonic() >= deadline or not writer_holds_lock(directory):
             report.problems.extend(problems)
             return
         time.sleep(0.005)  # the writer's index update is a few fsyncs away
         found = {n: v for n, v in found.items() if os.path.exists(os.path.join(directory, n))}
-
-
-def _writer_running(directory: str) -> bool:
-    try:
-        fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops our shared lock at once
 
 
 def _index_problems(directory: str, found: dict[str, tuple[int, int, int]], report_problems: list[Problem]) -> None:
