@@ -2,55 +2,40 @@
 becomes durable, across rotations and writer restarts, until the caller stops iterating.
 
 For a shipper or a read replica (and ``ringwal tail -f``). It only reads the segment files;
-the ring is used for two words and one futex, never for records:
+the ring (``ring.RingView``) tells it what is durable and when to look again, never records:
 
 * what is durable: completed segments always are (sealed with fsync before their rename);
   in ``current.wal`` only frames up to the ring's durable seq are yielded while a writer
   is alive. With no writer alive, everything on disk is yielded: a dead writer's unsynced
   frames are fsynced by the next writer when it opens the log, before it accepts records;
-* when to look again: a follower registers in the ring (``followers`` word) and sleeps on
-  its follow word, which the writer bumps and wakes after each fsync while followers are
-  registered. Without a writer it looks again every ``poll_interval`` seconds, which also
-  bounds every sleep (a writer that dies cannot leave a follower asleep).
+* when to look again: a follower registers in the ring and sleeps on its follow word,
+  which the writer bumps and wakes after each fsync while followers are registered.
+  Without a writer it looks again every ``poll_interval`` seconds, which also bounds every
+  sleep (a writer that dies cannot leave a follower asleep).
 
 Reading is incremental: catch-up goes through ``replay`` for the completed segments; then
-``current.wal`` is kept open and only the bytes after the last frame read are read again
-(``pread`` of the next frames). A rename of ``current.wal`` (rotation) is noticed when no
-new frame is there: the rest of the old file is read through the open descriptor (it was
-sealed before the rename) and the new ``current.wal`` is opened. A new writer recovering
-the same ``current.wal`` truncates only a torn tail the follower never read past.
+``current.wal`` is kept open in a ``SegmentScan`` that reads only the bytes after the last
+frame read, a chunk at a time. Frames are judged by the same rules as replay's (the scan's
+live-reading rule, ``docs/FORMAT.md``): a frame the writer has not finished writing is
+"look again later", damage is CorruptRecordError, never a reason to wait. A rename of
+``current.wal`` (rotation) is noticed when no new frame is there: the rest of the old file
+is read through the open descriptor as the sealed segment it became, and the new
+``current.wal`` is opened. A new writer recovering the same ``current.wal`` truncates only
+a torn tail the follower never read past.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from . import _futex
-from .errors import RecordsLostError, WALError
-from .format import (
-    FRAME_HEADER_SIZE,
-    FRAME_INCOMPLETE,
-    FRAME_OK,
-    RH_DURABLE_SEQ,
-    RH_FOLLOW_WAKE,
-    RH_FOLLOWERS,
-    RH_STATE,
-    RING_CLOSED,
-    RING_READY,
-    SEGMENT_HEADER_SIZE,
-    SegmentHeader,
-    align8,
-    parse_frame,
-)
-from .holes import load_holes
+from .format import FRAME_HEADER_SIZE
 from .record import Record, check_seq
-from .replay import replay
-from .ring import M32, Ring, claim_lock
-from .segment import CURRENT
+from .replay import _HoleCheck, replay
+from .ring import RingView
+from .segment import CURRENT, LiveWriter, SegmentScan, read_header
 from .serializers import Serializer, get_serializer, with_batch_methods
 
 __all__ = ["follow"]
@@ -85,59 +70,55 @@ def follow(
 
 
 class _Follower:
-    def __init__(self, directory, want, serializer, poll_interval, skip_holes, stop) -> None:
+    def __init__(
+        self,
+        directory: str,
+        want: int,
+        serializer: Serializer | None,
+        poll_interval: float,
+        skip_holes: bool,
+        stop: threading.Event | None,
+    ) -> None:
         self.dir = directory
         self.want = want  # next seq to yield
         self.serializer = serializer
         self.poll = poll_interval
         self.skip_holes = skip_holes
         self.stop = stop
-        self.ring: Ring | None = None
-        self.registered = False
+        self.view: RingView | None = None
         self.next_attach = 0.0
-        self.fd = -1
-        self.ino = 0
-        self.pos = 0
-        self.cur_next = 0  # seq after the last frame read from the open current.wal
-        self.decode = None
-        self.holes = load_holes(directory)
+        self.live = LiveWriter(directory)
+        self.scan: SegmentScan | None = None
+        self.decode: Callable[[bytes, int, int, tuple[str, int]], Iterable[Record]] | None = None
+        self.holes = _HoleCheck(directory, skip_holes)
 
     # ------------------------------------------------------------------ the ring (optional)
 
-    def _writer(self) -> Ring | None:
+    def _writer(self) -> RingView | None:
         """The ring, when a live writer serves it; attaches (and registers) lazily."""
-        ring = self.ring
-        if ring is not None:
-            w = ring.words
-            if w[RH_STATE] == RING_READY and ring.writer_alive():
-                return ring
-            if w[RH_STATE] != RING_CLOSED:
+        view = self.view
+        if view is not None:
+            if view.writer_alive():
+                return view
+            if not view.closed():
                 return None  # writer dead or stopping: keep the mapping, a new writer reuses the ring
             self._detach()
         now = time.monotonic()
         if now < self.next_attach:
             return None
         self.next_attach = now + self.poll
-        try:
-            ring = Ring.attach(self.dir)
-        except (OSError, WALError):
+        view = RingView.attach(self.dir)
+        if view is None:
             return None  # no ring, or one of another layout: follow the files alone
-        with claim_lock(self.dir):
-            ring.words[RH_FOLLOWERS] += 1
-        self.ring, self.registered = ring, True
-        w = ring.words
-        return ring if w[RH_STATE] == RING_READY and ring.writer_alive() else None
+        view.register_follower()
+        self.view = self.live.view = view
+        return view if view.writer_alive() else None
 
     def _detach(self) -> None:
-        ring, self.ring = self.ring, None
-        if ring is None:
-            return
-        if self.registered:
-            with contextlib.suppress(OSError), claim_lock(self.dir):
-                if ring.words[RH_FOLLOWERS]:
-                    ring.words[RH_FOLLOWERS] -= 1
-        self.registered = False
-        ring.close()
+        view, self.view = self.view, None
+        self.live.view = None
+        if view is not None:
+            view.close()
 
     def close(self) -> None:
         self._close_current()
@@ -147,38 +128,38 @@ class _Follower:
 
     def run(self) -> Iterator[Record]:
         while self.stop is None or not self.stop.is_set():
-            ring = self._writer()
-            word = ring.words[RH_FOLLOW_WAKE] if ring is not None else 0  # before looking: no lost wake-up
-            bound = ring.words[RH_DURABLE_SEQ] if ring is not None else None
+            view = self._writer()
+            word = view.follow_word() if view is not None else 0  # before looking: no lost wake-up
+            bound = view.durable_seq() if view is not None else None
             before = self.want
             yield from self._advance(bound)
             if self.want != before:
                 continue
             deadline = time.monotonic() + self.poll
-            if ring is not None:
-                _futex.wait(ring.follow_addr, word, deadline, M32)
+            if view is not None:
+                view.wait_follow(word, deadline)
             elif self.stop is not None:
                 self.stop.wait(self.poll)
             else:
                 time.sleep(self.poll)  # no writer to wake us: look at the files again
 
     def _advance(self, bound: int | None) -> Iterator[Record]:
-        if self.fd < 0 and not self._open_current():
+        if self.scan is None and not self._open_current():
             yield from self._catch_up()
             if not self._open_current():
                 return
-        yield from self._read_frames(bound)
-        if self.fd >= 0 and self._rotated():
-            yield from self._read_frames(None)  # sealed before the rename: all of it is durable
+        yield from self._read(bound)
+        scan = self.scan
+        if scan is not None and scan.renamed():
+            scan.seal()
+            yield from self._read(None)  # sealed before the rename: all of it is durable
             self._close_current()
             yield from self._catch_up()
 
     def _catch_up(self) -> Iterator[Record]:
         """Records in completed segments (replay), up to where current.wal starts."""
-        cur = os.path.join(self.dir, CURRENT)
         try:
-            with open(cur, "rb") as f:
-                start = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), cur).first_seq
+            start: int | None = read_header(os.path.join(self.dir, CURRENT)).first_seq
         except FileNotFoundError:
             start = None  # mid-rotation: every record is in a completed segment
         if start is not None and start <= self.want:
@@ -193,90 +174,48 @@ class _Follower:
             self.want = start
 
     def _open_current(self) -> bool:
-        path = os.path.join(self.dir, CURRENT)
+        self.holes = _HoleCheck(self.dir, self.skip_holes)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            scan = SegmentScan.open(
+                os.path.join(self.dir, CURRENT), sealed=False, holes=self.holes.holes, written=self.live, chunk=CHUNK
+            )
         except FileNotFoundError:
             return False
-        try:
-            header = SegmentHeader.decode(os.pread(fd, SEGMENT_HEADER_SIZE, 0), path)
-        except Exception:
-            os.close(fd)
-            raise
+        header = scan.header
         if header.first_seq > self.want:
-            os.close(fd)  # the records we want next are in a completed segment
+            scan.close()  # the records we want next are in a completed segment
             return False
         ser = self.serializer
         if ser is None:
             ser = get_serializer(header.serializer)
         self.decode = with_batch_methods(ser).decode_batch
-        self.fd, self.ino = fd, os.fstat(fd).st_ino
-        self.pos, self.cur_next = SEGMENT_HEADER_SIZE, header.first_seq
-        self.path = path
+        self.scan = scan
         return True
 
     def _close_current(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
+        scan, self.scan = self.scan, None
+        if scan is not None:
+            scan.close()
 
-    def _rotated(self) -> bool:
-        try:
-            return os.stat(os.path.join(self.dir, CURRENT)).st_ino != self.ino
-        except FileNotFoundError:
-            return True
-
-    def _read_frames(self, bound: int | None) -> Iterator[Record]:
-        """Yield the records of whole frames after ``pos`` (up to ``bound`` when given)."""
-        fd = self.fd
-        while True:
-            data = os.pread(fd, CHUNK, self.pos)
-            off = 0
-            progressed = False
-            while True:
-                outcome, length, count, first, _s, _c, end = parse_frame(data, off, len(data))
-                if outcome == FRAME_INCOMPLETE and off == 0 and length:
-                    data = os.pread(fd, FRAME_HEADER_SIZE + align8(length), self.pos)
-                    outcome, length, count, first, _s, _c, end = parse_frame(data, 0, len(data))
-                if outcome != FRAME_OK:
-                    break  # end of data, a frame still being written, or a torn tail: look later
-                if bound is not None and first + count - 1 > bound:
-                    self.pos += off
-                    return  # not durable yet
-                if first != self.cur_next:
-                    self._jump(self.cur_next, first)
-                body = data[off + FRAME_HEADER_SIZE : off + FRAME_HEADER_SIZE + length]
-                recs = self.decode(body, count, first, (self.path, self.pos + off))
-                if first < self.want:
-                    recs = list(recs)[self.want - first :] if first + count > self.want else ()
-                yield from recs
-                self.cur_next = first + count
-                self.want = max(self.want, self.cur_next)
-                off = end
-                progressed = True
-                if off >= len(data):
-                    break
-            self.pos += off
-            if not progressed or off < CHUNK // 2:
-                return
-
-    def _jump(self, expected: int, found: int) -> None:
-        """Frames skip seqs ``expected..found-1``: allowed only over recorded holes."""
-        if found < expected:
+    def _read(self, bound: int | None) -> Iterator[Record]:
+        """Yield the records of the frames after the last one read (up to ``bound`` when given)."""
+        scan, decode = self.scan, self.decode
+        if scan is None or decode is None:
             return
-        self.holes = load_holes(self.dir)
-        lost = self.holes.explains(expected, found - 1)
-        if lost is None:
-            raise RecordsLostError(
-                f"{self.path}: seqs {expected}-{found - 1} are missing and not recorded as lost; run ringwal verify",
-                path=self.path,
-                first_seq=expected,
-                last_seq=found - 1,
-            )
-        if not self.skip_holes:
-            raise RecordsLostError(
-                f"{self.path}: seqs {expected}-{found - 1} were recorded as lost by ringwal repair; follow with skip_holes=True to step over them",
-                path=self.path,
-                first_seq=expected,
-                last_seq=found - 1,
-            )
+        path = scan.path
+        crossed = scan.crossed
+        seen = len(crossed)
+        for off, first, count, length in scan.frames(upto=bound):
+            if len(crossed) > seen:  # the scan stepped over a recorded hole to reach this frame
+                lo, found = crossed[-1]
+                seen = len(crossed)
+                if found > self.want:
+                    self.holes.cross(max(lo, self.want), found - 1, path)
+            if first + count <= self.want:
+                continue
+            start = off - scan.base + FRAME_HEADER_SIZE
+            recs = decode(scan.buf[start : start + length], count, first, (path, off))
+            if first < self.want:
+                recs = list(recs)[self.want - first :]
+            yield from recs
+            self.want = first + count
