@@ -43,6 +43,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
 from .errors import CorruptSegmentError, FormatError, UnsupportedVersionError
@@ -78,7 +79,7 @@ class RepairReport:
     def changed(self) -> bool:
         return bool(self.actions)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return {
@@ -137,7 +138,9 @@ class _Repair:
             names.append(CURRENT)
         self.serializer = self._serializer(names)
         expected: int | None = None
-        open_loss: tuple[str, int, str] | None = None  # damage cut from the end of a file: its seqs are known at the next file
+        open_loss: tuple[str, int, str] | None = (
+            None  # damage cut from the end of a file: its seqs are known at the next file
+        )
         for name in names:
             expected, open_loss = self._file(name, expected, open_loss)
         if open_loss is not None:
@@ -171,13 +174,17 @@ class _Repair:
         if len(found) > 1:
             parts = "; ".join(f"{s!r}: {', '.join(ns)}" for s, ns in found.items())
             raise CorruptSegmentError(
-                f"{self.dir}: segments were written with different serializers ({parts}); repair will not pick one: move the foreign files away first",
+                f"{self.dir}: segments were written with different serializers ({parts}); "
+                "repair will not pick one: move the foreign files away first",
                 path=self.dir,
             )
         if not found:
             if not names:
                 return ""
-            raise CorruptSegmentError(f"{self.dir}: no segment has a readable header, so the log's serializer is unknown; nothing repaired", path=self.dir)
+            raise CorruptSegmentError(
+                f"{self.dir}: no segment has a readable header, so the log's serializer is unknown; nothing repaired",
+                path=self.dir,
+            )
         return next(iter(found))
 
     def _hole(self, first: int, last: int, file: str, offset: int, reason: str, copy: bool) -> None:
@@ -187,7 +194,9 @@ class _Repair:
         self.new_holes.append(h)
         self.say(f"hole recorded: {h.describe()}")
 
-    def _file(self, name: str, expected: int | None, open_loss):
+    def _file(
+        self, name: str, expected: int | None, open_loss: tuple[str, int, str] | None
+    ) -> tuple[int | None, tuple[str, int, str] | None]:
         path = os.path.join(self.dir, name)
         sealed = name != CURRENT
         buf = read_file(path)
@@ -207,7 +216,10 @@ class _Repair:
                 # Nothing readable at all: set the whole file aside.
                 nonzero = any(buf)
                 self.plans.append(_FilePlan(name, None, nonzero))
-                self.say(f"{name}: header damaged ({header_note}) and no valid frame in {len(buf)} bytes: set aside as {name}.broken")
+                self.say(
+                    f"{name}: header damaged ({header_note}) and no valid frame in {len(buf)} bytes: "
+                    f"set aside as {name}.broken"
+                )
                 if nonzero:
                     self.report.broken_copies.append(f"{name}.broken")
                 return expected, open_loss or (name, 0, f"segment header damaged ({header_note}), no valid frame")
@@ -217,17 +229,28 @@ class _Repair:
             entry = self.index.get(name)
             created = entry.created_ns if entry is not None else int(os.stat(path).st_mtime_ns)
             header = SegmentHeader(self.serializer, first, created)
-            self.say(f"{name}: segment header damaged ({header_note}); rebuilt it (serializer {self.serializer!r}, first seq {first})")
+            self.say(
+                f"{name}: segment header damaged ({header_note}); "
+                f"rebuilt it (serializer {self.serializer!r}, first seq {first})"
+            )
         # Seqs between the previous file and this one.
         if expected is not None and first > expected and not self.holes.bridging(expected, first):
             if open_loss is not None:
                 file, off, reason = open_loss
                 self._hole(expected, first - 1, file, off, reason, True)
             else:
-                self._hole(expected, first - 1, "", 0, f"no segment file holds these seqs (before {name}: a segment is missing)", False)
+                self._hole(
+                    expected,
+                    first - 1,
+                    "",
+                    0,
+                    f"no segment file holds these seqs (before {name}: a segment is missing)",
+                    False,
+                )
         elif expected is not None and first < expected:
             raise CorruptSegmentError(
-                f"{path}: starts at seq {first} but the previous segment ends at {expected - 1}: two files claim the same seqs; "
+                f"{path}: starts at seq {first} but the previous segment ends at {expected - 1}: "
+                "two files claim the same seqs; "
                 "repair will not choose between them: move one aside (keep a copy) and run repair again",
                 path=path,
                 offset=32,
@@ -263,7 +286,8 @@ class _Repair:
             d = scan.tail
             kind = "torn tail" if scan.outcome == TORN else "damaged tail"
             self.say(
-                f"{name}: cut a {kind} of {scan.tail_bytes} bytes at offset {d.offset} ({d.what}); copy kept in {name}.broken"
+                f"{name}: cut a {kind} of {scan.tail_bytes} bytes at offset {d.offset} ({d.what}); "
+                f"copy kept in {name}.broken"
             )
             policy.changed = policy.copy = True
             open_loss = (name, d.offset, d.what)
@@ -311,10 +335,10 @@ class _Repair:
             if plan.keep_copy:
                 src = os.path.join(d, plan.name)
                 dst = src + ".broken"
-                n = 1
+                k = 1
                 while os.path.exists(dst) and not os.path.samefile(src, dst):
-                    dst = f"{src}.broken.{n}"
-                    n += 1
+                    dst = f"{src}.broken.{k}"
+                    k += 1
                 if not os.path.exists(dst):
                     os.link(src, dst)
         fsync_dir(d, fsync)

@@ -238,7 +238,9 @@ def _replay_completed(
         header = scan.header
         if header.first_seq != seg.first_seq:
             raise CorruptSegmentError(
-                f"{seg.path}: header says first seq {header.first_seq}, expected {seg.first_seq}", path=seg.path, offset=32
+                f"{seg.path}: header says first seq {header.first_seq}, expected {seg.first_seq}",
+                path=seg.path,
+                offset=32,
             )
         ser = _serializer_for(header, seg.path, serializer)
         yield from _records(scan, want, ser, holes)
@@ -275,12 +277,13 @@ def _replay_current(
         return max(want, scan.next_seq), True
 
 
-def replay_into(directory: str, after_seq: int, serializer, fn: Callable[[Record], object]) -> int:
+def replay_into(directory: str, after_seq: int, serializer: Serializer | None, fn: Callable[[Record], object]) -> int:
     """Call ``fn`` for every record with seq > ``after_seq``, in order; return how many.
 
     The body of ``WAL.replay_from`` and ``Handle.replay_from`` (the Go original's callback form).
     """
     n = 0
-    for n, rec in enumerate(replay(directory, after_seq, serializer), 1):
+    for rec in replay(directory, after_seq, serializer):
         fn(rec)
+        n += 1
     return n

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._fileutil import FsyncFn, fsync_dir, preallocate, writer_holds_lock
-from .errors import CorruptRecordError, CorruptSegmentError, FormatError
+from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError
 from .format import (
     FRAME_BAD,
     FRAME_END,
@@ -698,7 +698,9 @@ class ActiveSegment:
         return cls(path, fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
 
     @classmethod
-    def recover(cls, directory: str, header: SegmentHeader, scan: SegmentScan, prealloc: int, fsync: FsyncFn) -> ActiveSegment:
+    def recover(
+        cls, directory: str, header: SegmentHeader, scan: SegmentScan, prealloc: int, fsync: FsyncFn
+    ) -> ActiveSegment:
         """Open the scanned ``current.wal`` for appending, cutting a torn tail back to ``scan.end``."""
         path = os.path.join(directory, CURRENT)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -723,11 +725,12 @@ class ActiveSegment:
         iov = encode_frame(body, count, first)
         size = len(iov[0]) + len(iov[1]) + len(iov[2])
         pos = self.write_pos
-        written = os.pwritev(self.fd, iov, pos)
+        fd = self._fd()
+        written = os.pwritev(fd, iov, pos)
         if written != size:
             data = b"".join(iov)[written:]
             while data:
-                n = os.pwrite(self.fd, data, pos + written)
+                n = os.pwrite(fd, data, pos + written)
                 written += n
                 data = data[n:]
         self.write_pos = pos + size
@@ -736,12 +739,19 @@ class ActiveSegment:
         return size
 
     def sync(self, datasync: FsyncFn) -> None:
-        datasync(self.fd)
+        datasync(self._fd())
 
     def seal(self, fsync: FsyncFn) -> None:
         """Cut the preallocated tail and fsync: the file becomes exactly its frames."""
-        os.ftruncate(self.fd, self.write_pos)
-        fsync(self.fd)
+        fd = self._fd()
+        os.ftruncate(fd, self.write_pos)
+        fsync(fd)
+
+    def _fd(self) -> int:
+        fd = self.fd
+        if fd is None:
+            raise ClosedError(f"{self.path}: this active segment was closed")
+        return fd
 
     def close(self) -> None:
         fd, self.fd = self.fd, None

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._fileutil import writer_holds_lock
 from .errors import FormatError
@@ -59,7 +60,7 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "dir": self.directory,
             "ok": self.ok,
@@ -86,7 +87,9 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
     try:
         holes = load_holes(directory)
     except FormatError as exc:
-        report.problems.append(Problem(exc.path or os.path.join(directory, HOLES_NAME), None, _strip(str(exc), exc.path or "")))
+        report.problems.append(
+            Problem(exc.path or os.path.join(directory, HOLES_NAME), None, _strip(str(exc), exc.path or ""))
+        )
         holes = Holes()
     report.holes = list(holes)
     found: dict[str, tuple[int, int, int]] = {}  # file -> (first_seq, last_seq, size)
@@ -141,10 +144,18 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             if serializer is None:
                 serializer = header.serializer
             elif header.serializer != serializer:
-                report.problems.append(Problem(path, 16, f"serializer {header.serializer!r} differs from {serializer!r} of earlier segments"))
+                report.problems.append(
+                    Problem(
+                        path, 16, f"serializer {header.serializer!r} differs from {serializer!r} of earlier segments"
+                    )
+                )
             if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
                 what = "gap" if header.first_seq > expected else "overlap"
-                report.problems.append(Problem(path, 32, f"seq {what}: starts at {header.first_seq}, previous segment ends at {expected - 1}"))
+                report.problems.append(
+                    Problem(
+                        path, 32, f"seq {what}: starts at {header.first_seq}, previous segment ends at {expected - 1}"
+                    )
+                )
             if report.first_seq is None:
                 report.first_seq = header.first_seq
             try:
@@ -165,16 +176,25 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
                 if scan.records == 0:
                     report.problems.append(Problem(path, SEGMENT_HEADER_SIZE, "completed segment holds no records"))
                 if scan.end != scan.size:
-                    report.problems.append(Problem(path, scan.end, f"{scan.size - scan.end} bytes after the last frame of a completed segment"))
+                    report.problems.append(
+                        Problem(
+                            path, scan.end, f"{scan.size - scan.end} bytes after the last frame of a completed segment"
+                        )
+                    )
                 found[name] = (header.first_seq, scan.next_seq - 1, scan.size)
             elif scan.outcome == TORN:
-                report.notes.append(f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); the next writer truncates it")
+                report.notes.append(
+                    f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); "
+                    "the next writer truncates it"
+                )
     if progress is not None:
         progress(total, total)
     _check_index(directory, found, report)
     for stray in ("current.wal.tmp", "wal_index.json.tmp"):
         if os.path.exists(os.path.join(directory, stray)):
-            report.notes.append(f"{os.path.join(directory, stray)}: left by an interrupted writer; the next writer removes it")
+            report.notes.append(
+                f"{os.path.join(directory, stray)}: left by an interrupted writer; the next writer removes it"
+            )
     return report
 
 
@@ -212,7 +232,12 @@ def _index_problems(directory: str, found: dict[str, tuple[int, int, int]], repo
             report_problems.append(Problem(path, None, f"does not list {name}"))
         elif (e.first_seq, e.last_seq, e.size) != (first, last, size):
             report_problems.append(
-                Problem(path, None, f"entry for {name} says seqs {e.first_seq}-{e.last_seq}, {e.size} bytes; the file holds {first}-{last}, {size} bytes")
+                Problem(
+                    path,
+                    None,
+                    f"entry for {name} says seqs {e.first_seq}-{e.last_seq}, {e.size} bytes; "
+                    f"the file holds {first}-{last}, {size} bytes",
+                )
             )
     for name in sorted(listed):
         if not os.path.exists(os.path.join(directory, name)):  # else: rotated in after the scan
