@@ -228,7 +228,7 @@ def test_live_writer_seam_reports_lock_and_ring(wdir):
     try:
         with ringwal.open(Config(dir=wdir, start_writer=False)) as h:
             h.append(rec(2))
-            h.flush()
+            h.sync()  # durable is published after the written seq
         assert LiveWriter(wdir)() == 2
     finally:
         p.terminate()
