@@ -2,7 +2,8 @@
 
 ``ringwal.open(config)`` attaches this process to the log in ``config.dir`` through a
 shared-memory ring, starting the writer process (the durability sidecar) when none runs.
-``WAL`` is the single-process storage core the writer drives; ``replay``, ``follow`` and
+``WAL`` is the same log used in-process by one writer (records over the segment-level
+``seglog.SegmentLog``, which the writer process drives directly); ``replay``, ``follow`` and
 ``verify`` read the segment files directly, with or without a writer.
 """
 
