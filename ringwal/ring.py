@@ -207,6 +207,9 @@ CLAIM_LOCK_NAME = "wal.ring.lock"
 POLL = 0.1
 #: Seconds a waiter polls (yielding the CPU) before it sleeps on the futex, when recent waits were short.
 SPIN = 0.0005
+#: Seconds a stopping writer waits for attached producers to release their lanes (or die)
+#: before it leaves the ring for the next writer instead of removing it.
+SHUTDOWN_GRACE = 0.5
 #: Spans of the seq mapping a producer keeps for resolving old receipts.
 KEEP_SPANS = 1 << 16
 SUPPORTED_MACHINES = ("x86_64", "amd64", "AMD64", "i686", "i386")
@@ -245,19 +248,47 @@ def ring_names(directory: str) -> tuple[str, str]:
 
 
 def process_alive(pid: int, ctime: float) -> bool:
-    """True when ``pid`` is running and is the process created at ``ctime`` (not a reuse)."""
+    """True when ``pid`` is running, is the process created at ``ctime`` (not a reuse), and is
+    not dying: a process already exiting, or with SIGKILL pending, never touches the ring again
+    (``_dying``), though it stays in the process table until it has finished exiting."""
     if pid <= 0:
         return False
     try:
         p = psutil.Process(pid)
         if abs(p.create_time() - ctime) > 0.05:
             return False
-        alive: bool = p.status() != psutil.STATUS_ZOMBIE
-        return alive
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:  # pragma: no cover - another user's live process
         return True
+    return not _dying(pid)
+
+
+#: ``PF_EXITING`` in the flags field of ``/proc/PID/stat`` (include/linux/sched.h).
+_PF_EXITING = 0x4
+_SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL in the pending-signal masks of /proc/PID/status (proc(5))
+
+
+def _dying(pid: int) -> bool:
+    """The process is a zombie, is exiting, or has SIGKILL pending (Linux ``/proc``, proc(5)).
+
+    Between ``kill(pid, SIGKILL)`` and the victim becoming a zombie it still looks alive to a
+    plain existence check for a few milliseconds (longer on a busy CPU, where it must first be
+    scheduled to act on the signal); a writer stopping right after would think its lane in use.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()  # state, ppid, pgrp, session, tty, tpgid, flags
+        if fields[0] in (b"Z", b"X", b"x") or int(fields[6]) & _PF_EXITING:
+            return True
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & _SIGKILL_BIT:
+                    return True
+    except (OSError, ValueError, IndexError):
+        return False  # gone (the caller's check decides) or unreadable: not known to be dying
+    return False
 
 
 _own_ctime: tuple[int, float] | None = None
@@ -1292,8 +1323,9 @@ class WriterSide:
 
     # ------------------------------------------------------------------ shutdown
 
-    def shutdown(self) -> bool:
-        """Stop serving: under the claim lock, reclaim dead producers' lanes, then either mark
+    def shutdown(self, grace: float = SHUTDOWN_GRACE) -> bool:
+        """Stop serving: reclaim dead producers' lanes (waiting up to ``grace`` seconds for
+        owned lanes to be released or their owners to die), then under the claim lock either mark
         the ring CLOSED and unlink it (no lane owned, every lane drained) and return True, or
         mark it STOPPED, wake every waiter so it looks for a new writer, and return False.
 
@@ -1302,6 +1334,12 @@ class WriterSide:
         behind for no one.
         """
         self.reclaim_dead()
+        deadline = time.monotonic() + grace
+        while self.owned() and time.monotonic() < deadline:
+            # Producers closing now release their lanes and post the semaphore; a producer
+            # that is being killed is reclaimed as soon as the kernel marks it exiting.
+            self.wait_posted(0.01)
+            self.reclaim_dead()
         with claim_lock(self.directory):
             w = self._w
             in_use = self.owned() or self.has_records()

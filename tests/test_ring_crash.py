@@ -284,9 +284,9 @@ def test_producer_killed_then_writer_stopped_at_once_leaves_nothing_in_dev_shm(w
         assert read_line(p).startswith("attached")
         acked[tag] = int(read_line(p).split()[1])
         p.kill()
-        p.wait(10)
-        w.terminate()
+        w.terminate()  # right away: the producer may not even have started exiting yet
         assert w.wait(20) == 0
+        p.wait(10)
         assert ring_objects(wdir) == [], f"attempt {attempt}: the ring was left behind"
     check_log(wdir, acked)
 
