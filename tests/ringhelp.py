@@ -76,21 +76,33 @@ spawn = spawn_child
 
 
 def read_line(p: subprocess.Popen, timeout: float = 60.0, stream: str = "stdout") -> str:
-    """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout)."""
-    f = getattr(p, stream)
-    ready, _, _ = select.select([f], [], [], timeout)
-    if not ready:
-        # Say where it was stuck: its Python stack (py-spy when installed) and what it printed.
-        where = ""
-        with contextlib.suppress(Exception):
-            where = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=20).stdout
-        p.kill()
-        _, err = p.communicate(timeout=10)
-        raise AssertionError(f"child printed nothing on {stream} for {timeout}s; stack:\n{where}\nstderr:\n{err}")
-    line = f.readline()
-    if not line:
-        raise AssertionError(f"child exited ({p.wait(10)}): {p.stderr.read() if stream == 'stdout' else ''}")
-    return line.rstrip("\n")
+    """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout).
+
+    Reads the pipe a byte at a time with ``os.read``: a buffered ``readline`` can pull two
+    lines into Python's buffer, and a ``select`` on the pipe for the second then waits for
+    bytes that have already arrived (a writer printing a recovery warning and its "serving"
+    line together hung start_serve that way).
+    """
+    fd = getattr(p, stream).fileno()
+    deadline = time.monotonic() + timeout
+    line = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        ready = select.select([fd], [], [], left)[0] if left > 0 else []
+        if not ready:
+            # Say where it was stuck: its Python stack (py-spy when installed) and what it printed.
+            where = ""
+            with contextlib.suppress(Exception):
+                where = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=20).stdout
+            p.kill()
+            _, err = p.communicate(timeout=10)
+            raise AssertionError(f"child printed nothing on {stream} for {timeout}s (partial line {bytes(line)!r}); stack:\n{where}\nstderr:\n{err}")
+        b = os.read(fd, 1)
+        if not b:
+            raise AssertionError(f"child exited ({p.wait(10)}): {p.stderr.read() if stream == 'stdout' else ''}")
+        if b == b"\n":
+            return line.decode("utf-8", "replace")
+        line += b
 
 
 def start_serve(directory: str, *extra: str) -> subprocess.Popen:
