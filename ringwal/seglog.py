@@ -165,8 +165,6 @@ class SegmentLog:
             path = os.path.join(d, e.file)
             header = read_header(path)
             self._check_serializer(header.serializer, path)
-            if header.first_seq != e.first_seq:
-                reason = reason or f"stale ({e.file} starts at {header.first_seq}, index says {e.first_seq})"
             if (
                 prev is not None
                 and header.first_seq != prev.last_seq + 1
