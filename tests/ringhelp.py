@@ -76,21 +76,40 @@ spawn = spawn_child
 
 
 def read_line(p: subprocess.Popen, timeout: float = 60.0, stream: str = "stdout") -> str:
-    """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout)."""
+    """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout).
+
+    Reads the pipe a byte at a time: a buffered ``readline`` may pull the *next* line into
+    Python's buffer too, where ``select`` cannot see it, and the next call would then wait
+    the whole timeout for a line that has already arrived (a writer printing a recovery
+    warning and "serving" in one go did exactly that on a busy machine).
+    """
     f = getattr(p, stream)
-    ready, _, _ = select.select([f], [], [], timeout)
-    if not ready:
-        # Say where it was stuck: its Python stack (py-spy when installed) and what it printed.
-        where = ""
-        with contextlib.suppress(Exception):
-            where = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=20).stdout
-        p.kill()
-        _, err = p.communicate(timeout=10)
-        raise AssertionError(f"child printed nothing on {stream} for {timeout}s; stack:\n{where}\nstderr:\n{err}")
-    line = f.readline()
-    if not line:
-        raise AssertionError(f"child exited ({p.wait(10)}): {p.stderr.read() if stream == 'stdout' else ''}")
-    return line.rstrip("\n")
+    fd = f.fileno()
+    deadline = time.monotonic() + timeout
+    line = bytearray()
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            # Say where it was stuck: its Python stack (py-spy when installed) and what it printed.
+            where = ""
+            with contextlib.suppress(Exception):
+                where = subprocess.run(
+                    ["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=20
+                ).stdout
+            p.kill()
+            _, err = p.communicate(timeout=10)
+            raise AssertionError(
+                f"child printed no whole line on {stream} for {timeout}s (got {bytes(line)!r}); "
+                f"stack:\n{where}\nstderr:\n{err}"
+            )
+        byte = os.read(fd, 1)
+        if not byte:
+            if line:
+                return line.decode(errors="replace")
+            raise AssertionError(f"child exited ({p.wait(10)}): {p.stderr.read() if stream == 'stdout' else ''}")
+        if byte == b"\n":
+            return line.decode(errors="replace")
+        line += byte
 
 
 def start_serve(directory: str, *extra: str) -> subprocess.Popen:
