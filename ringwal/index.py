@@ -102,8 +102,9 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
     stats, repair) from its header and a scan for its last seq; with ``full=False`` (replay's
     plan) from its header alone, ``last_seq`` -1 (not known). A file that disappears while
     this runs (retention) is left out. A segment header that does not parse raises
-    FormatError, except that with ``full=False`` an entry whose name and size match is then
-    kept unchecked (the reader meets the damage if it opens that file).
+    FormatError, except that an entry whose name and size match is then kept unchecked: the
+    damage is the segment's, and whoever opens that file meets it (the writer's recovery
+    reads every header and refuses; replay raises if it needs that segment).
     """
     holes = holes if holes is not None else Holes()
     stored, reason = load_index(directory)
@@ -121,7 +122,7 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
                 header: SegmentHeader | None = read_header(fd, path)
             except FormatError:
                 known = by_name.get(name)
-                if full or known is None or known.size != size:
+                if known is None or known.size != size:
                     raise
                 header = None
         finally:
@@ -140,7 +141,7 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
         else:
             nxt = cur_first
         e = by_name.pop(name, None)
-        if header is None:  # damaged (readers only): kept unchecked, the reader meets the damage
+        if header is None:  # damaged: kept unchecked (see the docstring)
             if e is not None:
                 entries.append(e)
             continue
