@@ -250,15 +250,20 @@ def _created_s(directory: str, name: str) -> float:
 
 
 def _appear(directory: str, count: int, timeout: float, what: str) -> list[tuple[str, float]]:
-    """Wait until ``count`` new completed segments appear; return them with when (monotonic)."""
+    """Wait until ``count`` new completed segments appear; return each with a time (monotonic)
+    before which it was not there yet: a lower bound of when the writer closed it."""
+    absent_at = time.monotonic()
     seen = set(names(directory))
     got: list[tuple[str, float]] = []
 
     def more() -> bool:
+        nonlocal absent_at
+        t = time.monotonic()
         for n in names(directory):
             if n not in seen:
                 seen.add(n)
-                got.append((n, time.monotonic()))
+                got.append((n, absent_at))
+        absent_at = t
         return len(got) >= count
 
     wait_until(more, timeout=timeout, what=what)
@@ -308,10 +313,13 @@ def test_serve_keeps_segments_written_seconds_ago_after_the_wall_clock_steps_for
         # Two more rotations: the writer's loop ran for about 4 s after the step, and with it
         # its retention pass (once a second).
         after = _appear(wdir, 2, 30, "rotation by age after the wall clock stepped forward a day")
-        elapsed = time.monotonic() - began
-        assert elapsed < 25, f"too slow to tell: the oldest segment may really be 30 s old ({elapsed:.1f}s)"
         still = names(wdir)
-        assert {n for n, _ in before} <= set(still), f"segments written seconds ago were removed: {still}"
+        listed = time.monotonic()
+        # Closed less than 28 s before the listing: no retention pass may have found them 30 s old.
+        young = [n for n, closed_after in before if listed - closed_after < 28]
+        if not young:
+            pytest.skip(f"this machine took {listed - began:.0f}s: the segments may really be 30 s old now")
+        assert set(young) <= set(still), f"segments written seconds ago were removed: {young} -> {still}"
         created = _created_s(wdir, after[1][0])
         assert stepped + DAY - 30 < created < time.time() + DAY + 30, (created, stepped)
         n = _finish(wdir, appender)
