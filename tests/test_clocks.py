@@ -5,6 +5,15 @@ FakeClock whose ``step`` moves only the wall clock, as settimeofday or NTP does,
 ``advance`` is time passing. The faketime tests run a real ``ringwal serve`` under libfaketime
 (Debian's ``faketime``) with CLOCK_MONOTONIC left alone, and set its wall clock back an hour or
 forward a day while a producer process appends.
+
+How faketime is used: ``faketime -f --exclude-monotonic +0 env -u FAKETIME python -m ringwal
+serve`` with ``FAKETIME_TIMESTAMP_FILE`` and ``FAKETIME_NO_CACHE=1``, so the offset is read from
+a file at every clock call and the test steps it by replacing the file; the wrapper's FAKETIME
+variable would override the file, hence ``env -u``. ``NO_FAKE_STAT=1``: a real step does not
+move existing files' times. One caveat: with monotonic time not faked, libfaketime 0.9.10's
+``clock_nanosleep`` mis-converts absolute CLOCK_MONOTONIC deadlines, so ``time.sleep`` raises
+EINVAL in such a process. The writer's loop sleeps on its semaphore and futexes, not
+``time.sleep``; should that change, these tests fail loudly (the writer exits), never pass.
 """
 
 from __future__ import annotations
