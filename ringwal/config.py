@@ -23,6 +23,8 @@ class Config:
         Each segment is preallocated to this size. A single record larger than this gets a
         segment of its own. Larger segments mean fewer files but coarser retention.
     segment_duration: seconds after which a non-empty ``current.wal`` is rotated (300).
+        Measured on the monotonic clock while a writer runs, so a wall-clock step neither
+        holds rotation back nor hurries it (docs/FORMAT.md, "Clocks").
     serializer: payload encoding (``BinarySerializer()``). Fixed for the life of a log: the
         segment headers name it and opening with another raises SerializerMismatchError.
     flush_interval: seconds between background flush+fsync passes; None (default) disables
@@ -59,7 +61,9 @@ class Config:
     retention_max_bytes: remove the oldest completed segments while the log's files hold
         more than this many bytes. The active segment is never removed, so the log can stay
         above the limit by up to one segment.
-    retention_max_age: remove completed segments closed more than this many seconds ago.
+    retention_max_age: remove completed segments closed more than this many seconds ago
+        (monotonic while a writer runs; the wall clock is read once, at the writer's start,
+        for segments closed before it: see docs/FORMAT.md, "Clocks").
         Risk: both delete records for good; replay from a seq that retention removed starts
         at the first seq kept. ``Handle.truncate_before(seq)`` removes what a snapshot made
         obsolete explicitly instead.

@@ -1,12 +1,28 @@
 """``wal_index.json``: a cache listing every completed segment and its seq range.
 
-It is only ever a cache. Readers use it to skip whole segments without opening them; the
-writer rebuilds it from the segment files (with a warning) whenever it is missing, does not
-parse, or disagrees with the directory (a segment missing from it, a file it names that is
-gone or has another size). It is replaced atomically (temp file, fsync, rename, directory
-fsync), after the rename of the segment it describes, so a crash between the two leaves a
-stale index, which the next writer detects and rebuilds; seqs are never reused because
-they come from the segments, not from the index.
+It is only ever a cache, and it is checked before it is used. Readers use it to skip whole
+segments without scanning them; the writer rebuilds it from the segment files (with a
+warning) whenever it is missing, does not parse, or disagrees with the files. It is replaced
+atomically (temp file, fsync, rename, directory fsync), after the rename of the segment it
+describes, so a crash between the two leaves a stale index, which the next writer detects and
+rebuilds; seqs are never reused because they come from the segments, not from the index.
+
+The check (``reconcile``; every user of the index goes through it: the writer's recovery,
+replay's plan, stats, repair). An entry is trusted only when
+
+1. a completed segment file of that name exists, with that size;
+2. the first seq in that file's 64-byte header is the entry's ``first_seq``;
+3. its ``last_seq`` (>= ``first_seq``) joins the next segment: ``last_seq + 1`` is the first
+   seq in the header of the next completed segment, or of ``current.wal`` after the last
+   one, unless every seq between is a hole recorded by repair (``holes.py``).
+
+Anything else (a wrong seq, a segment missing from the index, an entry naming a file that is
+gone) makes the index stale: the entries are rebuilt from the files, and the caller decides
+what to do with the stale index (the writer rewrites it; readers just use the rebuilt view).
+This costs one 64-byte header read per segment, never a scan of a segment the index
+describes correctly. The last completed segment when there is no ``current.wal`` (a crash
+between steps 2 and 3 of a rotation) has no next header: the writer scans it, readers treat
+its ``last_seq`` as unknown.
 
 Layout::
 
@@ -23,10 +39,10 @@ import os
 from dataclasses import asdict, dataclass
 
 from ._fileutil import FsyncFn, atomic_write
-from .errors import CorruptSegmentError
-from .format import FORMAT_VERSION
+from .errors import CorruptSegmentError, FormatError
+from .format import FORMAT_VERSION, SegmentHeader
 from .holes import Holes
-from .segment import list_segments, read_header, scan_file
+from .segment import CURRENT, list_segments, read_header, scan_file
 
 __all__ = ["INDEX_NAME", "IndexEntry", "load_index", "reconcile", "write_index"]
 
@@ -78,27 +94,71 @@ def write_index(directory: str, serializer: str, entries: list[IndexEntry], fsyn
 
 
 def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) -> tuple[list[IndexEntry], str]:
-    """Index entries for the completed segments actually in ``directory``.
+    """Index entries for the completed segments actually in ``directory``, checked against
+    their headers (module docstring); returns them and the reason the stored index was not
+    usable as it was ("" when it was).
 
-    Entries from the index are trusted when name and size match the file; anything else is
-    rebuilt from the segment (its header, and a scan for its last seq). Returns the entries
-    and the reason the stored index was not usable as it was ("" when it was).
-    With ``full=False`` (read-only callers) an unmatched segment is described from its
-    header alone and ``last_seq`` is -1 where it is not known.
+    An entry that fails the check is rebuilt from its file: with ``full=True`` (the writer,
+    stats, repair) from its header and a scan for its last seq; with ``full=False`` (replay's
+    plan) from its header alone, ``last_seq`` -1 (not known). A file that disappears while
+    this runs (retention) is left out. A segment header that does not parse raises
+    FormatError, except that an entry whose name and size match is then kept unchecked: the
+    damage is the segment's, and whoever opens that file meets it (the writer's recovery
+    reads every header and refuses; replay raises if it needs that segment).
     """
+    holes = holes if holes is not None else Holes()
     stored, reason = load_index(directory)
     by_name = {e.file: e for e in stored or ()}
-    files = list_segments(directory)
-    entries = []
-    stale = []
-    for _, name in files:
+    files: list[tuple[str, int, SegmentHeader | None]] = []
+    for _, name in list_segments(directory):
         path = os.path.join(directory, name)
-        size = os.stat(path).st_size
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # removed since the listing (retention)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                header: SegmentHeader | None = read_header(fd, path)
+            except FormatError:
+                known = by_name.get(name)
+                if known is None or known.size != size:
+                    raise
+                header = None
+        finally:
+            os.close(fd)
+        files.append((name, size, header))
+    try:
+        cur_first: int | None = read_header(os.path.join(directory, CURRENT)).first_seq
+    except (FileNotFoundError, FormatError):
+        cur_first = None  # no current.wal (a crash mid-rotation), or one its reader will report
+    entries = []
+    unlisted, wrong = [], []
+    for i, (name, size, header) in enumerate(files):
+        if i + 1 < len(files):
+            nxt_header = files[i + 1][2]
+            nxt = nxt_header.first_seq if nxt_header is not None else None
+        else:
+            nxt = cur_first
         e = by_name.pop(name, None)
-        if e is not None and e.size == size:
-            entries.append(e)
+        if header is None:  # damaged: kept unchecked (see the docstring)
+            if e is not None:
+                entries.append(e)
             continue
-        stale.append(name)
+        if e is None or e.size != size:
+            unlisted.append(name)
+        else:
+            why = _disagreement(e, header, nxt, holes)
+            if not why and nxt is None:  # nothing after it to check last_seq against
+                if full:
+                    why = _disagreement(e, header, _scan_next(directory, name, holes), holes)
+                else:
+                    e = IndexEntry(e.file, e.first_seq, -1, e.size, e.created_ns, e.closed_ns)
+            if not why:
+                entries.append(e)
+                continue
+            wrong.append(why)
+        path = os.path.join(directory, name)
         if full:
             header, scan = scan_file(path, sealed=True, holes=holes)
             if scan.records == 0:
@@ -106,13 +166,33 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
             mtime_ns = int(os.stat(path).st_mtime_ns)
             entries.append(IndexEntry(name, header.first_seq, scan.next_seq - 1, size, header.created_ns, mtime_ns))
         else:
-            header = read_header(path)
             entries.append(IndexEntry(name, header.first_seq, -1, size, header.created_ns, 0))
-    if stored is not None and (stale or by_name):
+    gone = sorted(by_name)
+    if stored is not None and (unlisted or wrong or gone):
         parts = []
-        if stale:
-            parts.append(f"segments not in it or of another size: {', '.join(stale)}")
-        if by_name:
-            parts.append(f"names missing files: {', '.join(sorted(by_name))}")
+        if unlisted:
+            parts.append(f"segments not in it or of another size: {', '.join(unlisted)}")
+        if wrong:
+            parts.append("entries that disagree with the segment headers: " + "; ".join(wrong))
+        if gone:
+            parts.append(f"names missing files: {', '.join(gone)}")
         reason = "stale (" + "; ".join(parts) + ")"
     return entries, reason
+
+
+def _disagreement(e: IndexEntry, header: SegmentHeader | None, nxt: int | None, holes: Holes) -> str:
+    """Why entry ``e`` cannot be trusted ("" if it can): its file's header starts elsewhere,
+    or its last seq does not join ``nxt``, the first seq of whatever follows it (None: unknown)."""
+    if header is not None and header.first_seq != e.first_seq:
+        return f"{e.file} starts at seq {header.first_seq}, the index says {e.first_seq}"
+    if e.last_seq < e.first_seq:
+        return f"{e.file} ends at seq {e.last_seq} before it starts at {e.first_seq}"
+    if nxt is not None and e.last_seq + 1 != nxt and not holes.bridging(e.last_seq + 1, nxt):
+        return f"{e.file} ends at seq {e.last_seq} but the next segment starts at {nxt}"
+    return ""
+
+
+def _scan_next(directory: str, name: str, holes: Holes) -> int:
+    """The seq after the last record of completed segment ``name`` (a full scan)."""
+    _, scan = scan_file(os.path.join(directory, name), sealed=True, holes=holes)
+    return scan.next_seq

@@ -46,8 +46,8 @@ class WAL:
     makes them durable and returns the last durable seq; ``replay_from(seq, fn)`` calls
     ``fn`` for every record after ``seq``; ``close`` flushes, syncs and releases the lock.
 
-    ``clock``, ``fsync`` and ``fdatasync`` are fault seams for tests (passed to the
-    ``SegmentLog``).
+    ``clock`` (wall), ``monotonic`` (ages of segments), ``fsync`` and ``fdatasync`` are
+    fault seams for tests (passed to the ``SegmentLog``).
     """
 
     _flusher: threading.Thread | None = None
@@ -57,6 +57,7 @@ class WAL:
         config: Config | None = None,
         *,
         clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], int] = time.monotonic_ns,
         fsync: FsyncFn = os.fsync,
         fdatasync: FsyncFn = os.fdatasync,
     ) -> None:
@@ -71,7 +72,9 @@ class WAL:
         self._mutex = threading.Lock()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._log = seglog = SegmentLog(config, self._ser.name, clock=clock, fsync=fsync, fdatasync=fdatasync)
+        self._log = seglog = SegmentLog(
+            config, self._ser.name, clock=clock, monotonic=monotonic, fsync=fsync, fdatasync=fdatasync
+        )
         self.dir = seglog.dir
         self._check_open = seglog.check_open  # ClosedError / LogFailedError
         self._next_seq = seglog.last_seq + 1

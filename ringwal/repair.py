@@ -11,7 +11,9 @@ What it does, file by file (completed segments in order, then ``current.wal``):
 * a completed segment with nothing valid left, or holding no records, is set aside;
 * a valid frame repeating seqs already in the log is dropped;
 * zero bytes after the last frame of a completed segment are truncated (no data);
-* stray temp files are removed and ``wal_index.json`` is rebuilt from the files.
+* stray temp files are removed and ``wal_index.json`` is rebuilt from the files, also when
+  it is the only thing wrong (it disagrees with the files by name, size, or seqs checked
+  against the segment headers: ``index.reconcile``).
 
 Every seq range that disappears (inside a file, or between two files: a segment gone or
 cut short) is recorded as a hole in ``wal_holes.json`` (``holes.py``), with the file,
@@ -300,15 +302,16 @@ class _Repair:
         return body, scan.next_seq, scan.records, policy.copy, open_loss
 
     def _index_needs_rebuild(self) -> bool:
+        """Whether wal_index.json disagrees with the files: names and sizes, and every entry's
+        seqs against the segment headers (``index.reconcile``, the check the writer applies)."""
         entries, reason = load_index(self.dir)
         if entries is None:
             return reason != "missing" or bool(list_segments(self.dir))
-        listed = {e.file: e for e in entries}
-        for _, name in list_segments(self.dir):
-            e = listed.pop(name, None)
-            if e is None or e.size != os.stat(os.path.join(self.dir, name)).st_size:
-                return True
-        return bool(listed)
+        try:
+            _, reason = reconcile(self.dir, full=False, holes=self.holes)
+        except FormatError:
+            return True  # a damaged header: the index is rebuilt after the files are repaired
+        return bool(reason)
 
     # ------------------------------------------------------------------ applying
 

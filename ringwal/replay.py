@@ -2,7 +2,8 @@
 
 Vocabulary: records, sequence numbers and corruption reports. ``replay(dir, after_seq)``
 yields every record with ``seq > after_seq`` in order, opening only the segments it needs
-(the index, or the 64-byte segment headers when the index is stale, say where each starts).
+(the index, checked against the 64-byte segment headers, says where each starts and ends;
+where it disagrees with them the headers decide: ``index.reconcile``).
 
 Reading while a writer appends:
 
@@ -32,7 +33,7 @@ from typing import NamedTuple
 
 from .errors import ConfigError, CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
 from .format import FRAME_HEADER_SIZE, SegmentHeader
-from .holes import load_holes
+from .holes import Holes, load_holes
 from .index import reconcile
 from .record import Record, check_seq
 from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header
@@ -71,8 +72,12 @@ def replay(
     return chain.from_iterable(_replay(directory, after_seq + 1, serializer, _HoleCheck(directory, skip_holes)))
 
 
-def _plan(directory: str) -> list[_Seg]:
+def _plan(directory: str, holes: Holes) -> list[_Seg]:
     """Completed segments plus ``current.wal``, as one consistent picture.
+
+    The index says where each completed segment starts and ends only after ``reconcile``
+    checked it against the segment headers (one 64-byte read per segment); where it
+    disagrees, the plan uses the headers and reads the segment to learn where it ends.
 
     A rotation between listing the segments and opening ``current.wal`` would pair a listing
     from before the rename with the ``current.wal`` (or its absence) from after it, and
@@ -81,7 +86,7 @@ def _plan(directory: str) -> list[_Seg]:
     """
     for _attempt in range(PLAN_ATTEMPTS):
         before = list_segments(directory)
-        entries, _ = reconcile(directory, full=False)
+        entries, _ = reconcile(directory, full=False, holes=holes)
         plan = [_Seg(e.first_seq, e.last_seq, os.path.join(directory, e.file), False) for e in entries]
         cur = os.path.join(directory, CURRENT)
         try:
@@ -138,7 +143,7 @@ class _HoleCheck:
 
 
 def _replay(directory: str, want: int, serializer: Serializer | None, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
-    plan = _plan(directory)
+    plan = _plan(directory, holes.holes)
     if plan and want < plan[0].first_seq:
         want = plan[0].first_seq  # the records before it were removed by retention
     done: set[str] = set()
@@ -148,7 +153,7 @@ def _replay(directory: str, want: int, serializer: Serializer | None, holes: _Ho
         if seg is None or seg.first_seq > want:
             if not fresh:
                 # A rotation may have happened since the plan was made: look again, once.
-                plan, fresh = _plan(directory), True
+                plan, fresh = _plan(directory, holes.holes), True
                 continue
             if seg is None:
                 return
@@ -165,7 +170,7 @@ def _replay(directory: str, want: int, serializer: Serializer | None, holes: _Ho
             got = yield from _replay_completed(seg, want, serializer, holes)
             if got is None:
                 # Removed by retention after we planned: the records now start later.
-                plan, fresh = _plan(directory), True
+                plan, fresh = _plan(directory, holes.holes), True
                 if plan and want < plan[0].first_seq:
                     want = plan[0].first_seq
                 continue
@@ -176,12 +181,12 @@ def _replay(directory: str, want: int, serializer: Serializer | None, holes: _Ho
         result = yield from _replay_current(seg, want, serializer, holes)
         if result is None:
             # Rotated away (or replaced by a newer one) between planning and opening.
-            plan, fresh = _plan(directory), True
+            plan, fresh = _plan(directory, holes.holes), True
             continue
         want, renamed = result
         if not renamed:
             return
-        plan, fresh = _plan(directory), True
+        plan, fresh = _plan(directory, holes.holes), True
 
 
 def _serializer_for(header: SegmentHeader, path: str, serializer: Serializer | None) -> Serializer:

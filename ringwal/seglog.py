@@ -35,6 +35,28 @@ Rotation order and its crash windows (each is tested in ``tests/test_crash.py``)
    -> crash: a stray .tmp, deleted on the next open.
 4. replace ``wal_index.json`` atomically
    -> crash: a stale index, rebuilt from the segments on the next open (with a warning).
+
+Clocks. Two are used, both seams: ``clock`` (wall, ns since the epoch) for what humans read
+and what outlives this process -- the segment header's created time and the index's
+``closed_ns`` -- and ``monotonic`` for every age measured within this writer's life, so that
+a wall-clock step while it runs (NTP, an operator, a VM resumed) changes no decision:
+
+* ``current.wal`` created by this writer ages on the monotonic clock from its creation;
+* ``current.wal`` recovered at open ages from its header's created time, bounded: its age at
+  open is ``wall now - created``, clamped to >= 0 (a created time in the future means the
+  clock was stepped back since: age 0), then it ages monotonically; one older than
+  ``segment_duration`` rotates at the first chance;
+* a completed segment's age, for retention, is its wall age at this writer's open (``wall now
+  - closed_ns``, clamped to >= 0) plus monotonic time since; one closed during this writer's
+  life starts at age 0 when it is closed.
+
+A step *before* the writer starts still counts: a forward step of D (or D of downtime -- the
+two look the same) makes every segment D older at the next open, so retention by age may
+remove segments at once and a non-empty ``current.wal`` rotates at once; a backward step
+makes them younger (never below 0), so they are kept up to D longer (a segment from "the
+future" at most ``retention_max_age`` after the open) and rotation waits at most
+``segment_duration`` after the open. The same holds for wall times written by an earlier
+writer whose clock was later corrected.
 """
 
 from __future__ import annotations
@@ -71,7 +93,9 @@ class SegmentLog:
     ``apply_retention`` remove completed segments; ``close`` syncs and releases the lock.
 
     From ``config`` it uses ``dir``, ``segment_size`` and ``segment_duration``.
-    ``clock``, ``fsync`` and ``fdatasync`` are fault seams for tests.
+    ``clock`` (wall, ns since the epoch), ``monotonic`` (ns, any origin), ``fsync`` and
+    ``fdatasync`` are fault seams for tests; ages are measured on ``monotonic`` (see the
+    module docstring, "Clocks").
     """
 
     # Class-level defaults, so close() and repr work on a half-built object.
@@ -79,6 +103,8 @@ class SegmentLog:
     _failed: BaseException | None = None
     _dirlock: DirLock | None = None
     _seg: ActiveSegment  # set by _open_storage; absent while it has not succeeded
+    _seg_born: int  # monotonic ns at which current.wal had age 0
+    _closed_at: dict[str, int]  # completed segment -> monotonic ns at which it had age 0
 
     def __init__(
         self,
@@ -86,6 +112,7 @@ class SegmentLog:
         serializer_name: str,
         *,
         clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], int] = time.monotonic_ns,
         fsync: FsyncFn = os.fsync,
         fdatasync: FsyncFn = os.fdatasync,
     ) -> None:
@@ -94,6 +121,7 @@ class SegmentLog:
         self.config = config
         self.serializer_name = serializer_name
         self._clock = clock
+        self._mono = monotonic
         self._fsync = fsync
         self._fdatasync = fdatasync
         self._segment_size = config.segment_size
@@ -137,8 +165,6 @@ class SegmentLog:
             path = os.path.join(d, e.file)
             header = read_header(path)
             self._check_serializer(header.serializer, path)
-            if header.first_seq != e.first_seq:
-                reason = reason or f"stale ({e.file} starts at {header.first_seq}, index says {e.first_seq})"
             if (
                 prev is not None
                 and header.first_seq != prev.last_seq + 1
@@ -152,6 +178,10 @@ class SegmentLog:
                 )
             prev = e
         self._entries = entries
+        # Ages from wall times written by earlier writers: taken once, here, clamped to >= 0
+        # (a time in the future: the clock was stepped back since), then monotonic.
+        wall0, mono0 = self._clock(), self._mono()
+        self._closed_at = {e.file: mono0 - max(0, wall0 - e.closed_ns) for e in entries}
         # entries list every NNNNNN.wal in the directory, in number order
         self._next_number = segment_number(entries[-1].file) + 1 if entries else 1
         expected = entries[-1].last_seq + 1 if entries else None
@@ -190,9 +220,11 @@ class SegmentLog:
                     scan.next_seq,
                 )
             self._seg = ActiveSegment.recover(d, header, scan, prealloc, self._fsync)
+            self._seg_born = mono0 - max(0, wall0 - header.created_ns)
         else:
             first = expected if expected is not None else 1
-            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, self._clock()), prealloc, self._fsync)
+            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0), prealloc, self._fsync)
+            self._seg_born = mono0
         if reason:
             if reason != "missing" or entries:
                 log.warning("%s: wal_index.json %s; rebuilt it from the segment files", d, reason)
@@ -305,9 +337,8 @@ class SegmentLog:
     # ----------------------------------------------------------------- rotation
 
     def _segment_expired(self) -> bool:
-        """current.wal holds records and is older than segment_duration."""
-        seg = self._seg
-        return bool(seg.records) and self._clock() - seg.header.created_ns >= self._duration_ns
+        """current.wal holds records and is older than segment_duration (monotonic age)."""
+        return bool(self._seg.records) and self._mono() - self._seg_born >= self._duration_ns
 
     def _rotate_if_expired(self) -> None:
         if self._segment_expired():
@@ -332,11 +363,13 @@ class SegmentLog:
         self._next_number += 1
         entry = IndexEntry(name, seg.first_seq, seg.next_seq - 1, seg.write_pos, seg.header.created_ns, self._clock())
         self._entries.append(entry)
+        self._closed_at[name] = self._mono()
         seg.close()
         # 3. Crash here: no current.wal, maybe a current.wal.tmp; the next open recreates it.
         self._seg = ActiveSegment.create(
             d, SegmentHeader(self.serializer_name, seg.next_seq, self._clock()), self._segment_size, self._fsync
         )
+        self._seg_born = self._mono()
         # 4. Crash before this completes: a stale index, rebuilt on the next open.
         write_index(d, self.serializer_name, self._entries, self._fsync)
         log.debug("rotated %s (seqs %d-%d, %d bytes)", name, entry.first_seq, entry.last_seq, entry.size)
@@ -361,7 +394,11 @@ class SegmentLog:
 
     def apply_retention(self, max_bytes: int | None, max_age: float | None) -> tuple[list[IndexEntry], int]:
         """Remove the oldest completed segments beyond ``max_bytes`` in all or closed more than
-        ``max_age`` seconds ago (the active segment counts towards the bytes, never goes)."""
+        ``max_age`` seconds ago (the active segment counts towards the bytes, never goes).
+
+        The age is monotonic within this writer's life (module docstring, "Clocks"): a
+        wall-clock step while the log is open neither removes young segments nor keeps old ones.
+        """
         self.check_open()
         entries = self._entries
         n = 0
@@ -371,8 +408,9 @@ class SegmentLog:
                 total -= entries[n].size
                 n += 1
         if max_age is not None:
-            cutoff = self._clock() - int(max_age * 1e9)
-            while n < len(entries) and entries[n].closed_ns < cutoff:
+            limit = int(max_age * 1e9)
+            now = self._mono()
+            while n < len(entries) and now - self._closed_at[entries[n].file] > limit:
                 n += 1
         return self._remove_oldest(n)
 
@@ -387,6 +425,8 @@ class SegmentLog:
                         pass
                 fsync_dir(self.dir, self._fsync)
                 self._entries = self._entries[n:]
+                for e in victims:
+                    self._closed_at.pop(e.file, None)
                 write_index(self.dir, self.serializer_name, self._entries, self._fsync)
             except BaseException as exc:
                 raise self._fail(exc, "removing old segments") from exc

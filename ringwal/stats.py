@@ -1,7 +1,8 @@
 """``log_stats(dir)``: what ``ringwal stats`` shows, as a plain dict (its ``--json`` output).
 
-The files part reads only what is cheap: the index (checked against the directory by
-``reconcile``, scanning only segments it does not match), the headers and ``current.wal``.
+The files part reads only what is cheap: the index (checked against the directory and the
+segment headers by ``reconcile``, scanning only segments it does not describe correctly), the
+headers and ``current.wal``.
 The writer part comes from ``ring.RingView`` (which stores nothing), from the words the
 writer publishes: pid and start time, next and durable seq, records/s
 over the last second, the fsync histogram, and each lane's owner and fill.

@@ -15,15 +15,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FakeClock:
-    """A clock for the ``clock=`` seam: time moves only when a test says so."""
+    """A wall clock for the ``clock=`` seam with its ``monotonic`` companion for the
+    ``monotonic=`` seam: time moves only when a test says so.
 
-    def __init__(self, start_ns: int = 1_700_000_000_000_000_000) -> None:
+    ``advance`` is time passing (both move); ``step`` is the wall clock being set (NTP, an
+    operator): only the wall clock moves, as on a real machine.
+    """
+
+    def __init__(self, start_ns: int = 1_700_000_000_000_000_000, mono_ns: int = 1_000_000_000_000) -> None:
         self.now = start_ns
+        self.mono = mono_ns
 
     def __call__(self) -> int:
         return self.now
 
+    def monotonic(self) -> int:
+        return self.mono
+
     def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+        self.mono += int(seconds * 1e9)
+
+    def step(self, seconds: float) -> None:
         self.now += int(seconds * 1e9)
 
 

@@ -65,7 +65,7 @@ def test_rotation_by_size_keeps_seqs_gap_free(cfg):
 
 def test_rotation_by_duration(cfg, clock):
     cfg.segment_duration = 2.0
-    with WAL(cfg, clock=clock) as w:
+    with WAL(cfg, clock=clock, monotonic=clock.monotonic) as w:
         w.append(rec(0))
         w.sync()
         clock.advance(1.0)

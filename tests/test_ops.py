@@ -292,7 +292,7 @@ def test_verify_draws_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
 
 def test_retention_by_age_removes_completed_segments_closed_too_long_ago(tmp_path, clock):
     d = str(tmp_path / "wal")
-    with ringwal.WAL(Config(dir=d, segment_size=2048), clock=clock) as w:
+    with ringwal.WAL(Config(dir=d, segment_size=2048), clock=clock, monotonic=clock.monotonic) as w:
         for i in range(40):
             w.append(rec(i))
             w.flush()

@@ -113,7 +113,7 @@ def test_write_records_splits_frames_at_segment_size(cfg):
 
 def test_flush_rotates_a_segment_older_than_segment_duration(cfg, clock):
     cfg.segment_duration = 2.0
-    with SegmentLog(cfg, "binary", clock=clock) as sl:
+    with SegmentLog(cfg, "binary", clock=clock, monotonic=clock.monotonic) as sl:
         sl.write_body(body_of([rec(0)]), 1)
         clock.advance(1.0)
         sl.flush()
