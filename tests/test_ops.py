@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -280,7 +281,10 @@ def test_verify_draws_a_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
             assert verify(d, progress=bar).ok
             bar.done()
             tty.flush()
-        drawn = os.read(master, 1 << 16).decode()
+        # A pty hands over what it holds in chunks: read until the full bar arrives (bounded).
+        drawn = ""
+        while "########################################]" not in drawn and select.select([master], [], [], 5)[0]:
+            drawn += os.read(master, 1 << 16).decode()
     finally:
         os.close(master)
         os.close(slave)
