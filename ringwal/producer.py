@@ -30,6 +30,7 @@ from ._launch import start_writer
 from .config import Config
 from .errors import (
     ClosedError,
+    InvalidRecordError,
     RingFullError,
     SerializerMismatchError,
     WaitTimeoutError,
@@ -228,30 +229,36 @@ class Handle:
         return Receipt(self, c)
 
     def append_many(self, records: Iterable[Record]) -> BatchReceipt:
-        """Put records into the ring in order; all are accepted or none (InvalidRecordError)."""
+        """Put records into the ring in order as one publication: all are accepted or none.
+
+        The batch gets one contiguous range of seqs (no other producer's record lands inside
+        it), and a process killed during the call leaves all of it or none of it in the log.
+        So the whole batch must fit one ring lane: a batch larger than ``ring_size`` (framed:
+        4 bytes per record plus its payload) raises InvalidRecordError before anything is
+        written. Waits up to ``append_timeout`` for room for the whole batch.
+        """
         recs = [r if r.__class__ is Record and not r[3] else _as_record(r) for r in records]
         framed = self._frame_many(recs)
         limit = self._maxn
         for f in framed:
             if len(f) > limit:
                 raise _too_large(len(f) - 4, limit - 4)
+        blob = b"".join(framed)
         with self._lock:
             side = self._usable_side()
             first = side.count + 1
-            # One publication per chunk that fits half a lane; each chunk is one head store.
-            cap = side.ring.ring_size // 2
-            i, total = 0, len(framed)
-            while i < total:
-                j, size = i, 0
-                while j < total and size + len(framed[j]) <= cap:
-                    size += len(framed[j])
-                    j += 1
-                if j == i:
-                    j = i + 1
-                blob = framed[i] if j == i + 1 else b"".join(framed[i:j])
-                self._publish_waiting(blob, j - i, self.config.append_timeout)
-                i = j
-            return BatchReceipt(self, first, total)
+            if not framed:
+                return BatchReceipt(self, first, 0)
+            ring_size = side.ring.ring_size
+            if len(blob) > ring_size:
+                raise InvalidRecordError(
+                    f"a batch of {len(framed)} records is {len(blob)} bytes framed, more than one ring lane "
+                    f"holds (ring_size={ring_size}); append_many publishes a batch at once, so nothing was "
+                    "written: split the batch, or raise ring_size in Config (it applies when the writer next "
+                    "creates the ring)"
+                )
+            self._publish_waiting(blob, len(framed), self.config.append_timeout)
+            return BatchReceipt(self, first, len(framed))
 
     def _publish_waiting(self, blob: bytes, count: int, timeout: float) -> int:
         """Publish, waiting up to ``timeout`` for room; the new count (lock held)."""
