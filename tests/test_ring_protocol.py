@@ -17,10 +17,11 @@ import posix_ipc
 import pytest
 
 from ringwal import BinarySerializer, Record
-from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names
+from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names, unlink_names
 
 SER = BinarySerializer()
 RING_SIZE = 64 * 1024
+MAX_RECORD = RING_SIZE - 4  # the largest Config allows: the writer checks every length against it
 
 
 class Crash(Exception):
@@ -72,6 +73,7 @@ def no_writer_change() -> bool:
 @pytest.fixture
 def rdir(tmp_path):
     d = str(tmp_path)
+    unlink_names(d)  # a ring left by a deleted directory with the same inode (see conftest.wdir)
     yield d
     name, sem = ring_names(d)
     for unlink in (lambda: posix_ipc.unlink_shared_memory(name), lambda: posix_ipc.unlink_semaphore(sem)):
@@ -82,7 +84,7 @@ def rdir(tmp_path):
 
 
 def open_writer(d: str, disk: Disk, at=never, slots: int = 4) -> WriterSide:
-    side = WriterSide.open(d, slots, RING_SIZE, 4096, SER.name, at)
+    side = WriterSide.open(d, slots, RING_SIZE, MAX_RECORD, SER.name, at)
     side.recover(disk.last_seq, 1)
     side.publish_ready()
     return side
