@@ -1371,6 +1371,7 @@ class WriterSide:
             why = describe_walk(res, ncount, nbytes, self.ring.max_record)
             what = f"dropped {ncount} records ({nbytes} bytes) published in ring lane {k} by {who} without writing them"
             self.dropped.append((k, pid, f"{what}: they are not whole records: {why}"))
+        self._at("poisoned")
         c[L_TAIL] = head
         c[L_PENDING_TAIL] = head
         lane.tail = head

@@ -16,7 +16,8 @@ import time
 import posix_ipc
 import pytest
 
-from ringwal import BinarySerializer, Record
+from ringwal import BinarySerializer, LanePoisonedError, Record
+from ringwal.format import L_HEAD, L_POISON, L_TAIL
 from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names, unlink_names
 
 SER = BinarySerializer()
@@ -267,3 +268,195 @@ def test_shutdown_reclaims_dead_owners_and_unlinks_only_an_unused_ring(rdir):
     w2.close()
     assert not os.path.exists("/dev/shm" + ring_names(rdir)[0])
 
+
+
+# ---------------------------------------------------------------- spans cut to fit a frame
+
+BUDGET = 600
+
+
+def frame_sizes(disk: Disk) -> list[int]:
+    return [sum(len(SER.frame(r)) for r in recs) for _, recs in disk.frames]
+
+
+def contiguous(disk: Disk, tag: bytes) -> list[int]:
+    """The seqs of ``tag``'s records, checked to be one unbroken run."""
+    seqs = [seq for key, seq in seq_map(disk).items() if key.startswith(tag + b":")]
+    assert seqs == list(range(min(seqs), min(seqs) + len(seqs))), f"{tag!r}'s publication was split: {seqs}"
+    return seqs
+
+
+def test_a_span_cut_to_fit_the_budget_is_finished_before_any_other_lane(rdir):
+    """A publication larger than a frame is cut at record boundaries into several frames;
+    the rest of it opens the next drains, so no other lane's record lands inside it."""
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    b, a = producer(rdir), producer(rdir)  # b on lane 0: plain round robin would start with b
+    batch = [rec("a", i) for i in range(60)]
+    assert a.publish(b"".join(batch), len(batch)) == 60  # one head store
+    assert w.drain(disk.last_seq + 1, BUDGET, disk.write) > 0  # cuts a's span
+    for i in range(5):
+        b.publish(rec("b", i), 1)
+    drain_all(w, disk, budget=BUDGET)
+    check(disk, {"a": 60, "b": 5})
+    assert contiguous(disk, b"a") == list(range(1, 61))
+    assert len(disk.frames) > 3 and max(frame_sizes(disk)) <= BUDGET
+    for i in range(60):
+        assert a.seq_of(a.base + i + 1) == i + 1
+    a.release(), b.release()
+    w.close()
+
+
+@pytest.mark.parametrize(
+    "point, nth",
+    [("pending", 1), ("written", 1), ("lane_finished", 1), ("resume_set", 1), ("pending", 2), ("written", 2), ("resume_set", 2)],
+)
+def test_a_writer_dying_between_the_frames_of_a_cut_span_resumes_that_lane_first(rdir, point, nth):
+    """The fact "lane a's rest comes next" lives in the ring (resume words, stored as the cut
+    drain finishes): a new writer, whose round robin would start at lane b, still starts with a."""
+    disk = Disk()
+    w = open_writer(rdir, disk, crash_at(point, nth))
+    b, a = producer(rdir), producer(rdir)
+    batch = [rec("a", i) for i in range(60)]
+    a.publish(b"".join(batch), len(batch))
+    try:
+        w.drain(disk.last_seq + 1, BUDGET, disk.write)
+        for i in range(5):
+            b.publish(rec("b", i), 1)
+        drain_all(w, disk, budget=BUDGET)
+    except Crash:
+        pass
+    else:
+        pytest.fail(f"never reached {point} #{nth}")
+    w.close()
+    w2 = open_writer(rdir, disk)
+    for i in range(b.count - b.base, 5):
+        b.publish(rec("b", i), 1)
+    drain_all(w2, disk, budget=BUDGET)
+    check(disk, {"a": 60, "b": 5})
+    contiguous(disk, b"a")
+    assert max(frame_sizes(disk)) <= BUDGET
+    where = seq_map(disk)
+    for i in range(60):
+        assert a.seq_of(a.base + i + 1) == where[b"a:%d" % i]
+    a.release(), b.release()
+    w2.close()
+
+
+def test_a_record_larger_than_the_budget_is_a_frame_of_its_own(rdir):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a = producer(rdir)
+    a.publish(rec("a", 0, size=2000) + rec("a", 1), 2)
+    drain_all(w, disk, budget=BUDGET)
+    check(disk, {"a": 2})
+    assert [len(recs) for _, recs in disk.frames] == [1, 1]
+    a.release()
+    w.close()
+
+
+# ---------------------------------------------------------------- spans that are not records
+
+
+def garbage(side: ProducerSide, how: str) -> None:
+    """Publish something that is not records into ``side``'s lane, as a buggy process might."""
+    if how == "lengths":  # 0xabababab is no length
+        assert side.publish(b"\xab" * 64, 3) > 0
+    elif how == "count":  # two good records, the head claims three
+        assert side.publish(rec("c", 900) + rec("c", 901), 3) > 0
+    elif how == "zero":  # a record length of 0
+        assert side.publish(rec("c", 900) + bytes(8), 2) > 0
+    else:  # a head word claiming more bytes than the lane holds
+        head = side._ctl[L_HEAD]
+        side._ctl[L_HEAD] = (((head >> 32) + 1) & 0xFFFFFFFF) << 32 | ((head + RING_SIZE + 8) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("how", ["lengths", "count", "zero", "head"])
+def test_a_span_that_is_not_records_is_dropped_and_its_producer_poisoned(rdir, how):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a, c = producer(rdir), producer(rdir)
+    for i in range(10):
+        a.publish(rec("a", i), 1)
+        c.publish(rec("c", i), 1)
+    drain_all(w, disk)
+    good = c.count
+    garbage(c, how)
+    for i in range(10, 20):
+        a.publish(rec("a", i), 1)
+    drain_all(w, disk)
+    check(disk, {"a": 20, "c": 10})  # nothing of the garbage reached a frame
+    assert len(w.dropped) == 1
+    lane, pid, message = w.dropped[0]
+    assert (lane, pid) == (c.lane, os.getpid()) and f"ring lane {c.lane}" in message
+    with pytest.raises(LanePoisonedError) as e:
+        c.publish(rec("c", 10), 1)
+    assert e.value.lane == c.lane and e.value.first_dropped == good + 1
+    with pytest.raises(LanePoisonedError):
+        c.wait_progress(False, good + 1, time.monotonic() + 5, no_writer_change)
+    # the records before the dropped span keep their seqs
+    assert c.seq_of(good) == seq_map(disk)[b"c:9"]
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w.close()
+
+
+def test_a_poisoned_producers_later_publications_are_dropped_too(rdir):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a, c = producer(rdir), producer(rdir)
+    garbage(c, "lengths")
+    drain_all(w, disk)
+    c._ctl[L_POISON] = 0  # pretend c published before it could see the poison...
+    c.publish(rec("c", 0), 1)
+    c._ctl[L_POISON] = c._token  # ... which the writer had stored
+    a.publish(rec("a", 0), 1)
+    drain_all(w, disk)
+    check(disk, {"a": 1})
+    assert "c" not in {r.data.split(b":")[0].decode() for r in disk.records()}
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w.close()
+
+
+def test_a_writer_dying_while_dropping_a_span_drops_it_again(rdir):
+    """Poison words stored, tail not yet advanced: the next writer drops the span as a
+    poisoned owner's, and nothing of it is ever framed."""
+    disk = Disk()
+    w = open_writer(rdir, disk, crash_at("poisoned"))
+    a, c = producer(rdir), producer(rdir)
+    a.publish(rec("a", 0), 1)
+    garbage(c, "lengths")
+    with pytest.raises(Crash):
+        drain_all(w, disk)
+    w.close()
+    w2 = open_writer(rdir, disk)
+    a.publish(rec("a", 1), 1)
+    drain_all(w2, disk)
+    check(disk, {"a": 2})
+    with pytest.raises(LanePoisonedError):
+        c.publish(rec("c", 0), 1)
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w2.close()
+
+
+def test_the_rest_of_a_cut_span_that_turns_out_not_records_is_dropped_and_others_go_on(rdir):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    b, a = producer(rdir), producer(rdir)
+    batch = [rec("a", i) for i in range(60)]
+    a.publish(b"".join(batch), len(batch))
+    w.drain(disk.last_seq + 1, BUDGET, disk.write)  # cut: the rest waits in the lane
+    written = len(disk.records())
+    tail = a._ctl[L_TAIL] & (RING_SIZE - 1)
+    a._data[tail : tail + 4] = b"\xff\xff\xff\x7f"  # something scribbles over the rest
+    for i in range(5):
+        b.publish(rec("b", i), 1)
+    drain_all(w, disk, budget=BUDGET)
+    per = check(disk, {"b": 5})
+    assert per["a"] == list(range(written))
+    with pytest.raises(LanePoisonedError):
+        a.publish(rec("a", 60), 1)
+    a.release(), b.release()
+    w.close()
