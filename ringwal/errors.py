@@ -93,10 +93,11 @@ class LanePoisonedError(RingError):
     """The writer found bytes in this handle's ring lane that are not whole records (something
     in the process wrote into the shared memory) and dropped them without writing them.
 
-    ``lane`` is the ring lane, ``first_dropped`` the number (as in its receipts: the n-th
-    record appended through the handle) of the first record that is not in the log; the
-    records before it are. ``reason`` says what was wrong. The handle has given back its lane
-    and raises this for every later call: open a new one.
+    ``lane`` is the ring lane; ``first_dropped`` is n when the n-th record the handle
+    appended on that lane (1-based; for a handle that never changed lanes, the n-th it
+    appended) is the first that is not in the log; the records before it are. ``reason``
+    says what was wrong. The handle has given back its lane and raises this for every later
+    call: open a new one.
     """
 
     def __init__(self, message: str, *, lane: int, first_dropped: int, reason: str) -> None:

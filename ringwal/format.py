@@ -257,19 +257,16 @@ def walk_records(buf: bytes | memoryview, count: int, max_record: int, span: int
     total = end if span is None else span
     if count <= 0 or total <= 0:
         return (WALK_OK, 0, 0, 0) if count <= 0 and total <= 0 else (WALK_COUNT, 0, 0, 0)
+    pos = k = 0
     if end >= 4:
         (n,) = _unpack_len(buf, 0)
         stride = n + 4
-        if 0 < n <= max_record:
-            m = count if span is None else min(count, end // stride)
-            if m > 1 and stride * m <= end and (span is not None or stride * m == end):
-                lb = _pack_len(n)
-                run = buf[: stride * m]
-                if all(run[i::stride] == lb[i : i + 1] * m for i in range(4)):
-                    if m == count and stride * m != total:
-                        return (WALK_COUNT, m, stride * m, m)
-                    return (WALK_OK, m, stride * m, 0)
-    pos = k = 0
+        m = min(count, end // stride)
+        if 0 < n <= max_record and m > 1:
+            lb = _pack_len(n)
+            run = buf[: stride * m]
+            if all(run[i::stride] == lb[i : i + 1] * m for i in range(4)):
+                k, pos = m, stride * m  # m records of the first one's length: the walk goes on after them
     unpack = _unpack_len
     try:
         while k < count:

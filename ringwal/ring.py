@@ -862,14 +862,15 @@ class ProducerSide:
         """The error for a lane whose span the writer dropped (call when the poison word
         holds this side's token): which records, and what was wrong with them."""
         c = self._ctl
-        first = max(self._count_of(c[L_POISON_FROM]) + 1, self.base + 1)
+        first = max(self._count_of(c[L_POISON_FROM]) - self.base, 0) + 1  # 1: the first since the claim
         why_word, span = c[L_POISON_WHY], c[L_POISON_SPAN]
         res = (why_word >> 32, why_word & M32, c[L_POISON_AT], c[L_POISON_VALUE])
         why = describe_walk(res, span >> 32, span & M32, self.ring.max_record)
         return LanePoisonedError(
             f"{self.ring.directory}: the writer found bytes in ring lane {self.lane} (this process, pid "
-            f"{os.getpid()}) that are not whole records ({why}) and dropped them without writing them: this "
-            f"handle's records from #{first} on are not in the log (those before are). Something in this process "
+            f"{os.getpid()}) that are not whole records ({why}) and dropped them without writing them: the records "
+            f"this handle appended on that lane from the {_nth(first)} on are not in the log (those before it are). "
+            "Something in this process "
             "wrote into the shared-memory ring; the handle has given back its lane and accepts no more work: "
             "open a new one",
             lane=self.lane,
@@ -1006,6 +1007,11 @@ class ProducerSide:
         with contextlib.suppress(posix_ipc.Error):
             self._wsem.close()
         self.ring.close()
+
+
+def _nth(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 class _WriterLane:

@@ -164,7 +164,7 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
                 for offset, _first, count, length in scan.frames():
                     res = walk_records(scan.body(offset, length), count, MAX_FRAME_BODY)
                     if res[0]:
-                        why = f"frame passes its checksum but its body is not {count} records: "
+                        why = f"frame passes its checksum but its body does not split into the {count} records: "
                         report.problems.append(Problem(path, offset, why + describe_walk(res, count, length)))
             except FormatError as exc:
                 report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
