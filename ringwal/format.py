@@ -40,6 +40,7 @@ Zero means nothing: a frame whose 24 header bytes are all zero is the end of the
 from __future__ import annotations
 
 import struct
+import sys
 from typing import Final
 
 from crc32c import crc32c
@@ -62,6 +63,7 @@ __all__ = [
     "describe_walk",
     "encode_frame",
     "frame_checksum",
+    "same_length_run",
     "walk_records",
 ]
 
@@ -250,28 +252,42 @@ def walk_records(buf: bytes | memoryview, count: int, max_record: int, span: int
     records: the walk takes the whole records that lie in ``buf`` (checking each against
     ``span``) and reports how many, so a caller can cut a run at a record boundary.
 
-    Records that all have the length of the first are checked with four strided byte
-    compares, in C; any other run costs one ``unpack_from`` per record.
+    Cost: a run of records that all have the first one's length is checked by one strided
+    compare in C (``_same_length_run``); any other record costs one ``unpack_from`` and a
+    compare, the least a Python loop can do (the writer runs this on every span it frames).
+    Only when something is wrong does a second, careful walk find out what and where.
     """
     end = len(buf)
     total = end if span is None else span
     if count <= 0 or total <= 0:
         return (WALK_OK, 0, 0, 0) if count <= 0 and total <= 0 else (WALK_COUNT, 0, 0, 0)
-    pos = k = 0
-    if end >= 4:
-        (n,) = _unpack_len(buf, 0)
-        stride = n + 4
-        m = min(count, end // stride)
-        if 0 < n <= max_record and m > 1:
-            lb = _pack_len(n)
-            run = buf[: stride * m]
-            if all(run[i::stride] == lb[i : i + 1] * m for i in range(4)):
-                k, pos = m, stride * m  # m records of the first one's length: the walk goes on after them
+    k, pos = same_length_run(buf, count, max_record) if count >= _RUN_MIN else (0, 0)
+    if span is None:
+        unpack = _unpack_len
+        try:
+            for _ in range(count - k):
+                (n,) = unpack(buf, pos)
+                if n > max_record or not n:
+                    break
+                pos += n + 4  # past end: the next unpack raises, or the end check below fails
+            else:
+                if pos == end:
+                    return (WALK_OK, count, end, 0)
+        except struct.error:
+            pass
+        k, pos = 0, 0  # something is wrong: walk again, carefully, to say what
+    return _walk_checked(buf, count, max_record, total, k, pos)
+
+
+def _walk_checked(buf: bytes | memoryview, count: int, max_record: int, total: int, start: int, pos: int) -> WalkResult:
+    """walk_records from record ``start`` at byte ``pos``, checking each step (see there)."""
+    end = len(buf)
     unpack = _unpack_len
+    k = start
     try:
-        while k < count:
+        for k in range(start, count):
             (n,) = unpack(buf, pos)
-            if not 0 < n <= max_record:
+            if n > max_record or not n:
                 return (WALK_ZERO_LENGTH if n == 0 else WALK_TOO_LARGE, k, pos, n)
             nxt = pos + 4 + n
             if nxt > end:
@@ -279,13 +295,48 @@ def walk_records(buf: bytes | memoryview, count: int, max_record: int, span: int
                     return (WALK_OVERRUN, k, pos, n)
                 break  # the next record lies past buf: the run is cut before it
             pos = nxt
-            k += 1
+        else:
+            k = count
     except struct.error:  # a length field past the end of buf
         if pos + 4 > total:
             return (WALK_OVERRUN if pos < total else WALK_COUNT, k, pos, total - pos if pos < total else k)
     if k == count and pos != total:
         return (WALK_COUNT, k, pos, k)
     return (WALK_OK, k, pos, 0)
+
+
+_LITTLE = sys.byteorder == "little"
+#: Fewer records than this are cheaper to walk one by one than to set up a strided compare for.
+_RUN_MIN = 16
+
+
+def same_length_run(buf: bytes | memoryview, count: int, max_record: int) -> tuple[int, int]:
+    """(m, bytes): the records that fit in ``buf`` at the first record's stride (at most
+    ``count``) all have the first one's length; (0, 0) when they do not (or are few).
+
+    One strided compare of the length fields as u32 (as u16 pairs, or bytes, when the stride
+    is not a multiple of 4) with themselves shifted by one record, all in C.
+    """
+    end = len(buf)
+    if end < 4:
+        return 0, 0
+    (n,) = _unpack_len(buf, 0)
+    stride = n + 4
+    m = min(count, end // stride)
+    if not 0 < n <= max_record or m < _RUN_MIN:
+        return 0, 0
+    run = memoryview(buf)[: stride * m]
+    # Each strided view holds one field of every length (all of it, or a u16 half, or a byte);
+    # all lengths equal the first iff every view equals itself shifted by one.
+    if _LITTLE and not stride & 3:
+        fields = [run.cast("I")[:: stride >> 2]]
+    elif _LITTLE and not stride & 1:
+        halves = run.cast("H")
+        fields = [halves[:: stride >> 1], halves[1 :: stride >> 1]]
+    else:
+        fields = [run[i::stride] for i in range(4)]
+    same = all(f[1:] == f[:-1] for f in fields)
+    return (m, stride * m) if same else (0, 0)
 
 
 def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int | None = None) -> str:

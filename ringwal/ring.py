@@ -244,6 +244,7 @@ from .format import (
     describe_walk,
     fsync_bucket,
     ring_layout,
+    same_length_run,
     walk_records,
 )
 
@@ -1185,10 +1186,11 @@ class WriterSide:
         visit = self._visit_order(heads)
         maxrec = self.ring.max_record
         pieces: list[bytes | memoryview] = []
-        # (lane, new tail, records, offset in body, bytes, checked already)
-        took: list[tuple[_WriterLane, int, int, int, int, bool]] = []
+        # (lane, new tail, records, offset in body, bytes); all but a cut span still unchecked
+        took: list[tuple[_WriterLane, int, int, int, int]] = []
         drops: list[tuple[_WriterLane, int, WalkResult | None, int, int]] = []
         cut: tuple[int, int] | None = None  # (lane, head): a span cut at a record boundary
+        checked = 0  # took[-1] was checked as it was cut (1) or not (0)
         total = count = 0
         for k, head in visit:
             lane = lanes[k]
@@ -1210,16 +1212,21 @@ class WriterSide:
                 else:
                     pieces.append(lane.data[off:])
                     pieces.append(lane.data[: end - size])
-                took.append((lane, head, ncount, total, nbytes, False))
+                took.append((lane, head, ncount, total, nbytes))
                 total += nbytes
                 count += ncount
                 if total >= budget:
                     break
                 continue
             # More than the budget has left: copy only what fits (at least one record when
-            # the frame is still empty) and take the whole records in it.
+            # the frame is still empty) and take the whole records in it. Rounded down to the
+            # first record's size, so that records of one length fill the copy exactly: then
+            # it is taken as it is (alone in the frame, it is the body, not copied again).
+            first = 4 + _U32.unpack(self._copy(lane, off, 4))[0]
             if not took:
-                room = max(room, min(4 + _U32.unpack(self._copy(lane, off, 4))[0], nbytes))
+                room = max(room, min(first, nbytes))
+            if first <= room:
+                room -= room % first
             prefix = self._copy(lane, off, room)
             res = walk_records(prefix, ncount, maxrec, nbytes)
             if res[0]:
@@ -1229,7 +1236,8 @@ class WriterSide:
             if kc:
                 new_tail = (((tail >> 32) + kc) & M32) << 32 | ((tail + b) & M32)
                 pieces.append(prefix if b == len(prefix) else memoryview(prefix)[:b])
-                took.append((lane, new_tail, kc, total, b, True))
+                took.append((lane, new_tail, kc, total, b))
+                checked = 1
                 total += b
                 count += kc
                 if new_tail != head:
@@ -1237,15 +1245,15 @@ class WriterSide:
             break
         body = b"".join(pieces)
         del pieces
-        if not all(t[5] for t in took):
-            body, count = self._check_taken(body, took, drops, maxrec)
+        if len(took) > checked:
+            body, count = self._check_taken(body, count, took, len(took) - checked, drops, maxrec)
         if drops:
             self._drop_all(drops)
         if not took:
             return 0
         w = self._w
         s = next_seq
-        for lane, new_tail, ncount, _off, _n, _checked in took:  # step 3: the drain becomes pending
+        for lane, new_tail, ncount, _off, _n in took:  # step 3: the drain becomes pending
             lane.ctl[L_PENDING_SEQ] = s
             lane.ctl[L_PENDING_TAIL] = new_tail
             s += ncount
@@ -1262,7 +1270,7 @@ class WriterSide:
         self._at("written")
         s = next_seq
         dirty = self._dirty
-        for lane, new_tail, ncount, _off, _n, _checked in took:  # step 5
+        for lane, new_tail, ncount, _off, _n in took:  # step 5
             self._finish_lane(lane, new_tail, s, redo=False)
             dirty.add(lane)
             self._at("lane_finished")
@@ -1314,26 +1322,47 @@ class WriterSide:
     def _check_taken(
         self,
         body: bytes,
-        took: list[tuple[_WriterLane, int, int, int, int, bool]],
+        count: int,
+        took: list[tuple[_WriterLane, int, int, int, int]],
+        unchecked: int,
         drops: list[tuple[_WriterLane, int, WalkResult | None, int, int]],
         maxrec: int,
     ) -> tuple[bytes, int]:
-        """Walk the spans taken whole, in the body (the private copy); move a bad one from
-        ``took`` to ``drops`` and rebuild the body without it. Returns (body, count)."""
+        """Walk the first ``unchecked`` spans of ``took`` (taken whole) in the body, the
+        writer's private copy; move a bad one to ``drops`` and rebuild the body without it.
+        Returns (body, count)."""
+        if len(took) == 1:
+            lane, head, ncount, _off, nbytes = took[0]
+            res = walk_records(body, ncount, maxrec)
+            if not res[0]:
+                return body, count
+            drops.append((lane, head, res, ncount, nbytes))
+            took.clear()
+            return b"", 0
+        if unchecked > 1:
+            # Often every record of every lane has one length: then one strided compare over
+            # them all, and each span being a whole number of those records, is the whole check.
+            last = took[unchecked - 1]
+            end = last[3] + last[4]
+            records = count - (took[-1][2] if unchecked < len(took) else 0)
+            if all(t[4] * records == t[2] * end for t in took[:unchecked]):  # the same bytes per record
+                run = same_length_run(body if end == len(body) else memoryview(body)[:end], records, maxrec)
+                if run == (records, end):
+                    return body, count
+        mv = memoryview(body)
         bad = []
-        with memoryview(body) as mv:
-            for i, (lane, head, ncount, off, nbytes, checked) in enumerate(took):
-                if not checked:
-                    res = walk_records(mv[off : off + nbytes], ncount, maxrec)
-                    if res[0]:
-                        bad.append(i)
-                        drops.append((lane, head, res, ncount, nbytes))
-            if not bad:
-                return body, sum(t[2] for t in took)
-            keep = [t for i, t in enumerate(took) if i not in bad]
-            body = b"".join([mv[t[3] : t[3] + t[4]] for t in keep])
-        took[:] = keep
-        return body, sum(t[2] for t in keep)
+        for i in range(unchecked):
+            lane, head, ncount, off, nbytes = took[i]
+            res = walk_records(mv[off : off + nbytes], ncount, maxrec)
+            if res[0]:
+                bad.append(i)
+                drops.append((lane, head, res, ncount, nbytes))
+        if bad:
+            took[:] = [t for i, t in enumerate(took) if i not in bad]
+            body = b"".join([mv[t[3] : t[3] + t[4]] for t in took])
+            count = sum(t[2] for t in took)
+        mv.release()
+        return body, count
 
     def _drop_all(self, drops: list[tuple[_WriterLane, int, WalkResult | None, int, int]]) -> None:
         """Drop each span (``_drop``), then wake the producers concerned (the _futex.py order:

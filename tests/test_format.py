@@ -233,3 +233,12 @@ def test_walk_records_names_what_is_wrong(body, count, outcome, words):
     res = walk_records(body, count, 1000)
     assert res[0] == outcome
     assert words in describe_walk(res, count, len(body), 1000)
+
+
+@pytest.mark.parametrize("n", [65536 + 4, 65536 + 2, 65536 + 1])  # strides of u32, u16 and byte compares
+def test_walk_records_fast_path_compares_every_byte_of_each_length(n):
+    body = body_of([n] * 3)
+    assert walk_records(body, 3, 1 << 20)[0] == WALK_OK
+    bad = bytearray(body)
+    bad[2 * (n + 4) + 2] ^= 1  # the third length's high half: 65536 + n becomes n
+    assert walk_records(bytes(bad), 3, 1 << 20)[:3] == (WALK_COUNT, 3, len(body) - 65536)

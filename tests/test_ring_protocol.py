@@ -460,3 +460,23 @@ def test_the_rest_of_a_cut_span_that_turns_out_not_records_is_dropped_and_others
         a.publish(rec("a", 60), 1)
     a.release(), b.release()
     w.close()
+
+
+def fixed(tag: str, i: int) -> bytes:
+    """A record whose length does not depend on ``i`` (the writer's same-length fast path)."""
+    return SER.frame(Record(1, i, f"{tag}:{i:05d}|".encode() + bytes(20)))
+
+
+@pytest.mark.parametrize("claimed", [19, 21, 10, 40])
+def test_same_length_records_in_every_lane_with_one_count_wrong_are_still_caught(rdir, claimed):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a, c, b = producer(rdir), producer(rdir), producer(rdir)
+    a.publish(b"".join(fixed("a", i) for i in range(20)), 20)
+    c.publish(b"".join(fixed("c", i) for i in range(20)), claimed)
+    b.publish(b"".join(fixed("b", i) for i in range(20)), 20)
+    drain_all(w, disk)
+    check(disk, {"a": 20, "b": 20})
+    assert [lane for lane, _pid, _msg in w.dropped] == [c.lane]
+    a.release(), b.release(), c.release()
+    w.close()
