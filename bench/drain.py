@@ -6,6 +6,10 @@ Two scenarios, both printing one JSON line per run (run it from a tree's root: t
 * ``inproc``: one process holds a ``WriterSide`` and ``--producers`` ``ProducerSide`` lanes;
   the lanes are filled (untimed), then ``drain`` is timed moving them into frames that are
   discarded (no disk): the writer's CPU cost per record, nothing else;
+* ``drains``: the same, but each of the lanes holds only ``--per-lane`` records when one
+  drain takes them all: the cost of a drain's fixed work per lane (what dominates when the
+  writer keeps up and spans are short); reported as the 10th percentile of per-drain time,
+  which a busy machine disturbs least;
 * ``e2e``: a ``ringwal serve`` writer and ``--producers`` processes appending as fast as they
   can for ``--seconds``, then one ``sync`` each: records/s end to end, and the writer
   process's CPU seconds per million records (on a 2-core machine the producers, not the
@@ -15,6 +19,7 @@ Two scenarios, both printing one JSON line per run (run it from a tree's root: t
 record walk off its fast path for same-length records.
 
     python bench/drain.py --scenario inproc --producers 4 --size 100 --runs 5
+    python bench/drain.py --scenario drains --producers 4 --per-lane 50 --runs 3
     python bench/drain.py --scenario e2e --producers 4 --size 100 --seconds 3 --runs 3
 """
 
@@ -91,6 +96,55 @@ def inproc(args: argparse.Namespace) -> dict:
             "records": drained,
             "records_per_s": drained / elapsed,
             "ns_per_record": elapsed / drained * 1e9,
+        }
+    finally:
+        w.close()
+        unlink_names(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def drains(args: argparse.Namespace) -> dict:
+    d = tempfile.mkdtemp(prefix="ringwal-drains-")
+    w = WriterSide.open(d, args.producers, 1 << 21, 1 << 20, SER.name, lambda name: None)
+    try:
+        w.recover(0, 1)
+        w.publish_ready()
+        sides = []
+        for _ in range(args.producers):
+            side = ProducerSide.claim(Ring.attach(d), 0)
+            assert side is not None
+            sides.append(side)
+        recs = records(args.size, args.vary)
+        seq = [1]
+
+        def write(body: bytes, count: int) -> int:
+            first = seq[0]
+            seq[0] += count
+            return first
+
+        per = args.per_lane
+        times = []
+        for _ in range(max(args.records // (per * args.producers), 100)):
+            for side in sides:
+                for i in range(per):
+                    side.publish(recs[i & 63], 1)
+            t0 = time.perf_counter()
+            got = w.drain(seq[0], 1 << 30, write)
+            times.append(time.perf_counter() - t0)
+            assert got == per * args.producers, got
+        for side in sides:
+            side.release()
+        times.sort()
+        q = times[len(times) // 10]
+        return {
+            "scenario": "drains",
+            "producers": args.producers,
+            "per_lane": per,
+            "size": args.size,
+            "vary": args.vary,
+            "us_per_drain_p10": q * 1e6,
+            "ns_per_record": q / (per * args.producers) * 1e9,
+            "records_per_s": per * args.producers / q,
         }
     finally:
         w.close()
@@ -175,18 +229,19 @@ def e2e(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=("inproc", "e2e"), default="inproc")
+    ap.add_argument("--scenario", choices=("inproc", "drains", "e2e"), default="inproc")
     ap.add_argument("--producers", type=int, default=4)
     ap.add_argument("--size", type=int, default=100, help="record payload bytes (binary serializer)")
     ap.add_argument("--vary", action="store_true", help="record lengths differ by 0..7 bytes")
-    ap.add_argument("--records", type=int, default=2_000_000, help="inproc: records drained per run")
+    ap.add_argument("--records", type=int, default=2_000_000, help="inproc, drains: records drained per run")
+    ap.add_argument("--per-lane", type=int, default=50, help="drains: records in each lane per drain")
     ap.add_argument("--budget", type=int, default=1 << 20, help="inproc: the drain's byte budget (frame size)")
     ap.add_argument("--seconds", type=float, default=3.0, help="e2e: seconds of appending per run")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     rows = []
     for _ in range(args.runs):
-        row = inproc(args) if args.scenario == "inproc" else e2e(args)
+        row = {"inproc": inproc, "drains": drains, "e2e": e2e}[args.scenario](args)
         rows.append(row)
         print(json.dumps(row), flush=True)
     key = "records_per_s"
