@@ -412,9 +412,9 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     19 first seq of this lane's span in the pending drain (W)
 #     24 poison (W): the owner token of a producer whose span the writer dropped as not
 #        records; its handle refuses work from then on (0 = never)
-#     25 count32 of the first record dropped       26 problem: outcome << 32 | record index
-#     27 byte offset of the problem in the span    28 value seen there (a length or count)
-#     29 the dropped span: count32 << 32 | bytes   (26-29 as walk_records reports them)
+#     25 count32 before the first record dropped   26 problem: outcome << 32 | record index
+#     27 byte offset of the problem in the dropped bytes   28 value seen there (a length or count)
+#     29 what was dropped: count32 << 32 | bytes   (26-29 as walk_records reports them)
 #
 # Span log entry (16 bytes; entry i of a lane at i % SPAN_LOG): the writer drained the
 # lane's records with counts start+1 .. end (mod 2**32) as seqs first_seq ..::

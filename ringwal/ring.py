@@ -45,7 +45,7 @@ Consuming (writer), one drain = one frame
        that does (at least one record when the body is still empty) and the drain stops
        there. Every span is checked on the writer's private copy (``walk_records``: each u32
        length is 1..max_record_size, the lengths tile the span exactly, into as many records
-       as the count in ``head`` says); a span that is not records is dropped (below);
+       as the count in ``head`` says); what is not records is dropped after step 5 (below);
     3. store each drained lane's new tail in ``pending_tail``, the cut lane and its head (or
        none) in ``pending_resume``, then ``pending_first``, ``pending_last`` and finally
        ``pending = 1`` in the ring header;
@@ -76,19 +76,25 @@ A publication stays contiguous in seq order
 Dropping a span that is not records
     A producer bug (or anything else in its process) can write garbage into its lane or its
     ``head`` word. Framed, it would pass every checksum and break every replay, so the writer
-    checks each span and drops a bad one: the poison words (what was wrong, the first record
-    dropped, then the owner's token, last), then ``tail = pending_tail = head`` of the span,
-    then the wake word and a futex wake of the lane. Nothing of the span is in a frame, so
-    this is not part of a pending drain. It gets no seqs and no span-log entry. While a
-    lane's poison word equals its owner's token, every later span of it is dropped as well
-    (a publication that raced the poisoning). The poisoned producer sees its token in the
+    checks each span and drops what is not records. When the walk fails at a record (a bad
+    length, or one running past the span), the whole records before it are framed as usual
+    and only the rest is dropped; a span whose lengths tile it into the wrong number of
+    records, or a head no lane can hold, is dropped whole. The drop comes after the drain's
+    frame is finished (step 5), so the tail it moves from is past the good records: the
+    poison words (what was wrong, the first record dropped, then the owner's token, last),
+    then ``tail = pending_tail = head`` of the span, then the wake word and a futex wake of
+    the lane. Nothing dropped is in a frame, so this is not part of a pending drain: no seqs,
+    no span-log entry. While a lane's poison word equals its owner's token, every later span
+    of it is dropped as well (a publication that raced the poisoning). The poisoned producer sees its token in the
     poison word at its next ``publish`` or wait and raises LanePoisonedError (records before
     the first dropped one are written and waited for as usual); its handle waits until the
     writer has dropped everything it published, then gives the lane back, so the next owner
-    inherits no record of it. Crash windows: before the poison words, nothing changed and
-    the next writer drops the span again; after them but before the tail store, the same (the
-    owner is poisoned already); after the tail store, a pending tail may lag the tail, and
-    ``recover`` realigns every pending tail when no drain is pending.
+    inherits no record of it. Crash windows: before the frame is finished, the pending
+    protocol above decides about the good records and the bad ones are still at (or after)
+    the tail; before the poison words, the next writer finds the bad bytes at the tail and
+    drops them; after them but before the tail store, the same (the owner is poisoned
+    already); after the tail store, a pending tail may lag the tail, and ``recover`` realigns
+    every pending tail when no drain is pending.
     What it does not catch: garbage whose lengths happen to tile with the right count (its
     payloads reach the log and fail in the serializer at replay), and a lane whose poisoned
     owner died and was reclaimed, then claimed by another producer before the writer drained
@@ -239,6 +245,7 @@ from .format import (
     SERIALIZER_NAME_SIZE,
     SPAN_LOG,
     SPAN_SIZE,
+    WALK_COUNT,
     WALK_SPAN,
     WalkResult,
     describe_walk,
@@ -1010,6 +1017,24 @@ class ProducerSide:
         self.ring.close()
 
 
+def _advance(word: int, records: int, nbytes: int) -> int:
+    """A head/tail word moved on by ``records`` records in ``nbytes`` bytes."""
+    return (((word >> 32) + records) & M32) << 32 | ((word + nbytes) & M32)
+
+
+def _bad_rest(
+    lane: _WriterLane, head: int, res: WalkResult, ncount: int, nbytes: int
+) -> tuple[_WriterLane, int, WalkResult, int, int, int]:
+    """The drop for a span whose walk failed: when the failure is at a record (a bad length,
+    or one running past the span) the whole records before it stay and are framed, and only
+    the rest, from that record to ``head``, is dropped; a span whose lengths tile it into the
+    wrong number of records is dropped whole (which of them would be the real ones?)."""
+    outcome, k, pos, value = res
+    if outcome in (WALK_COUNT, WALK_SPAN) or not k:
+        return (lane, head, res, ncount, nbytes, 0)
+    return (lane, head, (outcome, 0, 0, value), ncount - k, nbytes - pos, k)
+
+
 def _nth(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -1170,8 +1195,8 @@ class WriterSide:
         pending (ring.py).
 
         Every span is checked as records before it is written (``walk_records``, on the
-        writer's private copy, so a producer cannot change it after the check); a span that is
-        not records is dropped and its producer poisoned (``_drop``).
+        writer's private copy, so a producer cannot change it after the check); what is not
+        records is dropped after the frame and its producer poisoned (``_bad_rest``, ``_drop``).
 
         Lane words are read in bulk (a strided view's ``tolist``: one aligned 8-byte load per
         word, in C), so an idle pass costs well under a microsecond however many lanes exist.
@@ -1188,7 +1213,9 @@ class WriterSide:
         pieces: list[bytes | memoryview] = []
         # (lane, new tail, records, offset in body, bytes); all but a cut span still unchecked
         took: list[tuple[_WriterLane, int, int, int, int]] = []
-        drops: list[tuple[_WriterLane, int, WalkResult | None, int, int]] = []
+        # (lane, head, what was wrong or None for a poisoned owner's span, records, bytes,
+        # records of the span written before them)
+        drops: list[tuple[_WriterLane, int, WalkResult | None, int, int, int]] = []
         cut: tuple[int, int] | None = None  # (lane, head): a span cut at a record boundary
         checked = 0  # took[-1] was checked as it was cut (1) or not (0)
         total = count = 0
@@ -1198,10 +1225,10 @@ class WriterSide:
             nbytes = (head - tail) & M32
             ncount = ((head >> 32) - (tail >> 32)) & M32
             if lane.poison and lane.poison == lane.ctl[L_OWNER_TOKEN]:
-                drops.append((lane, head, None, ncount, nbytes))  # a poisoned producer's later spans
+                drops.append((lane, head, None, ncount, nbytes, 0))  # a poisoned producer's later spans
                 continue
             if nbytes > size or not nbytes or not ncount:
-                drops.append((lane, head, (WALK_SPAN, 0, 0, size), ncount, nbytes))
+                drops.append((lane, head, (WALK_SPAN, 0, 0, size), ncount, nbytes, 0))
                 continue
             room = budget - total
             off = tail & mask
@@ -1229,27 +1256,30 @@ class WriterSide:
                 room -= room % first
             prefix = self._copy(lane, off, room)
             res = walk_records(prefix, ncount, maxrec, nbytes)
-            if res[0]:
-                drops.append((lane, head, res, ncount, nbytes))
-                continue
             kc, b = res[1], res[2]
+            if res[0]:
+                drop = _bad_rest(lane, head, res, ncount, nbytes)
+                drops.append(drop)
+                kc, b = drop[5], nbytes - drop[4]
+                if not kc:
+                    continue
             if kc:
-                new_tail = (((tail >> 32) + kc) & M32) << 32 | ((tail + b) & M32)
+                new_tail = _advance(tail, kc, b)
                 pieces.append(prefix if b == len(prefix) else memoryview(prefix)[:b])
                 took.append((lane, new_tail, kc, total, b))
                 checked = 1
                 total += b
                 count += kc
-                if new_tail != head:
+                if new_tail != head and not res[0]:
                     cut = (k, head)
             break
         body = b"".join(pieces)
         del pieces
         if len(took) > checked:
             body, count = self._check_taken(body, count, took, len(took) - checked, drops, maxrec)
-        if drops:
-            self._drop_all(drops)
         if not took:
+            if drops:
+                self._drop_all(drops)
             return 0
         w = self._w
         s = next_seq
@@ -1283,6 +1313,8 @@ class WriterSide:
         w[RH_PENDING] = 0
         w[RH_NEXT_SEQ] = s  # after the frame's pwritev returned: the live-reader rule (RingView)
         w[RH_RECORDS] += count
+        if drops:  # after the frame: a lane's good records before its bad ones are in it now
+            self._drop_all(drops)
         return count
 
     def _visit_order(self, heads: list[int]) -> list[tuple[int, int]]:
@@ -1325,20 +1357,13 @@ class WriterSide:
         count: int,
         took: list[tuple[_WriterLane, int, int, int, int]],
         unchecked: int,
-        drops: list[tuple[_WriterLane, int, WalkResult | None, int, int]],
+        drops: list[tuple[_WriterLane, int, WalkResult | None, int, int, int]],
         maxrec: int,
     ) -> tuple[bytes, int]:
         """Walk the first ``unchecked`` spans of ``took`` (taken whole) in the body, the
-        writer's private copy; move a bad one to ``drops`` and rebuild the body without it.
+        writer's private copy. A bad span keeps the whole records before its first bad one
+        (``_bad_rest``); the rest goes to ``drops`` and the body is rebuilt without it.
         Returns (body, count)."""
-        if len(took) == 1:
-            lane, head, ncount, _off, nbytes = took[0]
-            res = walk_records(body, ncount, maxrec)
-            if not res[0]:
-                return body, count
-            drops.append((lane, head, res, ncount, nbytes))
-            took.clear()
-            return b"", 0
         if unchecked > 1:
             # Often every record of every lane has one length: then one strided compare over
             # them all, and each span being a whole number of those records, is the whole check.
@@ -1350,44 +1375,49 @@ class WriterSide:
                 if run == (records, end):
                     return body, count
         mv = memoryview(body)
-        bad = []
+        changed = False
         for i in range(unchecked):
             lane, head, ncount, off, nbytes = took[i]
-            res = walk_records(mv[off : off + nbytes], ncount, maxrec)
+            res = walk_records(mv[off : off + nbytes] if len(took) > 1 else body, ncount, maxrec)
             if res[0]:
-                bad.append(i)
-                drops.append((lane, head, res, ncount, nbytes))
-        if bad:
-            took[:] = [t for i, t in enumerate(took) if i not in bad]
-            body = b"".join([mv[t[3] : t[3] + t[4]] for t in took])
+                drop = _bad_rest(lane, head, res, ncount, nbytes)
+                drops.append(drop)
+                kept, b = drop[5], nbytes - drop[4]
+                took[i] = (lane, _advance(lane.tail, kept, b), kept, off, b)
+                changed = True
+        if changed:
+            body = b"".join([mv[t[3] : t[3] + t[4]] for t in took if t[2]])
+            took[:] = [t for t in took if t[2]]
             count = sum(t[2] for t in took)
         mv.release()
         return body, count
 
-    def _drop_all(self, drops: list[tuple[_WriterLane, int, WalkResult | None, int, int]]) -> None:
+    def _drop_all(self, drops: list[tuple[_WriterLane, int, WalkResult | None, int, int, int]]) -> None:
         """Drop each span (``_drop``), then wake the producers concerned (the _futex.py order:
         the words they check are stored before the wake word is bumped)."""
         bits = 0
-        for lane, head, res, ncount, nbytes in drops:
-            self._drop(lane, head, res, ncount, nbytes)
+        for lane, head, res, ncount, nbytes, kept in drops:
+            self._drop(lane, head, res, ncount, nbytes, kept)
             bits |= lane.bit
         w = self._w
         w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
         _futex.wake(self.ring.wake_addr, bits)
 
-    def _drop(self, lane: _WriterLane, head: int, res: WalkResult | None, ncount: int, nbytes: int) -> None:
-        """Advance the lane's tail to ``head`` without writing what lies before it, and
+    def _drop(self, lane: _WriterLane, head: int, res: WalkResult | None, ncount: int, nbytes: int, kept: int) -> None:
+        """Advance the lane's tail to ``head`` without writing what lies before it (``ncount``
+        records in ``nbytes`` said to follow the ``kept`` good ones the drain just framed), and
         poison its owner so that the owner's handle raises instead of waiting for seqs.
 
-        Not part of a pending drain (nothing of the span reaches a frame, so no frame's fate
-        depends on it). Crash windows: before the poison words, nothing changed and the next
-        writer finds the same span and drops it again; between them and the tail store, the
-        next writer drops it again (the owner is poisoned already, so it drops it as a
-        poisoned owner's span); after the tail store, the pending tail may lag, and ``recover``
-        realigns pending tails when no drain is pending. The resume words are cleared last;
-        a resume whose lane has reached its head is void anyway (``_visit_order``).
-        No seq is given to a dropped record and no span-log entry names it: a receipt for one
-        raises the poison error (``ProducerSide.wait_progress``).
+        Runs after the drain's frame is finished (or with no frame), outside the pending
+        protocol: nothing of the dropped bytes is in a frame. Crash windows: before the poison
+        words, nothing changed and the next writer finds the same bytes (now at the lane's
+        tail) and drops them again; between them and the tail store, the next writer drops
+        them again (the owner is poisoned already, so as a poisoned owner's span); after the
+        tail store, the pending tail may lag, and ``recover`` realigns pending tails when no
+        drain is pending. The resume words are cleared last; a resume whose lane has reached
+        its head is void anyway (``_visit_order``). No seq is given to a dropped record and no
+        span-log entry names it: a receipt for one raises the poison error
+        (``ProducerSide.wait_progress``).
         """
         c = lane.ctl
         k = lane.k
@@ -1405,7 +1435,8 @@ class WriterSide:
             who = f"pid {pid}" if pid else "no owner (its producer exited)"
             why = describe_walk(res, ncount, nbytes, self.ring.max_record)
             what = f"dropped {ncount} records ({nbytes} bytes) published in ring lane {k} by {who} without writing them"
-            self.dropped.append((k, pid, f"{what}: they are not whole records: {why}"))
+            before = f" (the {kept} records before them were written)" if kept else ""
+            self.dropped.append((k, pid, f"{what}: they are not whole records: {why}{before}"))
         self._at("poisoned")
         c[L_TAIL] = head
         c[L_PENDING_TAIL] = head

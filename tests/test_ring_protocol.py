@@ -371,8 +371,11 @@ def garbage(side: ProducerSide, how: str) -> None:
         side._ctl[L_HEAD] = (((head >> 32) + 1) & 0xFFFFFFFF) << 32 | ((head + RING_SIZE + 8) & 0xFFFFFFFF)
 
 
-@pytest.mark.parametrize("how", ["lengths", "count", "zero", "head"])
-def test_a_span_that_is_not_records_is_dropped_and_its_producer_poisoned(rdir, how):
+@pytest.mark.parametrize("how, kept", [("lengths", 0), ("count", 0), ("zero", 1), ("head", 0)])
+def test_a_span_that_is_not_records_is_dropped_and_its_producer_poisoned(rdir, how, kept):
+    """Nothing that is not whole records reaches a frame. A span whose failure is at a record
+    keeps the whole records before it (``zero``: one good record, then a length of 0); one
+    whose lengths tile it into the wrong count is dropped whole."""
     disk = Disk()
     w = open_writer(rdir, disk)
     a, c = producer(rdir), producer(rdir)
@@ -385,20 +388,51 @@ def test_a_span_that_is_not_records_is_dropped_and_its_producer_poisoned(rdir, h
     for i in range(10, 20):
         a.publish(rec("a", i), 1)
     drain_all(w, disk)
-    check(disk, {"a": 20, "c": 10})  # nothing of the garbage reached a frame
+    per = check(disk, {"a": 20})
+    assert per["c"] == list(range(10)) + [900] * kept  # nothing of the garbage reached a frame
     assert len(w.dropped) == 1
     lane, pid, message = w.dropped[0]
     assert (lane, pid) == (c.lane, os.getpid()) and f"ring lane {c.lane}" in message
     with pytest.raises(LanePoisonedError) as e:
         c.publish(rec("c", 10), 1)
-    assert e.value.lane == c.lane and e.value.first_dropped == good - c.base + 1
+    assert e.value.lane == c.lane and e.value.first_dropped == good - c.base + kept + 1
     with pytest.raises(LanePoisonedError):
-        c.wait_progress(False, good + 1, time.monotonic() + 5, no_writer_change)
-    # the records before the dropped span keep their seqs
-    assert c.seq_of(good) == seq_map(disk)[b"c:9"]
+        c.wait_progress(False, good + kept + 1, time.monotonic() + 5, no_writer_change)
+    # the records before the dropped ones keep their seqs
+    where = seq_map(disk)
+    assert c.seq_of(good) == where[b"c:9"]
+    if kept:
+        assert c.seq_of(good + 1) == where[b"c:900"]
     assert c.wait_emptied(time.monotonic() + 5)
     a.release(), c.release()
     w.close()
+
+
+@pytest.mark.parametrize("point", ["resume_set", "poisoned"])
+def test_good_records_before_bad_ones_in_one_span_are_written_and_only_the_rest_dropped(rdir, point):
+    """Honest records and then garbage, published before the writer looked: the honest ones
+    are framed, the rest dropped after the frame, also across a writer dying in between."""
+    disk = Disk()
+    w = open_writer(rdir, disk, crash_at(point))
+    a, c = producer(rdir), producer(rdir)
+    for i in range(30):
+        c.publish(rec("c", i), 1)
+    c.publish(b"\xab" * 64, 3)
+    a.publish(rec("a", 0), 1)
+    with pytest.raises(Crash):
+        drain_all(w, disk)
+    w.close()
+    w2 = open_writer(rdir, disk)
+    a.publish(rec("a", 1), 1)
+    drain_all(w2, disk)
+    check(disk, {"a": 2, "c": 30})
+    with pytest.raises(LanePoisonedError) as e:
+        c.publish(rec("c", 30), 1)
+    assert e.value.first_dropped == 31
+    assert c.seq_of(c.base + 30) == seq_map(disk)[b"c:29"]
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w2.close()
 
 
 def test_a_poisoned_producers_later_publications_are_dropped_too(rdir):
@@ -479,4 +513,23 @@ def test_same_length_records_in_every_lane_with_one_count_wrong_are_still_caught
     check(disk, {"a": 20, "b": 20})
     assert [lane for lane, _pid, _msg in w.dropped] == [c.lane]
     a.release(), b.release(), c.release()
+    w.close()
+
+
+@pytest.mark.parametrize("budget", [BUDGET, 1 << 20])  # checked while cut to fit, or whole
+def test_a_bad_length_inside_a_span_keeps_the_records_before_it(rdir, budget):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a = producer(rdir)
+    batch = [rec("a", i) for i in range(60)]
+    batch[5] = b"\xf0\xff\xff\xff" + batch[5][4:]  # record 5 claims 4 GiB
+    a.publish(b"".join(batch), 60)
+    drain_all(w, disk, budget=budget)
+    check(disk, {"a": 5})
+    [(lane, _pid, message)] = w.dropped
+    assert "dropped 55 records" in message and "the 5 records before them were written" in message
+    with pytest.raises(LanePoisonedError) as e:
+        a.publish(rec("a", 60), 1)
+    assert e.value.first_dropped == 6
+    a.release()
     w.close()
