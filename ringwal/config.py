@@ -32,6 +32,8 @@ class Config:
         Risk: with None, records appended but not flushed are lost if the process dies.
     write_buffer_size: bytes of encoded records buffered in the process before they are
         written to the OS as one checksummed batch (1 MiB). Larger batches cost less per record.
+        The writer process frames at most this many bytes at once (a larger single record goes
+        alone), and no more than fits in what is left of ``segment_size``.
     max_record_size: largest encoded record payload accepted (1 MiB); larger ones raise
         InvalidRecordError at ``append``. Through the ring it must fit a lane: at most
         ``ring_size - 4``.

@@ -13,7 +13,9 @@
     │                                     took over in time (``start_writer=False`` or it failed)
     ├── RingError                         the shared-memory ring cannot be used: an unknown
     │   │                                 layout version, or every producer slot is taken
-    │   └── SlotsExhaustedError           all ``producer_slots`` lanes are held by live producers
+    │   ├── SlotsExhaustedError           all ``producer_slots`` lanes are held by live producers
+    │   └── LanePoisonedError             the writer dropped bytes of this handle's lane that
+    │                                     were not records; the handle refuses all work
     ├── RingFullError (TimeoutError)      ``append`` waited ``append_timeout`` for room in the
     │                                     ring while a live writer did not drain it
     ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
@@ -85,6 +87,24 @@ class RingError(WALError):
 
 class SlotsExhaustedError(RingError):
     """Every producer slot of the ring is held by a live process; raise ``producer_slots``."""
+
+
+class LanePoisonedError(RingError):
+    """The writer found bytes in this handle's ring lane that are not whole records (something
+    in the process wrote into the shared memory) and dropped them without writing them.
+
+    ``lane`` is the ring lane; ``first_dropped`` is n when the n-th record the handle
+    appended on that lane (1-based; for a handle that never changed lanes, the n-th it
+    appended) is the first that is not in the log; the records before it are. ``reason``
+    says what was wrong. The handle has given back its lane and raises this for every later
+    call: open a new one.
+    """
+
+    def __init__(self, message: str, *, lane: int, first_dropped: int, reason: str) -> None:
+        super().__init__(message)
+        self.lane = lane
+        self.first_dropped = first_dropped
+        self.reason = reason
 
 
 class RingFullError(WALError, TimeoutError):

@@ -40,6 +40,7 @@ Zero means nothing: a frame whose 24 header bytes are all zero is the end of the
 from __future__ import annotations
 
 import struct
+import sys
 from typing import Final
 
 from crc32c import crc32c
@@ -59,8 +60,11 @@ __all__ = [
     "SegmentHeader",
     "align8",
     "checksum",
+    "describe_walk",
     "encode_frame",
     "frame_checksum",
+    "same_length_run",
+    "walk_records",
 ]
 
 #: Identifies a ringwal segment; the last byte is a NUL so `file` shows "RINGWAL".
@@ -223,6 +227,136 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
     return (FRAME_OK, length, count, first_seq, crc, computed, end)
 
 
+# Outcomes of walk_records: what is wrong with a run of records, 0 when nothing is.
+WALK_OK: Final = 0
+WALK_ZERO_LENGTH: Final = 1  # a record's u32 length is 0 (never valid: zero means nothing)
+WALK_TOO_LARGE: Final = 2  # a length above the limit (max_record_size in the ring)
+WALK_OVERRUN: Final = 3  # a record (or its length field) runs past the end of the bytes
+WALK_COUNT: Final = 4  # the lengths tile the bytes, but into another number of records
+WALK_SPAN: Final = 5  # a ring span larger than its lane, or bytes without records (value: ring_size)
+
+WalkResult = tuple[int, int, int, int]
+"""(outcome, records, offset, value): with WALK_OK, ``records`` whole records ending at byte
+``offset``; otherwise record number ``records`` (from 0) at byte ``offset`` is where the walk
+failed and ``value`` the length (or, for WALK_COUNT, the number of records) it found there."""
+
+_unpack_len = RECORD_LENGTH.unpack_from
+_pack_len = RECORD_LENGTH.pack
+
+
+def walk_records(buf: bytes | memoryview, count: int, max_record: int, span: int | None = None) -> WalkResult:
+    """Check that ``buf`` holds exactly ``count`` records (u32 length 1..``max_record``, then
+    that many bytes), back to back, ending exactly at its end; read no length past its end.
+
+    With ``span``, ``buf`` is only the first bytes of ``span`` bytes said to hold ``count``
+    records: the walk takes the whole records that lie in ``buf`` (checking each against
+    ``span``) and reports how many, so a caller can cut a run at a record boundary.
+
+    Cost: a run of records that all have the first one's length is checked by one strided
+    compare in C (``_same_length_run``); any other record costs one ``unpack_from`` and a
+    compare, the least a Python loop can do (the writer runs this on every span it frames).
+    Only when something is wrong does a second, careful walk find out what and where.
+    """
+    end = len(buf)
+    total = end if span is None else span
+    if count <= 0 or total <= 0:
+        return (WALK_OK, 0, 0, 0) if count <= 0 and total <= 0 else (WALK_COUNT, 0, 0, 0)
+    k, pos = same_length_run(buf, count, max_record) if count >= _RUN_MIN else (0, 0)
+    if span is None:
+        unpack = _unpack_len
+        try:
+            for _ in range(count - k):
+                (n,) = unpack(buf, pos)
+                if n > max_record or not n:
+                    break
+                pos += n + 4  # past end: the next unpack raises, or the end check below fails
+            else:
+                if pos == end:
+                    return (WALK_OK, count, end, 0)
+        except struct.error:
+            pass
+        k, pos = 0, 0  # something is wrong: walk again, carefully, to say what
+    return _walk_checked(buf, count, max_record, total, k, pos)
+
+
+def _walk_checked(buf: bytes | memoryview, count: int, max_record: int, total: int, start: int, pos: int) -> WalkResult:
+    """walk_records from record ``start`` at byte ``pos``, checking each step (see there)."""
+    end = len(buf)
+    unpack = _unpack_len
+    k = start
+    try:
+        for k in range(start, count):
+            (n,) = unpack(buf, pos)
+            if n > max_record or not n:
+                return (WALK_ZERO_LENGTH if n == 0 else WALK_TOO_LARGE, k, pos, n)
+            nxt = pos + 4 + n
+            if nxt > end:
+                if nxt > total:
+                    return (WALK_OVERRUN, k, pos, n)
+                break  # the next record lies past buf: the run is cut before it
+            pos = nxt
+        else:
+            k = count
+    except struct.error:  # a length field past the end of buf
+        if pos + 4 > total:
+            return (WALK_OVERRUN if pos < total else WALK_COUNT, k, pos, total - pos if pos < total else k)
+    if k == count and pos != total:
+        return (WALK_COUNT, k, pos, k)
+    return (WALK_OK, k, pos, 0)
+
+
+_LITTLE = sys.byteorder == "little"
+#: Fewer records than this are cheaper to walk one by one than to set up a strided compare for.
+_RUN_MIN = 16
+
+
+def same_length_run(buf: bytes | memoryview, count: int, max_record: int) -> tuple[int, int]:
+    """(m, bytes): the records that fit in ``buf`` at the first record's stride (at most
+    ``count``) all have the first one's length; (0, 0) when they do not (or are few).
+
+    One strided compare of the length fields as u32 (as u16 pairs, or bytes, when the stride
+    is not a multiple of 4) with themselves shifted by one record, all in C.
+    """
+    end = len(buf)
+    if end < 4:
+        return 0, 0
+    (n,) = _unpack_len(buf, 0)
+    stride = n + 4
+    m = min(count, end // stride)
+    if not 0 < n <= max_record or m < _RUN_MIN:
+        return 0, 0
+    run = memoryview(buf)[: stride * m]
+    # Each strided view holds one field of every length (all of it, or a u16 half, or a byte);
+    # all lengths equal the first iff every view equals itself shifted by one.
+    if _LITTLE and not stride & 3:
+        fields = [run.cast("I")[:: stride >> 2]]
+    elif _LITTLE and not stride & 1:
+        halves = run.cast("H")
+        fields = [halves[:: stride >> 1], halves[1 :: stride >> 1]]
+    else:
+        fields = [run[i::stride] for i in range(4)]
+    same = all(f[1:] == f[:-1] for f in fields)
+    return (m, stride * m) if same else (0, 0)
+
+
+def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int | None = None) -> str:
+    """What ``walk_records`` found wrong, in words (``count`` records said to be in ``nbytes``)."""
+    outcome, k, pos, value = result
+    where = f"record {k} at byte {pos}"
+    if outcome == WALK_ZERO_LENGTH:
+        return f"{where} has length 0"
+    if outcome == WALK_TOO_LARGE:
+        limit = f"max_record_size={max_record}" if max_record is not None else "the bytes there"
+        return f"{where} claims {value} bytes, more than {limit}"
+    if outcome == WALK_OVERRUN:
+        return f"{where} (length {value}) runs past the end of the {nbytes} bytes"
+    if outcome == WALK_COUNT:
+        return f"the lengths end at byte {pos} after {value} records; {count} records in {nbytes} bytes were claimed"
+    if outcome == WALK_SPAN:
+        return f"{count} records in {nbytes} bytes cannot be in a ring lane of {value} bytes"
+    return "nothing is wrong"
+
+
 # --------------------------------------------------------------------------- the ring
 #
 # The shared-memory ring (``/dev/shm/ringwal.<id>``) is not stored on disk, but it outlives
@@ -250,6 +384,8 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
 #     13 pending (W)         14 pending first seq (W)   15 pending last seq (W)
 #     16 next seq (W)        17 durable seq (W)         18 reserved (never written)
 #     19 records written (W) 20 fsyncs (W)  21 writer started, ns (W)
+#     22 resume lane + 1 (W): the last drain cut this lane's span; the next drain starts with
+#        its rest, up to the head in 23 (0 = none)   23 resume head (W)
 #     24 wake word: low 32 bits bumped after each publication of progress, the futex that
 #        waiting producers sleep on (W; see _futex.py)
 #     32 follow word: low 32 bits bumped after records become durable while followers are
@@ -260,6 +396,8 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
 #        segments below this seq (C: raised, never lowered)   42 truncation served up to (W)
 #     43 first seq still in the log after the last truncation (W)
 #     44 fsync count in the histogram (W)    45 sum of fsync ns (W)
+#     46 pending resume lane + 1 (W)         47 pending resume head (W): words 22-23 as they
+#        become when the pending drain finishes
 #     64-127 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket)
 #
 # Lane control block, 32 words; each group on its own 64-byte line so that producer and
@@ -272,6 +410,11 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
 #     13 durable count32 (W)  14 durable seq (W)  15 span head: spans logged so far (W)
 #     16 owner pid (C)  17 owner create time, f64 bits (C)  18 owner token (C)
 #     19 first seq of this lane's span in the pending drain (W)
+#     24 poison (W): the owner token of a producer whose span the writer dropped as not
+#        records; its handle refuses work from then on (0 = never)
+#     25 count32 before the first record dropped   26 problem: outcome << 32 | record index
+#     27 byte offset of the problem in the dropped bytes   28 value seen there (a length or count)
+#     29 what was dropped: count32 << 32 | bytes   (26-29 as walk_records reports them)
 #
 # Span log entry (16 bytes; entry i of a lane at i % SPAN_LOG): the writer drained the
 # lane's records with counts start+1 .. end (mod 2**32) as seqs first_seq ..::
@@ -282,7 +425,9 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
 # contiguous, wrapping at ring_size (a record may straddle the end).
 
 RING_MAGIC: Final = b"RWRING\x00\x00"
-RING_VERSION: Final = 3  # 2: futex wake word (24) replaced the per-lane semaphores; 3: stats, follow, truncation words
+#: 2: futex wake word (24) replaced the per-lane semaphores; 3: stats, follow, truncation words;
+#: 4: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
+RING_VERSION: Final = 4
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -293,10 +438,11 @@ RH_MAGIC, RH_VERSION, RH_SLOTS, RH_RING_SIZE, RH_MAX_RECORD, RH_SPAN_LOG = range
 RH_SERIALIZER_OFFSET: Final = 48
 RH_STATE, RH_WRITER_PID, RH_WRITER_CTIME, RH_WRITER_GEN, RH_ATTACH_GEN = range(8, 13)
 RH_PENDING, RH_PENDING_FIRST, RH_PENDING_LAST, RH_NEXT_SEQ, RH_DURABLE_SEQ = range(13, 18)
-RH_RECORDS, RH_FSYNCS, RH_STARTED_NS = range(19, 22)
+RH_RECORDS, RH_FSYNCS, RH_STARTED_NS, RH_RESUME, RH_RESUME_HEAD = range(19, 24)
 RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer stores 16-21
 RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
 RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
+RH_PENDING_RESUME, RH_PENDING_RESUME_HEAD = 46, 47
 RH_FSYNC_HIST: Final = 64
 FSYNC_BUCKETS: Final = 64
 
@@ -327,6 +473,7 @@ L_HEAD, L_WANT_WRITTEN, L_WANT_DURABLE = 0, 1, 2
 L_TAIL, L_PENDING_TAIL, L_VERSION, L_WRITTEN_COUNT = range(8, 12)
 L_WRITTEN_SEQ, L_DURABLE_COUNT, L_DURABLE_SEQ, L_SPAN_HEAD = range(12, 16)
 L_OWNER_PID, L_OWNER_CTIME, L_OWNER_TOKEN, L_PENDING_SEQ = 16, 17, 18, 19
+L_POISON, L_POISON_FROM, L_POISON_WHY, L_POISON_AT, L_POISON_VALUE, L_POISON_SPAN = range(24, 30)
 LANE_WORDS: Final = LANE_CTL_SIZE // 8
 
 

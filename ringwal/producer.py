@@ -30,6 +30,8 @@ from ._launch import start_writer
 from .config import Config
 from .errors import (
     ClosedError,
+    InvalidRecordError,
+    LanePoisonedError,
     RingFullError,
     SerializerMismatchError,
     WaitTimeoutError,
@@ -115,6 +117,7 @@ class Handle:
 
     _closed = True
     _side: ProducerSide | None = None
+    _poisoned: LanePoisonedError | None = None  # set once: the handle refuses all work after it
 
     def __init__(self, config: Config) -> None:
         config.validate_ring()
@@ -207,7 +210,10 @@ class Handle:
         if len(b) > self._maxn:
             raise _too_large(len(b) - 4, self._max_record)
         with self._lock:
-            c = self._publish(b, 1)
+            try:
+                c = self._publish(b, 1)
+            except LanePoisonedError as exc:
+                raise self._lane_lost(exc) from None
             if c < 0:
                 c = self._publish_waiting(b, 1, self.config.append_timeout)
         return Receipt(self, c)
@@ -221,58 +227,98 @@ class Handle:
             raise _too_large(len(b) - 4, self._max_record)
         with self._lock:
             side = self._usable_side()
-            c = side.publish(b, 1)
+            try:
+                c = side.publish(b, 1)
+            except LanePoisonedError as exc:
+                raise self._lane_lost(exc) from None
             if c < 0:
                 side.post()
                 return None
         return Receipt(self, c)
 
     def append_many(self, records: Iterable[Record]) -> BatchReceipt:
-        """Put records into the ring in order; all are accepted or none (InvalidRecordError)."""
+        """Put records into the ring in order as one publication: all are accepted or none.
+
+        The batch gets one contiguous range of seqs (no other producer's record lands inside
+        it), and a process killed during the call leaves all of it or none of it in the log.
+        So the whole batch must fit one ring lane: a batch larger than ``ring_size`` (framed:
+        4 bytes per record plus its payload) raises InvalidRecordError before anything is
+        written. Waits up to ``append_timeout`` for room for the whole batch.
+        """
         recs = [r if r.__class__ is Record and not r[3] else _as_record(r) for r in records]
         framed = self._frame_many(recs)
         limit = self._maxn
         for f in framed:
             if len(f) > limit:
                 raise _too_large(len(f) - 4, limit - 4)
+        blob = b"".join(framed)
         with self._lock:
             side = self._usable_side()
             first = side.count + 1
-            # One publication per chunk that fits half a lane; each chunk is one head store.
-            cap = side.ring.ring_size // 2
-            i, total = 0, len(framed)
-            while i < total:
-                j, size = i, 0
-                while j < total and size + len(framed[j]) <= cap:
-                    size += len(framed[j])
-                    j += 1
-                if j == i:
-                    j = i + 1
-                blob = framed[i] if j == i + 1 else b"".join(framed[i:j])
-                self._publish_waiting(blob, j - i, self.config.append_timeout)
-                i = j
-            return BatchReceipt(self, first, total)
+            if not framed:
+                return BatchReceipt(self, first, 0)
+            ring_size = side.ring.ring_size
+            if len(blob) > ring_size:
+                raise InvalidRecordError(
+                    f"a batch of {len(framed)} records is {len(blob)} bytes framed, more than one ring lane "
+                    f"holds (ring_size={ring_size}); append_many publishes a batch at once, so nothing was "
+                    "written: split the batch, or raise ring_size in Config (it applies when the writer next "
+                    "creates the ring)"
+                )
+            self._publish_waiting(blob, len(framed), self.config.append_timeout)
+            return BatchReceipt(self, first, len(framed))
 
     def _publish_waiting(self, blob: bytes, count: int, timeout: float) -> int:
         """Publish, waiting up to ``timeout`` for room; the new count (lock held)."""
         side = self._usable_side()
-        c = side.publish(blob, count)
-        if c < 0:
-            if not side.wait_room(len(blob), time.monotonic() + timeout, self._writer_changed):
-                raise RingFullError(
-                    f"{self.dir}: the ring lane stayed full for {timeout:g}s (append_timeout); "
-                    "nothing was written. The writer is alive but not keeping up"
-                )
+        try:
             c = side.publish(blob, count)
+            if c < 0:
+                if not side.wait_room(len(blob), time.monotonic() + timeout, self._writer_changed):
+                    raise RingFullError(
+                        f"{self.dir}: the ring lane stayed full for {timeout:g}s (append_timeout); "
+                        "nothing was written. The writer is alive but not keeping up"
+                    )
+                c = side.publish(blob, count)
+        except LanePoisonedError as exc:
+            raise self._lane_lost(exc) from None
         self._count = c
         return c
 
+    def _lane_lost(self, exc: LanePoisonedError) -> LanePoisonedError:
+        """The writer dropped a span of our lane: refuse all work from now on and give the
+        lane back (lock held). Returns the error to raise.
+
+        Before giving it back, wait (briefly) until the writer has dropped whatever else we
+        published, so the next owner of the lane does not inherit records of ours.
+        """
+        if self._poisoned is None:
+            self._poisoned = exc
+            self._publish = _no_room
+            side, self._side = self._side, None
+            if side is not None:
+                self._count = side.count
+                side.wait_emptied(time.monotonic() + min(self.config.sync_timeout, 1.0))
+                side.release()
+        return self._poisoned
+
     # ------------------------------------------------------------------ waiting
 
-    def _wait(self, side: ProducerSide, durable: bool, count: int) -> int:
-        """Wait (bounded by sync_timeout) until our records up to ``count`` are written or durable."""
+    def _wait(self, side: ProducerSide, durable: bool, count: int, *, locked: bool = False) -> int:
+        """Wait (bounded by sync_timeout) until our records up to ``count`` are written or
+        durable. ``locked``: the caller holds ``_lock``."""
         deadline = time.monotonic() + self.config.sync_timeout
-        seq = side.wait_progress(durable, count, deadline, self._writer_changed)
+        try:
+            seq = side.wait_progress(durable, count, deadline, self._writer_changed)
+        except LanePoisonedError as exc:
+            if locked:
+                raise self._lane_lost(exc) from None
+            with self._lock:
+                raise self._lane_lost(exc) from None
+        except (AttributeError, ValueError):
+            if self._poisoned is not None:  # another thread gave the lane back while we waited
+                raise self._poisoned from None
+            raise
         if seq is None:
             raise WaitTimeoutError(
                 f"{self.dir}: the writer did not {'sync' if durable else 'write'} our records within "
@@ -337,6 +383,8 @@ class Handle:
 
     def _seq_of(self, count: int) -> int:
         with self._lock:
+            if self._poisoned is not None:
+                raise self._poisoned
             side = self._side
             if self._forked or side is None or count <= side.forgotten:
                 raise WALError(
@@ -347,7 +395,7 @@ class Handle:
             if count > side.count:
                 raise ValueError("receipt from the future")
             self._usable_side()  # raises if closed meanwhile
-            self._wait(side, False, count)
+            self._wait(side, False, count, locked=True)
             seq = side.seq_of(count)
             if seq is None:
                 raise WALError(f"the seq of record #{count} of this handle is no longer known (span history trimmed)")
@@ -373,6 +421,8 @@ class Handle:
         """The lane to use now: raises when the handle is closed; claims a lane after a fork."""
         if self._closed:
             raise ClosedError(f"this handle on {self.dir} is closed")
+        if self._poisoned is not None:
+            raise self._poisoned
         if self._forked:
             self._reattach_after_fork()
         side = self._side
@@ -411,7 +461,7 @@ class Handle:
             side = self._side
             if not self._forked and side is not None and side.count > side.base:
                 try:
-                    self._wait(side, True, side.count)
+                    self._wait(side, True, side.count, locked=True)
                 except WALError as exc:
                     failure = exc
             self._closed = True

@@ -2,11 +2,11 @@
 
 The region (layout in ``format.py``) holds one single-producer/single-consumer *lane* per
 attached producer process. A producer claims a lane at ``open``; it alone writes the lane's
-data and its ``head`` word. The writer process alone writes ``tail``, the progress words and
-the span log. The claim lock (``flock`` on ``<dir>/wal.ring.lock``, dropped by the kernel
-when its holder dies) guards only lane ownership, the attach generation, the follower count
-and the truncation request: it is held for a few word stores, never across a copy, so
-producers never wait on each other to append.
+data and its ``head`` word. The writer process alone writes ``tail``, the progress words, the
+span log, the resume words and the poison words. The claim lock (``flock`` on
+``<dir>/wal.ring.lock``, dropped by the kernel when its holder dies) guards only lane
+ownership, the attach generation, the follower count and the truncation request: it is held
+for a few word stores, never across a copy, so producers never wait on each other to append.
 
 This module owns every algorithm over the region, in agrona's shape (one file holds both
 sides of ``ManyToOneRingBuffer``; the layout stays apart in ``format.py``):
@@ -14,8 +14,9 @@ sides of ``ManyToOneRingBuffer``; the layout stays apart in ``format.py``):
 * :class:`Ring` maps the region: create, attach, check the header, views, close, unlink;
 * :class:`ProducerSide`: claim a lane, publish, room, wait for written/durable progress,
   receipt lookups, truncation requests, release;
-* :class:`WriterSide`: drain, the pending/finish/recover steps, mark written and durable,
-  wake waiters, reclaim dead lanes, serve truncation, stats words, shutdown;
+* :class:`WriterSide`: drain (checking, cutting and dropping spans), the pending/finish/
+  recover steps, mark written and durable, wake waiters, reclaim dead lanes, serve
+  truncation, stats words, shutdown;
 * :class:`RingView`: the read-only look that ``stats``, ``follow`` and live readers need.
 
 Outside this module no code indexes ring words.
@@ -36,20 +37,68 @@ Publishing (producer)
     writes them. There is no third state, so no partial record can ever reach a segment.
 
 Consuming (writer), one drain = one frame
-    1. read each lane's ``head``; the bytes ``[tail, head)`` are whole records;
-    2. copy those spans into one body, one lane after another (this order *is* the total order);
-    3. store each drained lane's new tail in ``pending_tail``, then ``pending_first``,
-       ``pending_last`` and finally ``pending = 1`` in the ring header;
+    1. read each lane's ``head``; the bytes ``[tail, head)`` are said to be whole records.
+       Visit the lanes in this drain's order: the lane in the resume words first (up to the
+       head stored there), then round robin from a rotating start;
+    2. copy spans into one body, one lane after another (this order *is* the total order),
+       at most ``budget`` bytes: a span that does not fit is cut at the last record boundary
+       that does (at least one record when the body is still empty) and the drain stops
+       there. Every span is checked on the writer's private copy (``walk_records``: each u32
+       length is 1..max_record_size, the lengths tile the span exactly, into as many records
+       as the count in ``head`` says); what is not records is dropped after step 5 (below);
+    3. store each drained lane's new tail in ``pending_tail``, the cut lane and its head (or
+       none) in ``pending_resume``, then ``pending_first``, ``pending_last`` and finally
+       ``pending = 1`` in the ring header;
     4. append the body to ``current.wal`` as one checksummed frame (seqs pending_first..last);
     5. store ``tail = pending_tail``, the progress words and a span-log entry per lane, then
-       ``pending = 0``.
-    Crash windows: before 3 completes, ``pending`` is 0 and the tails are unchanged, so the
-    next writer drains the same records again (none reached the disk). Between 3 and 5 the
-    next writer compares ``pending_last`` with the last seq on disk after recovery: if the
-    frame is there it finishes step 5 (tails advance, the records are not written twice); if
-    not (not yet written, or torn and cut away by recovery) it resets ``pending_tail = tail``
-    and drains them again. A frame is all or nothing on disk, so these are the only cases.
-    Invariant outside a drain: ``pending == 0`` and ``pending_tail == tail`` in every lane.
+       ``resume = pending_resume``, then ``pending = 0``.
+    Crash windows: before 3 completes, ``pending`` is 0 and the tails and resume words are
+    unchanged, so the next writer drains the same records again (none reached the disk).
+    Between 3 and 5 the next writer compares ``pending_last`` with the last seq on disk after
+    recovery: if the frame is there it finishes step 5 (tails advance, the records are not
+    written twice, resume takes the pending value); if not (not yet written, or torn and cut
+    away by recovery) it resets ``pending_tail = tail`` and drains them again, resume still
+    naming what it named before. A frame is all or nothing on disk, so these are the only
+    cases. Invariant outside a drain: ``pending == 0`` and ``pending_tail == tail`` in every
+    lane.
+
+A publication stays contiguous in seq order
+    One ``head`` store publishes a batch (``append_many``), and its records must get one
+    contiguous range of seqs with nothing of another lane inside. A drain that takes a span
+    whole never splits a publication. A drain that cuts a span (to keep a frame within its
+    budget) may cut one in two, so the rest of that lane, up to the head the cut drain saw,
+    must open the next frame before any other lane's records. The ring says so (the resume
+    words, stored in step 5 of the cut drain), not the writer's memory, so it holds across a
+    writer crash between the two frames. A resume whose lane's tail has reached its head (or
+    passed it: the span was dropped) is void. Bounding the resume by the head seen at the cut
+    keeps a producer that publishes without pause from holding the writer to its lane.
+
+Dropping a span that is not records
+    A producer bug (or anything else in its process) can write garbage into its lane or its
+    ``head`` word. Framed, it would pass every checksum and break every replay, so the writer
+    checks each span and drops what is not records. When the walk fails at a record (a bad
+    length, or one running past the span), the whole records before it are framed as usual
+    and only the rest is dropped; a span whose lengths tile it into the wrong number of
+    records, or a head no lane can hold, is dropped whole. The drop comes after the drain's
+    frame is finished (step 5), so the tail it moves from is past the good records: the
+    poison words (what was wrong, the first record dropped, then the owner's token, last),
+    then ``tail = pending_tail = head`` of the span, then the wake word and a futex wake of
+    the lane. Nothing dropped is in a frame, so this is not part of a pending drain: no seqs,
+    no span-log entry. While a lane's poison word equals its owner's token, every later span
+    of it is dropped as well (a publication that raced the poisoning). The poisoned producer sees its token in the
+    poison word at its next ``publish`` or wait and raises LanePoisonedError (records before
+    the first dropped one are written and waited for as usual); its handle waits until the
+    writer has dropped everything it published, then gives the lane back, so the next owner
+    inherits no record of it. Crash windows: before the frame is finished, the pending
+    protocol above decides about the good records and the bad ones are still at (or after)
+    the tail; before the poison words, the next writer finds the bad bytes at the tail and
+    drops them; after them but before the tail store, the same (the owner is poisoned
+    already); after the tail store, a pending tail may lag the tail, and ``recover`` realigns
+    every pending tail when no drain is pending.
+    What it does not catch: garbage whose lengths happen to tile with the right count (its
+    payloads reach the log and fail in the serializer at replay), and a lane whose poisoned
+    owner died and was reclaimed, then claimed by another producer before the writer drained
+    the garbage (the new owner is poisoned for it).
 
 Progress words and the span log
     ``written``/``durable`` count and seq pairs are published under a per-lane seqlock
@@ -119,7 +168,14 @@ import posix_ipc
 import psutil
 
 from . import _futex
-from .errors import ConfigError, LogFailedError, RingError, SlotsExhaustedError, UnsupportedVersionError
+from .errors import (
+    ConfigError,
+    LanePoisonedError,
+    LogFailedError,
+    RingError,
+    SlotsExhaustedError,
+    UnsupportedVersionError,
+)
 from .format import (
     FSYNC_BUCKETS,
     L_DURABLE_COUNT,
@@ -130,6 +186,12 @@ from .format import (
     L_OWNER_TOKEN,
     L_PENDING_SEQ,
     L_PENDING_TAIL,
+    L_POISON,
+    L_POISON_AT,
+    L_POISON_FROM,
+    L_POISON_SPAN,
+    L_POISON_VALUE,
+    L_POISON_WHY,
     L_SPAN_HEAD,
     L_TAIL,
     L_VERSION,
@@ -154,8 +216,12 @@ from .format import (
     RH_PENDING,
     RH_PENDING_FIRST,
     RH_PENDING_LAST,
+    RH_PENDING_RESUME,
+    RH_PENDING_RESUME_HEAD,
     RH_RATE,
     RH_RECORDS,
+    RH_RESUME,
+    RH_RESUME_HEAD,
     RH_RING_SIZE,
     RH_SERIALIZER_OFFSET,
     RH_SLOTS,
@@ -179,8 +245,14 @@ from .format import (
     SERIALIZER_NAME_SIZE,
     SPAN_LOG,
     SPAN_SIZE,
+    WALK_COUNT,
+    WALK_SPAN,
+    WalkResult,
+    describe_walk,
     fsync_bucket,
     ring_layout,
+    same_length_run,
+    walk_records,
 )
 
 __all__ = [
@@ -202,6 +274,7 @@ _WANT = 1 << 32
 _MAGIC_WORD = int.from_bytes(RING_MAGIC, "little")
 _F64 = struct.Struct("<d")
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 CLAIM_LOCK_NAME = "wal.ring.lock"
 #: Seconds between writer-liveness checks while a producer waits.
 POLL = 0.1
@@ -707,8 +780,11 @@ class ProducerSide:
         """Copy ``count`` records (body layout) into the lane and publish them with one store.
 
         Returns the new ``count``, or -1 when the lane has no room for ``len(blob)`` bytes
-        now (nothing written). The caller checks sizes: ``len(blob) <= ring_size``.
+        now (nothing written). The caller checks sizes: ``len(blob) <= ring_size``. Raises
+        LanePoisonedError (nothing written) once the writer has dropped a span of this lane.
         """
+        if self._ctl[L_POISON] == self._token:
+            raise self.poison_error()
         n = len(blob)
         room = self._room - n
         if room < 0:
@@ -781,16 +857,22 @@ class ProducerSide:
         posted = False
         spin_until = began = 0.0
         words = self._words
+        ctl = self._ctl
         next_check = time.monotonic() + POLL
         while True:
             wake = words[RH_WAKE]  # before the progress words: the order _futex.py relies on
             cnt, seq = self._read_progress(durable)
             if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
                 if posted:
-                    self._ctl[want_word] = 0  # lets the writer skip this lane at a glance
+                    ctl[want_word] = 0  # lets the writer skip this lane at a glance
                 if spin_until:
                     self._recent_wait = 0.75 * self._recent_wait + 0.25 * (time.monotonic() - began)
                 return seq
+            # Record ``count`` was dropped (it comes after the first dropped one): it never
+            # gets a seq. Records before it still do, and are waited for as usual.
+            if ctl[L_POISON] == self._token and 0 < ((t32 - ctl[L_POISON_FROM]) & M32) < _HALF:
+                ctl[want_word] = 0
+                raise self.poison_error()
             if not posted:
                 self._ctl[want_word] = _WANT | t32
                 self._wsem.release()  # a locked instruction: our want is visible before it
@@ -812,6 +894,43 @@ class ProducerSide:
                 next_check = time.monotonic() + POLL
                 if check_writer():
                     posted = False
+
+    # ------------------------------------------------------------------ poison
+
+    def poison_error(self) -> LanePoisonedError:
+        """The error for a lane whose span the writer dropped (call when the poison word
+        holds this side's token): which records, and what was wrong with them."""
+        c = self._ctl
+        first = max(self._count_of(c[L_POISON_FROM]) - self.base, 0) + 1  # 1: the first since the claim
+        why_word, span = c[L_POISON_WHY], c[L_POISON_SPAN]
+        res = (why_word >> 32, why_word & M32, c[L_POISON_AT], c[L_POISON_VALUE])
+        why = describe_walk(res, span >> 32, span & M32, self.ring.max_record)
+        return LanePoisonedError(
+            f"{self.ring.directory}: the writer found bytes in ring lane {self.lane} (this process, pid "
+            f"{os.getpid()}) that are not whole records ({why}) and dropped them without writing them: the records "
+            f"this handle appended on that lane from the {_nth(first)} on are not in the log (those before it are). "
+            "Something in this process "
+            "wrote into the shared-memory ring; the handle has given back its lane and accepts no more work: "
+            "open a new one",
+            lane=self.lane,
+            first_dropped=first,
+            reason=why,
+        )
+
+    def wait_emptied(self, deadline: float) -> bool:
+        """After a poisoning: wait until the writer has dropped everything this side published
+        (tail == head), so that no record of it is left for whoever claims the lane next.
+        False at ``deadline`` (time.monotonic)."""
+        ctl = self._ctl
+        words = self._words
+        while True:
+            wake = words[RH_WAKE]
+            if ctl[L_TAIL] == ctl[L_HEAD]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.post()
+            _futex.wait(self._wake_addr, wake, min(deadline, time.monotonic() + POLL), self._bit)
 
     def writer_ready(self) -> bool:
         """The ring is READY and its writer process is alive."""
@@ -929,10 +1048,35 @@ class ProducerSide:
         self.ring.close()
 
 
+def _advance(word: int, records: int, nbytes: int) -> int:
+    """A head/tail word moved on by ``records`` records in ``nbytes`` bytes."""
+    return (((word >> 32) + records) & M32) << 32 | ((word + nbytes) & M32)
+
+
+def _bad_rest(
+    lane: _WriterLane, head: int, res: WalkResult, ncount: int, nbytes: int
+) -> tuple[_WriterLane, int, WalkResult, int, int, int]:
+    """The drop for a span whose walk failed: when the failure is at a record (a bad length,
+    or one running past the span) the whole records before it stay and are framed, and only
+    the rest, from that record to ``head``, is dropped; a span whose lengths tile it into the
+    wrong number of records is dropped whole (which of them would be the real ones?)."""
+    outcome, k, pos, value = res
+    if outcome in (WALK_COUNT, WALK_SPAN) or not k:
+        return (lane, head, res, ncount, nbytes, 0)
+    return (lane, head, (outcome, 0, 0, value), ncount - k, nbytes - pos, k)
+
+
+def _nth(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 class _WriterLane:
     """The writer's view of one lane, with local mirrors of the words only it writes."""
 
-    __slots__ = ("k", "bit", "ctl", "data", "spans", "tail", "written_count", "durable_count", "posted_w", "posted_d")
+    __slots__ = (
+        "k", "bit", "ctl", "data", "spans", "tail", "written_count", "durable_count", "posted_w", "posted_d", "poison"
+    )  # fmt: skip
 
     def __init__(self, ring: Ring, k: int) -> None:
         self.k = k
@@ -946,17 +1090,21 @@ class _WriterLane:
         self.durable_count = c[L_DURABLE_COUNT]
         self.posted_w = 0
         self.posted_d = 0
+        self.poison = c[L_POISON]  # the token of an owner whose span was dropped (0: none)
 
 
 class WriterSide:
     """The writer's side of the ring: drain, the pending/finish/recover steps, written and
     durable progress, waking waiters, reclaiming dead lanes, truncation requests, stats words.
 
-    Words it stores: every lane's ``tail``, ``pending tail``, progress words, span log and
-    pending seq; the ring header's state, writer identity, pending triple, seqs, wake and
-    follow words, stats words and the truncation answer. Under the claim lock it also clears
-    the owner words of lanes whose producer died. ``at(name)`` is called at each named crash
-    point of a drain (the crash tests kill the process there).
+    Words it stores: every lane's ``tail``, ``pending tail``, progress words, span log,
+    pending seq and poison words; the ring header's state, writer identity, pending words,
+    resume words, seqs, wake and follow words, stats words and the truncation answer. Under
+    the claim lock it also clears the owner words of lanes whose producer died. ``at(name)``
+    is called at each named crash point of a drain (the crash tests kill the process there).
+
+    ``dropped`` collects (lane, pid, message) for every span a drain dropped as not records;
+    the caller logs and clears it.
     """
 
     _closed = False  # the semaphore is closed (close() unmaps the ring every time)
@@ -978,6 +1126,9 @@ class WriterSide:
         self._tails = [ln.tail for ln in self.lanes]
         self._dirty: set[_WriterLane] = set()
         self._rr = 0
+        self._resume: tuple[int, int] | None = None  # (lane, head): mirrors words 22-23
+        self._load_resume()
+        self.dropped: list[tuple[int, int, str]] = []
         self._attach_gen = -1
         self.expect = 0  # producers the last durable notify woke (the commit delay gathers them)
 
@@ -1020,6 +1171,8 @@ class WriterSide:
                     c = lane.ctl
                     if c[L_PENDING_TAIL] != c[L_TAIL]:
                         self._finish_lane(lane, c[L_PENDING_TAIL], c[L_PENDING_SEQ], redo=True)
+                w[RH_RESUME_HEAD] = w[RH_PENDING_RESUME_HEAD]
+                w[RH_RESUME] = w[RH_PENDING_RESUME]
             elif last_on_disk < first:
                 done = f"seqs {first}-{plast} of a dead writer's last drain never reached disk; writing them again"
                 for lane in self.lanes:
@@ -1029,6 +1182,12 @@ class WriterSide:
                     f"{self.directory}: the log ends at seq {last_on_disk}, inside a pending drain {first}-{plast}"
                 )
             w[RH_PENDING] = 0
+        else:
+            # A writer that died while dropping a span left the tail moved and maybe not the
+            # pending tail; with no drain pending the pending tails mean nothing: realign them.
+            for lane in self.lanes:
+                lane.ctl[L_PENDING_TAIL] = lane.ctl[L_TAIL]
+        self._load_resume()
         for lane in self.lanes:
             self._publish_durable(lane)
             lane.posted_w = lane.posted_d = 0
@@ -1059,10 +1218,16 @@ class WriterSide:
         return self._heads.tolist() != self._tails
 
     def drain(self, next_seq: int, budget: int, write: Callable[[bytes, int], int]) -> int:
-        """Move published spans (round robin from a rotating start, up to about ``budget``
-        bytes) into one body and ``write(body, count)`` it as one frame; return the records
-        written (0: nothing was published). ``write`` returns the frame's first seq, which
-        must be ``next_seq``; it raises on failure and the drain stays pending (ring.py).
+        """Move published spans (round robin from a rotating start; the rest of a lane cut
+        by the last drain first) into one body of at most ``budget`` bytes (or one record, when
+        the first is larger) and ``write(body, count)`` it as one frame; return the records
+        written (0: nothing was published, or all of it was dropped). ``write`` returns the
+        frame's first seq, which must be ``next_seq``; it raises on failure and the drain stays
+        pending (ring.py).
+
+        Every span is checked as records before it is written (``walk_records``, on the
+        writer's private copy, so a producer cannot change it after the check); what is not
+        records is dropped after the frame and its producer poisoned (``_bad_rest``, ``_drop``).
 
         Lane words are read in bulk (a strided view's ``tolist``: one aligned 8-byte load per
         word, in C), so an idle pass costs well under a microsecond however many lanes exist.
@@ -1071,44 +1236,91 @@ class WriterSide:
         tails = self._tails
         if heads == tails:
             return 0
-        n = len(tails)
-        start = self._rr
-        self._rr = start + 1 if start + 1 < n else 0
-        pieces: list[memoryview] = []
-        took: list[tuple[_WriterLane, int, int]] = []
-        total = count = 0
         size = self.ring.ring_size
         mask = size - 1
         lanes = self.lanes
-        for i in range(n):
-            k = (start + i) % n
-            head = heads[k]
-            tail = tails[k]
-            if head == tail:
-                continue
+        visit = self._visit_order(heads)
+        maxrec = self.ring.max_record
+        pieces: list[bytes | memoryview] = []
+        # (lane, new tail, records, offset in body, bytes); all but a cut span still unchecked
+        took: list[tuple[_WriterLane, int, int, int, int]] = []
+        # (lane, head, what was wrong or None for a poisoned owner's span, records, bytes,
+        # records of the span written before them)
+        drops: list[tuple[_WriterLane, int, WalkResult | None, int, int, int]] = []
+        cut: tuple[int, int] | None = None  # (lane, head): a span cut at a record boundary
+        checked = 0  # took[-1] was checked as it was cut (1) or not (0)
+        total = count = 0
+        for k, head in visit:
             lane = lanes[k]
+            tail = tails[k]
             nbytes = (head - tail) & M32
             ncount = ((head >> 32) - (tail >> 32)) & M32
+            if lane.poison and lane.poison == lane.ctl[L_OWNER_TOKEN]:
+                drops.append((lane, head, None, ncount, nbytes, 0))  # a poisoned producer's later spans
+                continue
+            if nbytes > size or not nbytes or not ncount:
+                drops.append((lane, head, (WALK_SPAN, 0, 0, size), ncount, nbytes, 0))
+                continue
+            room = budget - total
             off = tail & mask
-            end = off + nbytes
-            if end <= size:
-                pieces.append(lane.data[off:end])
-            else:
-                pieces.append(lane.data[off:])
-                pieces.append(lane.data[: end - size])
-            took.append((lane, head, ncount))
-            total += nbytes
-            count += ncount
-            if total >= budget:
-                break
+            if nbytes <= room:
+                end = off + nbytes
+                if end <= size:
+                    pieces.append(lane.data[off:end])
+                else:
+                    pieces.append(lane.data[off:])
+                    pieces.append(lane.data[: end - size])
+                took.append((lane, head, ncount, total, nbytes))
+                total += nbytes
+                count += ncount
+                if total >= budget:
+                    break
+                continue
+            # More than the budget has left: copy only what fits (at least one record when
+            # the frame is still empty) and take the whole records in it. Rounded down to the
+            # first record's size, so that records of one length fill the copy exactly: then
+            # it is taken as it is (alone in the frame, it is the body, not copied again).
+            first = 4 + _U32.unpack(self._copy(lane, off, 4))[0]
+            if not took:
+                room = max(room, min(first, nbytes))
+            if first <= room:
+                room -= room % first
+            prefix = self._copy(lane, off, room)
+            res = walk_records(prefix, ncount, maxrec, nbytes)
+            kc, b = res[1], res[2]
+            if res[0]:
+                drop = _bad_rest(lane, head, res, ncount, nbytes)
+                drops.append(drop)
+                kc, b = drop[5], nbytes - drop[4]
+                if not kc:
+                    continue
+            if kc:
+                new_tail = _advance(tail, kc, b)
+                pieces.append(prefix if b == len(prefix) else memoryview(prefix)[:b])
+                took.append((lane, new_tail, kc, total, b))
+                checked = 1
+                total += b
+                count += kc
+                if new_tail != head and not res[0]:
+                    cut = (k, head)
+            break
         body = b"".join(pieces)
         del pieces
+        if len(took) > checked:
+            body, count = self._check_taken(body, count, took, len(took) - checked, drops, maxrec)
+        if not took:
+            if drops:
+                self._drop_all(drops)
+            return 0
         w = self._w
         s = next_seq
-        for lane, head, ncount in took:  # step 3: the drain becomes pending
+        for lane, new_tail, ncount, _off, _n in took:  # step 3: the drain becomes pending
             lane.ctl[L_PENDING_SEQ] = s
-            lane.ctl[L_PENDING_TAIL] = head
+            lane.ctl[L_PENDING_TAIL] = new_tail
             s += ncount
+        if cut is not None:
+            w[RH_PENDING_RESUME_HEAD] = cut[1]
+        w[RH_PENDING_RESUME] = 0 if cut is None else cut[0] + 1
         w[RH_PENDING_FIRST] = next_seq
         w[RH_PENDING_LAST] = s - 1
         w[RH_PENDING] = 1
@@ -1119,15 +1331,156 @@ class WriterSide:
         self._at("written")
         s = next_seq
         dirty = self._dirty
-        for lane, head, ncount in took:  # step 5
-            self._finish_lane(lane, head, s, redo=False)
+        for lane, new_tail, ncount, _off, _n in took:  # step 5
+            self._finish_lane(lane, new_tail, s, redo=False)
             dirty.add(lane)
             self._at("lane_finished")
             s += ncount
+        if cut is not None:
+            w[RH_RESUME_HEAD] = cut[1]
+        w[RH_RESUME] = 0 if cut is None else cut[0] + 1
+        self._resume = cut
+        self._at("resume_set")
         w[RH_PENDING] = 0
         w[RH_NEXT_SEQ] = s  # after the frame's pwritev returned: the live-reader rule (RingView)
         w[RH_RECORDS] += count
+        if drops:  # after the frame: a lane's good records before its bad ones are in it now
+            self._drop_all(drops)
         return count
+
+    def _visit_order(self, heads: list[int]) -> list[tuple[int, int]]:
+        """(lane, head to drain up to) for every lane with records, in this drain's order:
+        the lane the last drain cut first (up to the head it had then), then round robin."""
+        tails = self._tails
+        n = len(tails)
+        start = self._rr
+        self._rr = start + 1 if start + 1 < n else 0
+        visit: list[tuple[int, int]] = []
+        first = -1
+        if self._resume is not None:
+            k, head = self._resume
+            nbytes = (head - tails[k]) & M32
+            if 0 < nbytes <= self.ring.ring_size:
+                visit.append((k, head))
+                first = k
+            else:  # drained (or dropped) up to its head since: nothing to resume
+                self._resume = None
+                self._w[RH_RESUME] = 0
+        for k in range(start, n):
+            if heads[k] != tails[k] and k != first:
+                visit.append((k, heads[k]))
+        for k in range(start):
+            if heads[k] != tails[k] and k != first:
+                visit.append((k, heads[k]))
+        return visit
+
+    def _copy(self, lane: _WriterLane, off: int, n: int) -> bytes:
+        """A private copy of ``n`` bytes of the lane from byte ``off`` (wrapping at its end)."""
+        size = self.ring.ring_size
+        end = off + n
+        if end <= size:
+            return bytes(lane.data[off:end])
+        return bytes(lane.data[off:]) + bytes(lane.data[: end - size])
+
+    def _check_taken(
+        self,
+        body: bytes,
+        count: int,
+        took: list[tuple[_WriterLane, int, int, int, int]],
+        unchecked: int,
+        drops: list[tuple[_WriterLane, int, WalkResult | None, int, int, int]],
+        maxrec: int,
+    ) -> tuple[bytes, int]:
+        """Walk the first ``unchecked`` spans of ``took`` (taken whole) in the body, the
+        writer's private copy. A bad span keeps the whole records before its first bad one
+        (``_bad_rest``); the rest goes to ``drops`` and the body is rebuilt without it.
+        Returns (body, count)."""
+        if unchecked > 1:
+            # Often every record of every lane has one length: then one strided compare over
+            # them all, and each span being a whole number of those records, is the whole check.
+            last = took[unchecked - 1]
+            end = last[3] + last[4]
+            records = count - (took[-1][2] if unchecked < len(took) else 0)
+            if all(t[4] * records == t[2] * end for t in took[:unchecked]):  # the same bytes per record
+                run = same_length_run(body if end == len(body) else memoryview(body)[:end], records, maxrec)
+                if run == (records, end):
+                    return body, count
+        mv = memoryview(body)
+        changed = False
+        for i in range(unchecked):
+            lane, head, ncount, off, nbytes = took[i]
+            res = walk_records(mv[off : off + nbytes] if len(took) > 1 else body, ncount, maxrec)
+            if res[0]:
+                drop = _bad_rest(lane, head, res, ncount, nbytes)
+                drops.append(drop)
+                kept, b = drop[5], nbytes - drop[4]
+                took[i] = (lane, _advance(lane.tail, kept, b), kept, off, b)
+                changed = True
+        if changed:
+            body = b"".join([mv[t[3] : t[3] + t[4]] for t in took if t[2]])
+            took[:] = [t for t in took if t[2]]
+            count = sum(t[2] for t in took)
+        mv.release()
+        return body, count
+
+    def _drop_all(self, drops: list[tuple[_WriterLane, int, WalkResult | None, int, int, int]]) -> None:
+        """Drop each span (``_drop``), then wake the producers concerned (the _futex.py order:
+        the words they check are stored before the wake word is bumped)."""
+        bits = 0
+        for lane, head, res, ncount, nbytes, kept in drops:
+            self._drop(lane, head, res, ncount, nbytes, kept)
+            bits |= lane.bit
+        w = self._w
+        w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
+        _futex.wake(self.ring.wake_addr, bits)
+
+    def _drop(self, lane: _WriterLane, head: int, res: WalkResult | None, ncount: int, nbytes: int, kept: int) -> None:
+        """Advance the lane's tail to ``head`` without writing what lies before it (``ncount``
+        records in ``nbytes`` said to follow the ``kept`` good ones the drain just framed), and
+        poison its owner so that the owner's handle raises instead of waiting for seqs.
+
+        Runs after the drain's frame is finished (or with no frame), outside the pending
+        protocol: nothing of the dropped bytes is in a frame. Crash windows: before the poison
+        words, nothing changed and the next writer finds the same bytes (now at the lane's
+        tail) and drops them again; between them and the tail store, the next writer drops
+        them again (the owner is poisoned already, so as a poisoned owner's span); after the
+        tail store, the pending tail may lag, and ``recover`` realigns pending tails when no
+        drain is pending. The resume words are cleared last; a resume whose lane has reached
+        its head is void anyway (``_visit_order``). No seq is given to a dropped record and no
+        span-log entry names it: a receipt for one raises the poison error
+        (``ProducerSide.wait_progress``).
+        """
+        c = lane.ctl
+        k = lane.k
+        tail = c[L_TAIL]
+        if res is not None:
+            token, pid = c[L_OWNER_TOKEN], c[L_OWNER_PID]
+            if token and lane.poison != token:
+                c[L_POISON_FROM] = (tail >> 32) & M32
+                c[L_POISON_WHY] = res[0] << 32 | (res[1] & M32)
+                c[L_POISON_AT] = res[2]
+                c[L_POISON_VALUE] = res[3]
+                c[L_POISON_SPAN] = (ncount & M32) << 32 | (nbytes & M32)
+                c[L_POISON] = token  # last: the owner reads the details once it sees its token
+                lane.poison = token
+            who = f"pid {pid}" if pid else "no owner (its producer exited)"
+            why = describe_walk(res, ncount, nbytes, self.ring.max_record)
+            what = f"dropped {ncount} records ({nbytes} bytes) published in ring lane {k} by {who} without writing them"
+            before = f" (the {kept} records before them were written)" if kept else ""
+            self.dropped.append((k, pid, f"{what}: they are not whole records: {why}{before}"))
+        self._at("poisoned")
+        c[L_TAIL] = head
+        c[L_PENDING_TAIL] = head
+        lane.tail = head
+        self._tails[k] = head
+        if self._resume is not None and self._resume[0] == k:
+            self._resume = None
+            self._w[RH_RESUME] = 0
+
+    def _load_resume(self) -> None:
+        w = self._w
+        k = w[RH_RESUME]
+        self._resume = (k - 1, w[RH_RESUME_HEAD]) if 0 < k <= len(self.lanes) else None
 
     def _finish_lane(self, lane: _WriterLane, head: int, first_seq: int, *, redo: bool) -> None:
         """Log the span, publish written progress, advance the tail (step 5)."""

@@ -445,6 +445,13 @@ class SegmentLog:
         return self._seg.next_seq - 1
 
     @property
+    def frame_room(self) -> int:
+        """The largest body ``write_body`` puts in ``current.wal`` without rotating first
+        (0 when it is full): a writer that sizes its frames to this fills segments to
+        ``segment_size`` instead of leaving the rest of one unused."""
+        return max(0, self._segment_size - self._seg.write_pos - FRAME_HEADER_SIZE - _MAX_PAD)
+
+    @property
     def durable_seq(self) -> int:
         """The seq of the last record known to be on stable storage."""
         return self._durable_seq

@@ -1,8 +1,10 @@
 """``verify(dir)``: read every byte of a log and report every problem with file and offset.
 
 Checks: each segment header (magic, version, checksum, serializer the same everywhere),
-every frame checksum, seq continuity inside and across segments, completed segments ending
-exactly at their last frame, and ``wal_index.json`` agreeing with the files. A torn tail of
+every frame checksum, every frame body splitting into exactly its count of records (a frame
+can pass its checksum and still not: replay cannot read it), seq continuity inside and across
+segments, completed segments ending exactly at their last frame, and ``wal_index.json``
+agreeing with the files. A torn tail of
 ``current.wal`` is reported as a note, not a problem: it is the normal result of a crash and
 the next writer truncates it. Seq ranges that ``ringwal repair`` cut out are listed in
 ``wal_holes.json``; each is reported in ``holes`` (the log is consistent, the loss is on
@@ -25,7 +27,7 @@ from typing import Any
 
 from ._fileutil import writer_holds_lock
 from .errors import FormatError
-from .format import SEGMENT_HEADER_SIZE
+from .format import MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
 from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments
@@ -159,8 +161,11 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             if report.first_seq is None:
                 report.first_seq = header.first_seq
             try:
-                for _ in scan.frames():
-                    pass
+                for offset, _first, count, length in scan.frames():
+                    res = walk_records(scan.body(offset, length), count, MAX_FRAME_BODY)
+                    if res[0]:
+                        why = f"frame passes its checksum but its body does not split into the {count} records: "
+                        report.problems.append(Problem(path, offset, why + describe_walk(res, count, length)))
             except FormatError as exc:
                 report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
                 report.records += scan.records

@@ -2,9 +2,14 @@
 
 One writer per directory, decided by the ``wal.lock`` flock that ``SegmentLog`` takes. The loop:
 
-1. drain: every lane's published span goes into one body, written as one frame (the
+1. drain: the lanes' published spans go into one body, written as one frame (the
    pending-drain protocol in ``ring.py`` makes this restartable without duplicates);
-   repeat until the lanes are empty;
+   repeat until the lanes are empty. A frame's body is at most ``write_buffer_size`` bytes
+   and at most what is left of ``segment_size`` in ``current.wal`` (a lane's span is cut at
+   a record boundary to fit, and the next drain starts with its rest), so a segment never
+   grows past ``segment_size`` unless one record is larger than that. A span that is not
+   whole records is dropped, its producer poisoned, and the drop logged as an error;
+   everyone else carries on;
 2. tell producers waiting in ``flush`` that their records reached the OS;
 3. if any producer waits in ``sync`` (or ``flush_interval`` is due), one ``fdatasync``
    covers every record written so far: group commit. Records that arrive while it runs are
@@ -52,6 +57,9 @@ IDLE_SLEEP = 0.05
 LIVENESS_INTERVAL = 0.25
 #: Grace before an idle writer started by ``open`` exits if nobody ever attaches.
 FIRST_ATTACH_GRACE = 10.0
+#: Smallest frame a drain sizes to the room left in current.wal; with less room left the
+#: drain takes a whole write_buffer_size and the segment rotates before it.
+MIN_FRAME = 1024
 
 
 class Writer:
@@ -106,7 +114,7 @@ class Writer:
             wal.close()
             raise
         self._closed = False
-        self._budget = max(4096, min(config.write_buffer_size, config.segment_size // 2))
+        self._frame_cap = config.write_buffer_size
         self._last_sync = time.monotonic()
         self._unsynced = False
         self._ever_attached = False
@@ -125,10 +133,22 @@ class Writer:
     # ------------------------------------------------------------------ the loop
 
     def drain(self) -> int:
-        """Write one frame of whatever producers published; return the records written."""
-        got = self.side.drain(self.wal.last_seq + 1, self._budget, self.wal.write_body)
+        """Write one frame of whatever producers published; return the records written.
+
+        The frame's body is at most ``write_buffer_size`` and, unless current.wal has less
+        than MIN_FRAME left, at most what fits before ``segment_size``.
+        """
+        wal = self.wal
+        cap = self._frame_cap
+        room = wal.frame_room
+        side = self.side
+        got = side.drain(wal.last_seq + 1, room if MIN_FRAME <= room < cap else cap, wal.write_body)
         if got:
             self._unsynced = True
+        if side.dropped:
+            for _lane, _pid, message in side.dropped:
+                log.error("%s: %s", self.dir, message)
+            side.dropped.clear()
         return got
 
     def _gather(self, waiting: int) -> None:

@@ -61,8 +61,14 @@ def wdir(tmp_path):
     """A log directory whose writer processes and shared-memory ring are removed afterwards."""
     from .ringhelp import kill_writers
 
+    from ringwal.ring import unlink_names
+
     d = str(tmp_path / "wal")
     os.makedirs(d)
+    # The ring's name comes from the directory's device and inode, which a new directory can
+    # inherit from a deleted one whose ring was left behind (a killed run): that ring is
+    # garbage for this directory, maybe of another layout version.
+    unlink_names(d)
     yield d
     kill_writers(d)
 

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from ringwal import Config, CorruptRecordError, CorruptSegmentError, FormatError, WAL, replay, verify
-from ringwal.format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, align8
+from ringwal.format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, align8, frame_checksum
 from ringwal.segment import CURRENT, list_segments
 
 from .conftest import rec
@@ -205,3 +205,28 @@ def test_unknown_format_version_is_a_clear_error(log):
         all_seqs(log)
     with pytest.raises(UnsupportedVersionError):
         WAL(Config(dir=log))
+
+
+def test_a_frame_whose_body_is_not_its_records_fails_verify_though_its_checksum_passes(log):
+    """A writer that framed garbage (before the ring checked spans) wrote frames with valid
+    checksums that replay cannot split into records: verify must not call that log OK."""
+    path = os.path.join(log, CURRENT)
+    offs, _ = frame_offsets(path)
+    off = offs[-2]  # a frame of 3 records, not the last one (damage there reads as a torn tail)
+    data = bytearray(open(path, "rb").read())
+    length = int.from_bytes(data[off : off + 4], "little")
+    body = off + FRAME_HEADER_SIZE
+    first_len = int.from_bytes(data[body : body + 4], "little")
+    data[body : body + 4] = (first_len + 1).to_bytes(4, "little")  # the lengths no longer tile
+    end = body + align8(length)
+    crc = frame_checksum(bytes(data[off : off + 20]), bytes(data[body : body + length]), bytes(data[body + length : end]))
+    data[off + 20 : off + 24] = crc.to_bytes(4, "little")
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(CorruptRecordError):
+        all_seqs(log)
+    report = verify(log)
+    assert not report.ok
+    [problem] = report.problems
+    assert (problem.path, problem.offset) == (path, off)
+    assert "passes its checksum but its body does not split into the 3 records:" in problem.message, problem.message

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ringwal
 from ringwal.errors import CorruptSegmentError, UnsupportedVersionError
@@ -16,10 +18,17 @@ from ringwal.format import (
     FRAME_OK,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
+    WALK_COUNT,
+    WALK_OK,
+    WALK_OVERRUN,
+    WALK_TOO_LARGE,
+    WALK_ZERO_LENGTH,
     SegmentHeader,
     align8,
+    describe_walk,
     encode_frame,
     parse_frame,
+    walk_records,
 )
 from ringwal.record import Record
 from ringwal.serializers import BinarySerializer
@@ -153,3 +162,83 @@ def test_golden_segments_of_the_format_doc_example(tmp_path):
         "13000000010000000300000000000000" "00000000bf0bdf720f000000030002002a36fe9c97176d61746368" + "00" * 5
     )
     assert cur[112:] == bytes(64)
+
+
+# ---------------------------------------------------------------- walking records
+
+
+def reference_walk(buf: bytes, count: int, max_record: int, span: int | None = None):
+    """The rule walk_records implements, written plainly: (ok, records, bytes)."""
+    total = len(buf) if span is None else span
+    pos = k = 0
+    while k < count and pos < total:
+        if pos + 4 > total:
+            return False, k, pos
+        if pos + 4 > len(buf):
+            return True, k, pos  # the next length lies past the prefix
+        n = int.from_bytes(buf[pos : pos + 4], "little")
+        if not 1 <= n <= max_record or pos + 4 + n > total:
+            return False, k, pos
+        if pos + 4 + n > len(buf):
+            return True, k, pos
+        pos += 4 + n
+        k += 1
+    return (k == count and pos == total), k, pos  # all claimed records, ending at the span's end
+
+
+def body_of(lengths: list[int]) -> bytes:
+    return b"".join(n.to_bytes(4, "little") + bytes([n % 251]) * n for n in lengths)
+
+
+@given(
+    lengths=st.lists(st.integers(1, 40), max_size=30),
+    same=st.booleans(),
+    count_delta=st.integers(-2, 2),
+    flip=st.one_of(st.none(), st.tuples(st.integers(0, 10_000), st.integers(0, 255))),
+)
+@settings(max_examples=400, deadline=None)
+def test_walk_records_agrees_with_the_plain_rule(lengths, same, count_delta, flip):
+    if same and lengths:
+        lengths = [lengths[0]] * len(lengths)  # the strided fast path
+    body = bytearray(body_of(lengths))
+    if flip is not None and body:
+        body[flip[0] % len(body)] = flip[1]
+    body = bytes(body)
+    count = max(len(lengths) + count_delta, 0)
+    outcome, k, pos, _value = walk_records(body, count, 32)
+    ok, rk, rpos = reference_walk(body, count, 32)
+    assert (outcome == WALK_OK) == ok
+    if ok:
+        assert (k, pos) == (rk, rpos)
+    for cut in range(0, len(body) + 1, 7):  # a prefix of the span: the whole records in it
+        outcome, k, pos, _value = walk_records(body[:cut], count, 32, len(body))
+        ok, rk, rpos = reference_walk(body[:cut], count, 32, len(body))
+        assert (outcome == WALK_OK) == ok, (cut, outcome, ok)
+        if ok:
+            assert (k, pos) == (rk, rpos) and pos <= cut
+
+
+@pytest.mark.parametrize(
+    "body, count, outcome, words",
+    [
+        (body_of([5, 5, 5]), 3, WALK_OK, "nothing is wrong"),
+        (body_of([5, 7]) + bytes(4), 3, WALK_ZERO_LENGTH, "record 2 at byte 20 has length 0"),
+        (body_of([5]) + b"\xff\xff\xff\x7f", 2, WALK_TOO_LARGE, "record 1 at byte 9 claims 2147483647 bytes"),
+        (body_of([5, 9])[:-1], 2, WALK_OVERRUN, "record 1 at byte 9 (length 9) runs past the end of the 21 bytes"),
+        (body_of([5, 5]), 3, WALK_COUNT, "after 2 records; 3 records in 18 bytes were claimed"),
+        (body_of([5, 5, 5]), 2, WALK_COUNT, "after 2 records; 2 records in 27 bytes were claimed"),
+    ],
+)
+def test_walk_records_names_what_is_wrong(body, count, outcome, words):
+    res = walk_records(body, count, 1000)
+    assert res[0] == outcome
+    assert words in describe_walk(res, count, len(body), 1000)
+
+
+@pytest.mark.parametrize("n", [65536 + 4, 65536 + 2, 65536 + 1])  # strides of u32, u16 and byte compares
+def test_walk_records_fast_path_compares_every_byte_of_each_length(n):
+    body = body_of([n] * 3)
+    assert walk_records(body, 3, 1 << 20)[0] == WALK_OK
+    bad = bytearray(body)
+    bad[2 * (n + 4) + 2] ^= 1  # the third length's high half: 65536 + n becomes n
+    assert walk_records(bytes(bad), 3, 1 << 20)[:3] == (WALK_COUNT, 3, len(body) - 65536)

@@ -16,11 +16,13 @@ import time
 import posix_ipc
 import pytest
 
-from ringwal import BinarySerializer, Record
-from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names
+from ringwal import BinarySerializer, LanePoisonedError, Record
+from ringwal.format import L_HEAD, L_POISON, L_TAIL
+from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names, unlink_names
 
 SER = BinarySerializer()
 RING_SIZE = 64 * 1024
+MAX_RECORD = RING_SIZE - 4  # the largest Config allows: the writer checks every length against it
 
 
 class Crash(Exception):
@@ -72,6 +74,7 @@ def no_writer_change() -> bool:
 @pytest.fixture
 def rdir(tmp_path):
     d = str(tmp_path)
+    unlink_names(d)  # a ring left by a deleted directory with the same inode (see conftest.wdir)
     yield d
     name, sem = ring_names(d)
     for unlink in (lambda: posix_ipc.unlink_shared_memory(name), lambda: posix_ipc.unlink_semaphore(sem)):
@@ -82,7 +85,7 @@ def rdir(tmp_path):
 
 
 def open_writer(d: str, disk: Disk, at=never, slots: int = 4) -> WriterSide:
-    side = WriterSide.open(d, slots, RING_SIZE, 4096, SER.name, at)
+    side = WriterSide.open(d, slots, RING_SIZE, MAX_RECORD, SER.name, at)
     side.recover(disk.last_seq, 1)
     side.publish_ready()
     return side
@@ -265,3 +268,268 @@ def test_shutdown_reclaims_dead_owners_and_unlinks_only_an_unused_ring(rdir):
     w2.close()
     assert not os.path.exists("/dev/shm" + ring_names(rdir)[0])
 
+
+
+# ---------------------------------------------------------------- spans cut to fit a frame
+
+BUDGET = 600
+
+
+def frame_sizes(disk: Disk) -> list[int]:
+    return [sum(len(SER.frame(r)) for r in recs) for _, recs in disk.frames]
+
+
+def contiguous(disk: Disk, tag: bytes) -> list[int]:
+    """The seqs of ``tag``'s records, checked to be one unbroken run."""
+    seqs = [seq for key, seq in seq_map(disk).items() if key.startswith(tag + b":")]
+    assert seqs == list(range(min(seqs), min(seqs) + len(seqs))), f"{tag!r}'s publication was split: {seqs}"
+    return seqs
+
+
+def test_a_span_cut_to_fit_the_budget_is_finished_before_any_other_lane(rdir):
+    """A publication larger than a frame is cut at record boundaries into several frames;
+    the rest of it opens the next drains, so no other lane's record lands inside it."""
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    b, a = producer(rdir), producer(rdir)  # b on lane 0: plain round robin would start with b
+    batch = [rec("a", i) for i in range(60)]
+    assert a.publish(b"".join(batch), len(batch)) == 60  # one head store
+    assert w.drain(disk.last_seq + 1, BUDGET, disk.write) > 0  # cuts a's span
+    for i in range(5):
+        b.publish(rec("b", i), 1)
+    drain_all(w, disk, budget=BUDGET)
+    check(disk, {"a": 60, "b": 5})
+    assert contiguous(disk, b"a") == list(range(1, 61))
+    assert len(disk.frames) > 3 and max(frame_sizes(disk)) <= BUDGET
+    for i in range(60):
+        assert a.seq_of(a.base + i + 1) == i + 1
+    a.release(), b.release()
+    w.close()
+
+
+@pytest.mark.parametrize(
+    "point, nth",
+    [("pending", 1), ("written", 1), ("lane_finished", 1), ("resume_set", 1), ("pending", 2), ("written", 2), ("resume_set", 2)],
+)
+def test_a_writer_dying_between_the_frames_of_a_cut_span_resumes_that_lane_first(rdir, point, nth):
+    """The fact "lane a's rest comes next" lives in the ring (resume words, stored as the cut
+    drain finishes): a new writer, whose round robin would start at lane b, still starts with a."""
+    disk = Disk()
+    w = open_writer(rdir, disk, crash_at(point, nth))
+    b, a = producer(rdir), producer(rdir)
+    batch = [rec("a", i) for i in range(60)]
+    a.publish(b"".join(batch), len(batch))
+    try:
+        w.drain(disk.last_seq + 1, BUDGET, disk.write)
+        for i in range(5):
+            b.publish(rec("b", i), 1)
+        drain_all(w, disk, budget=BUDGET)
+    except Crash:
+        pass
+    else:
+        pytest.fail(f"never reached {point} #{nth}")
+    w.close()
+    w2 = open_writer(rdir, disk)
+    for i in range(b.count - b.base, 5):
+        b.publish(rec("b", i), 1)
+    drain_all(w2, disk, budget=BUDGET)
+    check(disk, {"a": 60, "b": 5})
+    contiguous(disk, b"a")
+    assert max(frame_sizes(disk)) <= BUDGET
+    where = seq_map(disk)
+    for i in range(60):
+        assert a.seq_of(a.base + i + 1) == where[b"a:%d" % i]
+    a.release(), b.release()
+    w2.close()
+
+
+def test_a_record_larger_than_the_budget_is_a_frame_of_its_own(rdir):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a = producer(rdir)
+    a.publish(rec("a", 0, size=2000) + rec("a", 1), 2)
+    drain_all(w, disk, budget=BUDGET)
+    check(disk, {"a": 2})
+    assert [len(recs) for _, recs in disk.frames] == [1, 1]
+    a.release()
+    w.close()
+
+
+# ---------------------------------------------------------------- spans that are not records
+
+
+def garbage(side: ProducerSide, how: str) -> None:
+    """Publish something that is not records into ``side``'s lane, as a buggy process might."""
+    if how == "lengths":  # 0xabababab is no length
+        assert side.publish(b"\xab" * 64, 3) > 0
+    elif how == "count":  # two good records, the head claims three
+        assert side.publish(rec("c", 900) + rec("c", 901), 3) > 0
+    elif how == "zero":  # a record length of 0
+        assert side.publish(rec("c", 900) + bytes(8), 2) > 0
+    else:  # a head word claiming more bytes than the lane holds
+        head = side._ctl[L_HEAD]
+        side._ctl[L_HEAD] = (((head >> 32) + 1) & 0xFFFFFFFF) << 32 | ((head + RING_SIZE + 8) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("how, kept", [("lengths", 0), ("count", 0), ("zero", 1), ("head", 0)])
+def test_a_span_that_is_not_records_is_dropped_and_its_producer_poisoned(rdir, how, kept):
+    """Nothing that is not whole records reaches a frame. A span whose failure is at a record
+    keeps the whole records before it (``zero``: one good record, then a length of 0); one
+    whose lengths tile it into the wrong count is dropped whole."""
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a, c = producer(rdir), producer(rdir)
+    for i in range(10):
+        a.publish(rec("a", i), 1)
+        c.publish(rec("c", i), 1)
+    drain_all(w, disk)
+    good = c.count
+    garbage(c, how)
+    for i in range(10, 20):
+        a.publish(rec("a", i), 1)
+    drain_all(w, disk)
+    per = check(disk, {"a": 20})
+    assert per["c"] == list(range(10)) + [900] * kept  # nothing of the garbage reached a frame
+    assert len(w.dropped) == 1
+    lane, pid, message = w.dropped[0]
+    assert (lane, pid) == (c.lane, os.getpid()) and f"ring lane {c.lane}" in message
+    with pytest.raises(LanePoisonedError) as e:
+        c.publish(rec("c", 10), 1)
+    assert e.value.lane == c.lane and e.value.first_dropped == good - c.base + kept + 1
+    with pytest.raises(LanePoisonedError):
+        c.wait_progress(False, good + kept + 1, time.monotonic() + 5, no_writer_change)
+    # the records before the dropped ones keep their seqs
+    where = seq_map(disk)
+    assert c.seq_of(good) == where[b"c:9"]
+    if kept:
+        assert c.seq_of(good + 1) == where[b"c:900"]
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w.close()
+
+
+@pytest.mark.parametrize("point", ["resume_set", "poisoned"])
+def test_good_records_before_bad_ones_in_one_span_are_written_and_only_the_rest_dropped(rdir, point):
+    """Honest records and then garbage, published before the writer looked: the honest ones
+    are framed, the rest dropped after the frame, also across a writer dying in between."""
+    disk = Disk()
+    w = open_writer(rdir, disk, crash_at(point))
+    a, c = producer(rdir), producer(rdir)
+    for i in range(30):
+        c.publish(rec("c", i), 1)
+    c.publish(b"\xab" * 64, 3)
+    a.publish(rec("a", 0), 1)
+    with pytest.raises(Crash):
+        drain_all(w, disk)
+    w.close()
+    w2 = open_writer(rdir, disk)
+    a.publish(rec("a", 1), 1)
+    drain_all(w2, disk)
+    check(disk, {"a": 2, "c": 30})
+    with pytest.raises(LanePoisonedError) as e:
+        c.publish(rec("c", 30), 1)
+    assert e.value.first_dropped == 31
+    assert c.seq_of(c.base + 30) == seq_map(disk)[b"c:29"]
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w2.close()
+
+
+def test_a_poisoned_producers_later_publications_are_dropped_too(rdir):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a, c = producer(rdir), producer(rdir)
+    garbage(c, "lengths")
+    drain_all(w, disk)
+    c._ctl[L_POISON] = 0  # pretend c published before it could see the poison...
+    c.publish(rec("c", 0), 1)
+    c._ctl[L_POISON] = c._token  # ... which the writer had stored
+    a.publish(rec("a", 0), 1)
+    drain_all(w, disk)
+    check(disk, {"a": 1})
+    assert "c" not in {r.data.split(b":")[0].decode() for r in disk.records()}
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w.close()
+
+
+def test_a_writer_dying_while_dropping_a_span_drops_it_again(rdir):
+    """Poison words stored, tail not yet advanced: the next writer drops the span as a
+    poisoned owner's, and nothing of it is ever framed."""
+    disk = Disk()
+    w = open_writer(rdir, disk, crash_at("poisoned"))
+    a, c = producer(rdir), producer(rdir)
+    a.publish(rec("a", 0), 1)
+    garbage(c, "lengths")
+    with pytest.raises(Crash):
+        drain_all(w, disk)
+    w.close()
+    w2 = open_writer(rdir, disk)
+    a.publish(rec("a", 1), 1)
+    drain_all(w2, disk)
+    check(disk, {"a": 2})
+    with pytest.raises(LanePoisonedError):
+        c.publish(rec("c", 0), 1)
+    assert c.wait_emptied(time.monotonic() + 5)
+    a.release(), c.release()
+    w2.close()
+
+
+def test_the_rest_of_a_cut_span_that_turns_out_not_records_is_dropped_and_others_go_on(rdir):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    b, a = producer(rdir), producer(rdir)
+    batch = [rec("a", i) for i in range(60)]
+    a.publish(b"".join(batch), len(batch))
+    w.drain(disk.last_seq + 1, BUDGET, disk.write)  # cut: the rest waits in the lane
+    written = len(disk.records())
+    tail = a._ctl[L_TAIL] & (RING_SIZE - 1)
+    a._data[tail : tail + 4] = b"\xff\xff\xff\x7f"  # something scribbles over the rest
+    for i in range(5):
+        b.publish(rec("b", i), 1)
+    drain_all(w, disk, budget=BUDGET)
+    per = check(disk, {"b": 5})
+    assert per["a"] == list(range(written))
+    with pytest.raises(LanePoisonedError):
+        a.publish(rec("a", 60), 1)
+    a.release(), b.release()
+    w.close()
+
+
+def fixed(tag: str, i: int) -> bytes:
+    """A record whose length does not depend on ``i`` (the writer's same-length fast path)."""
+    return SER.frame(Record(1, i, f"{tag}:{i:05d}|".encode() + bytes(20)))
+
+
+@pytest.mark.parametrize("claimed", [19, 21, 10, 40])
+def test_same_length_records_in_every_lane_with_one_count_wrong_are_still_caught(rdir, claimed):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a, c, b = producer(rdir), producer(rdir), producer(rdir)
+    a.publish(b"".join(fixed("a", i) for i in range(20)), 20)
+    c.publish(b"".join(fixed("c", i) for i in range(20)), claimed)
+    b.publish(b"".join(fixed("b", i) for i in range(20)), 20)
+    drain_all(w, disk)
+    check(disk, {"a": 20, "b": 20})
+    assert [lane for lane, _pid, _msg in w.dropped] == [c.lane]
+    a.release(), b.release(), c.release()
+    w.close()
+
+
+@pytest.mark.parametrize("budget", [BUDGET, 1 << 20])  # checked while cut to fit, or whole
+def test_a_bad_length_inside_a_span_keeps_the_records_before_it(rdir, budget):
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    a = producer(rdir)
+    batch = [rec("a", i) for i in range(60)]
+    batch[5] = b"\xf0\xff\xff\xff" + batch[5][4:]  # record 5 claims 4 GiB
+    a.publish(b"".join(batch), 60)
+    drain_all(w, disk, budget=budget)
+    check(disk, {"a": 5})
+    [(lane, _pid, message)] = w.dropped
+    assert "dropped 55 records" in message and "the 5 records before them were written" in message
+    with pytest.raises(LanePoisonedError) as e:
+        a.publish(rec("a", 60), 1)
+    assert e.value.first_dropped == 6
+    a.release()
+    w.close()
