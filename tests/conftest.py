@@ -46,10 +46,16 @@ def cfg(tmp_path) -> Config:
 @pytest.fixture
 def wdir(tmp_path):
     """A log directory whose writer processes and shared-memory ring are removed afterwards."""
+    from ringwal.ring import unlink_names
+
     from .ringhelp import kill_writers
 
     d = str(tmp_path / "wal")
     os.makedirs(d)
+    # The ring is named after the directory's device and inode. A new directory owns no ring
+    # yet: one under its name was leaked by a deleted directory whose inode was recycled (test
+    # sessions running side by side share /dev/shm), possibly of another layout version.
+    unlink_names(d)
     yield d
     kill_writers(d)
 

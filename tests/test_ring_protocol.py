@@ -17,7 +17,7 @@ import posix_ipc
 import pytest
 
 from ringwal import BinarySerializer, Record
-from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names
+from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names, unlink_names
 
 SER = BinarySerializer()
 RING_SIZE = 64 * 1024
@@ -72,6 +72,7 @@ def no_writer_change() -> bool:
 @pytest.fixture
 def rdir(tmp_path):
     d = str(tmp_path)
+    unlink_names(d)  # a ring leaked by a deleted directory with the same recycled inode
     yield d
     name, sem = ring_names(d)
     for unlink in (lambda: posix_ipc.unlink_shared_memory(name), lambda: posix_ipc.unlink_semaphore(sem)):
