@@ -58,7 +58,7 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
 }
 
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
-_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason")
+_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available")
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:

@@ -129,8 +129,11 @@ Liveness and locks
     The pid words are stored for ``ringwal stats`` only, each in its process's own namespace.
 
 Lifecycle
-    The writer creates the region and its semaphore (``O_CREAT``), sets ``state = READY``
-    last. On a clean exit it takes every lane's byte:
+    The writer creates the region and its semaphore (``O_CREAT``), reserving the whole region
+    in ``/dev/shm`` first (``posix_fallocate``): a tmpfs without room refuses it there, and
+    the writer unlinks what it made and raises ShmTooSmallError with the bytes needed and
+    free, instead of leaving a region whose untouched pages raise SIGBUS in whoever first
+    touches them. It sets ``state = READY`` last. On a clean exit it takes every lane's byte:
     holding them all, it frees the lanes of producers that died (one killed just before the
     writer's SIGTERM still owns its lane until someone notices) and, every lane empty, sets
     ``state = CLOSED`` and unlinks the names; otherwise (a live producer, or records left) it
@@ -144,6 +147,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
@@ -157,11 +161,12 @@ from typing import Any
 import posix_ipc
 
 from . import _futex
-from ._fileutil import ByteLocks
+from ._fileutil import ByteLocks, preallocate
 from .errors import (
     ConfigError,
     LogFailedError,
     RingError,
+    ShmTooSmallError,
     SlotsExhaustedError,
     UnsupportedVersionError,
 )
@@ -312,6 +317,30 @@ def claim_lock(directory: str, timeout: float = CLAIM_WAIT) -> Iterator[None]:
         locks.close()
 
 
+def shm_free() -> tuple[int, int]:
+    """(free, total) bytes of the file system behind POSIX shared memory (``/dev/shm``)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return -1, -1
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def _no_room(directory: str, name: str, needed: int, slots: int, ring_size: int) -> ShmTooSmallError:
+    free, total = shm_free()
+    mib = 1 << 20
+    return ShmTooSmallError(
+        f"the shared-memory ring of {directory} needs {needed} bytes ({needed / mib:.1f} MiB: producer_slots={slots} "
+        f"lanes of ring_size={ring_size} bytes, plus {needed - slots * ring_size} bytes of control and span logs) "
+        f"but /dev/shm has {free} bytes free (of {total}). Lower ring_size or producer_slots (Config, or "
+        "`ringwal serve --ring-size N --producer-slots N`), or give /dev/shm more room: `docker run --shm-size`, "
+        "`shm_size:` in Compose, or a memory-backed emptyDir mounted at /dev/shm in Kubernetes",
+        path=f"/dev/shm{name}",
+        needed=needed,
+        available=free,
+    )
+
+
 class Ring:
     """This process's mapping of a directory's ring: creation, attaching, the header check,
     views and the lifecycle. The algorithms are the sides below; outside this module nothing
@@ -378,7 +407,8 @@ class Ring:
     def create_or_reuse(cls, directory: str, slots: int, ring_size: int, max_record: int, serializer: str) -> Ring:
         """The writer's open: reuse a ring left by an earlier writer, else create one.
 
-        Call with the directory's writer lock held.
+        Call with the directory's writer lock held. Creating reserves the whole region in
+        ``/dev/shm``; ShmTooSmallError (nothing left behind) when it has no room.
         """
         name = ring_names(directory)[0]
         try:
@@ -404,7 +434,18 @@ class Ring:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory(name)
         _spans, _data, size = ring_layout(slots, ring_size)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
+        try:
+            # Reserve every page now: a tmpfs without room says so here (ENOSPC) rather than
+            # with a SIGBUS in whichever process first touches a page it cannot back.
+            preallocate(shm.fd, size)
+        except OSError as exc:
+            shm.close_fd()
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory(name)
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise _no_room(directory, name, size, slots, ring_size) from None
+            raise
         ring = cls(directory, shm, created=True)
         w = ring.words
         w[RH_VERSION] = RING_VERSION
@@ -1033,7 +1074,8 @@ class WriterSide:
     ) -> WriterSide:
         """Create the ring or reuse the one a dead writer left (call with the directory's
         writer lock held). Raises ConfigError when the existing ring was made for another
-        serializer."""
+        serializer, ShmTooSmallError when ``/dev/shm`` has no room for a new one (what was
+        created is removed again)."""
         ring = Ring.create_or_reuse(directory, slots, ring_size, max_record, serializer)
         try:
             if ring.serializer != serializer:
@@ -1041,8 +1083,16 @@ class WriterSide:
                     f"the ring of {directory} was created for serializer {ring.serializer!r} but the log uses "
                     f"{serializer!r}; stop its producers or remove /dev/shm{ring.name}"
                 )
-            wsem = ring.writer_sem(create=True)
+            try:
+                wsem = ring.writer_sem(create=True)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                _spans, _data, size = ring_layout(ring.slots, ring.ring_size)
+                raise _no_room(directory, ring.writer_sem_name, size + 4096, ring.slots, ring.ring_size) from None
         except BaseException:
+            if ring.created:
+                ring.unlink()
             ring.close()
             raise
         return cls(ring, wsem, at)
