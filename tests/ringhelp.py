@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import posix_ipc
@@ -76,10 +77,19 @@ spawn = spawn_child
 
 
 def read_line(p: subprocess.Popen, timeout: float = 60.0, stream: str = "stdout") -> str:
-    """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout)."""
+    """The next line the child prints, waiting at most ``timeout`` (raises on EOF/timeout).
+
+    The line is read by a helper thread rather than after a ``select`` on the pipe: when two
+    lines arrive together the first ``readline`` buffers both, and a ``select`` for the
+    second would wait on an empty pipe (a writer's recovery warning and its "serving" line
+    come microseconds apart).
+    """
     f = getattr(p, stream)
-    ready, _, _ = select.select([f], [], [], timeout)
-    if not ready:
+    box: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: box.put(f.readline()), daemon=True).start()
+    try:
+        line = box.get(timeout=timeout)
+    except queue.Empty:
         # Say where it was stuck: its Python stack (py-spy when installed) and what it printed.
         where = ""
         with contextlib.suppress(Exception):
@@ -87,7 +97,6 @@ def read_line(p: subprocess.Popen, timeout: float = 60.0, stream: str = "stdout"
         p.kill()
         _, err = p.communicate(timeout=10)
         raise AssertionError(f"child printed nothing on {stream} for {timeout}s; stack:\n{where}\nstderr:\n{err}")
-    line = f.readline()
     if not line:
         raise AssertionError(f"child exited ({p.wait(10)}): {p.stderr.read() if stream == 'stdout' else ''}")
     return line.rstrip("\n")
