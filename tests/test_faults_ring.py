@@ -84,6 +84,17 @@ h.close()
 print("done", flush=True)
 """
 
+#: Follows the log, printing each seq it yields, until it has seen N records.
+FOLLOWER = """
+import sys, ringwal
+d, n = sys.argv[1], int(sys.argv[2])
+for r in ringwal.follow(d, 0, poll_interval=0.05):
+    print("seq", r.seq, flush=True)
+    if r.seq == n:
+        break
+print("done", flush=True)
+"""
+
 #: Syncs a record, forks a child that only sleeps, reports both; the test kills the parent.
 FORKER = """
 import os, signal, sys, ringwal
@@ -362,6 +373,30 @@ def test_a_killed_producers_lane_is_freed_while_another_holds_the_claim_lock_sto
         if w.poll() is None:
             w.kill()
     check_log(wdir, {"held": 19, "victim": 9, "free": 49}, {"held": 20, "victim": 10, "free": 50})
+
+
+def test_follow_and_stats_go_on_while_a_stopped_process_holds_the_claim_lock(wdir):
+    w = start_serve(wdir)
+    claimer = follower = None
+    try:
+        claimer = spawn(CLAIM_HOLDER, wdir, stdin=subprocess.PIPE)
+        assert read_line(claimer) == "holding"
+        stop(claimer)
+        follower = spawn(FOLLOWER, wdir, "20")
+        opener = spawn(OPENER, wdir, "free")
+        assert read_line(opener, timeout=60).startswith("synced")
+        opener.kill()  # it now waits for the claim lock in truncate_before
+        opener.wait(30)
+        assert [read_line(follower, timeout=60) for _ in range(20)] == [f"seq {i}" for i in range(1, 21)]
+        assert read_line(follower) == "done"
+        argv = [sys.executable, "-m", "ringwal", "stats", "--dir", wdir]
+        stats = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert stats.returncode == 0 and "writer: pid" in stats.stdout, (stats.stdout, stats.stderr)
+        assert stop_writer(w) == 0
+    finally:
+        cleanup(claimer, follower)
+        if w.poll() is None:
+            w.kill()
 
 
 def test_a_dead_producers_lane_is_freed_although_its_forked_child_lives(wdir):
