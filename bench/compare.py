@@ -422,7 +422,8 @@ class Setup:
 
     def _start_ringwal(self, producers):
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "ringwal", "serve", "--dir", self.dir, "--segment-size", str(self.segment_size)],
+            [sys.executable, "-m", "ringwal", "serve", "--dir", self.dir, "--segment-size", str(self.segment_size),
+             "--producer-slots", str(max(16, producers))],  # the default (16) is sized for a 64 MiB /dev/shm
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         line = self.server.stderr.readline()

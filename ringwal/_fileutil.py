@@ -8,6 +8,12 @@ Durability rules applied everywhere through these helpers:
 * a failed fsync is never retried: it is raised, and callers latch into a failed state
   (after an fsync error the kernel may already have dropped the dirty pages);
 * ``fsync`` is a parameter wherever it is called, so tests can inject a failure.
+
+Locks: ``DirLock`` (``flock`` on ``wal.lock``, one writer per directory) and ``ByteLocks``
+(open-file-description byte-range locks, many independent locks in one file, for the ring).
+Neither ever blocks: every attempt is non-blocking, retried against a deadline where a wait
+makes sense, so a process stopped (SIGSTOP, a debugger) while holding one delays others by at
+most that deadline and then they get a typed error naming the file.
 """
 
 from __future__ import annotations
@@ -15,12 +21,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 import time
+import weakref
 from collections.abc import Callable
 
-from .errors import ConfigError, LockedError
+from .errors import ConfigError, LockedError, LockTimeoutError
 
-__all__ = ["DirLock", "FsyncFn", "atomic_write", "fsync_dir", "preallocate", "writer_holds_lock"]
+__all__ = [
+    "ByteLocks",
+    "DirLock",
+    "FsyncFn",
+    "atomic_write",
+    "fsync_dir",
+    "preallocate",
+    "writer_holds_lock",
+]
 
 FsyncFn = Callable[[int], None]
 
@@ -168,3 +184,129 @@ def writer_holds_lock(directory: str) -> bool:
         return True
     finally:
         os.close(fd)  # also drops our shared lock
+
+
+# --------------------------------------------------------------------------- byte-range locks
+
+#: ``struct flock`` for the F_OFD_* commands, in the platform's native layout (l_type, l_whence,
+#: l_start, l_len, l_pid), padded to its alignment as the C struct is (32 bytes on x86-64).
+_FLOCK = struct.Struct("hhqqi0q")
+#: First and longest pause between attempts of ``ByteLocks.lock``, seconds.
+_RETRY_FIRST = 0.0005
+_RETRY_MAX = 0.02
+
+_open_byte_locks: weakref.WeakSet[ByteLocks] = weakref.WeakSet()
+
+
+class ByteLocks:
+    """Exclusive byte-range locks on one lock file, as open-file-description (OFD) locks.
+
+    Each byte of the file is an independent lock; the file itself stays empty. Why OFD locks
+    (``fcntl`` ``F_OFD_SETLK``) rather than ``flock`` or classic POSIX locks:
+
+    * they belong to the open file description, like ``flock``: a lock taken through one
+      ``open`` conflicts with every other ``open`` of the file, in this process or another,
+      and the kernel drops it when the last descriptor of that description closes, however
+      the process ends (classic POSIX locks are per process and dropped by *any* close);
+    * they are kernel state on the file's inode, so they work across PID namespaces (a writer
+      and producers in separate containers sharing the volume) and need no pid to judge;
+    * unlike ``flock`` they lock byte ranges, so one file holds the ring's claim lock, its
+      writer's lock and one lock per lane, and a range of lanes is taken in one call;
+    * ``F_OFD_GETLK`` *tests* a range without taking it, so a liveness probe never disturbs
+      the holder or a process about to take the lock (a ``flock`` probe has to take it).
+
+    A ``fork`` duplicates the descriptor and the child would share every lock of this
+    object: a child that kept it would keep a lane "alive" after its parent died. So every
+    ByteLocks is closed in a forked child (``os.register_at_fork``) before other code runs
+    there; closing the child's copy leaves the parent's locks in place, since the parent's
+    descriptor still refers to the description. A later use in the child reopens the file
+    (a new description, holding nothing).
+
+    The file is opened read-write (an exclusive lock needs it); when that is refused (a
+    read-only mount, another user's file) it is opened read-only, which still serves
+    ``held_elsewhere``. ``close`` drops every lock this object holds; idempotent.
+    """
+
+    _fd = -1
+
+    def __init__(self, path: str, mode: int = 0o644) -> None:
+        self.path = path
+        self._mode = mode
+        _open_byte_locks.add(self)
+
+    def _file(self) -> int:
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._mode)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._fd
+
+    def _fcntl(self, cmd: int, kind: int, start: int, length: int) -> int:
+        res = fcntl.fcntl(self._file(), cmd, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+        got: int = _FLOCK.unpack(res)[0]
+        return got
+
+    def try_lock(self, start: int, length: int = 1) -> bool:
+        """Take bytes ``[start, start + length)`` exclusively if no other description holds any
+        of them; False (at once) otherwise. Taking a range this object already holds is a no-op."""
+        try:
+            self._fcntl(fcntl.F_OFD_SETLK, fcntl.F_WRLCK, start, length)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            if exc.errno == errno.EBADF:  # opened read-only: an exclusive lock needs write access
+                raise PermissionError(
+                    errno.EACCES, f"{self.path} is not writable by this process, so it cannot take its locks"
+                ) from None
+            raise
+        return True
+
+    def lock(self, start: int, length: int, timeout: float, what: str) -> None:
+        """``try_lock`` until it succeeds or ``timeout`` seconds pass; then LockTimeoutError
+        saying that another process holds ``what`` (bytes ``start``.. of this file)."""
+        deadline = time.monotonic() + timeout
+        pause = _RETRY_FIRST
+        while not self.try_lock(start, length):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeoutError(
+                    f"{what} (byte {start} of {self.path}) stayed held by another process for {timeout:g}s; "
+                    "a process holding it is stopped (SIGSTOP, a debugger) or hung: resume or kill it",
+                    path=self.path,
+                )
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _RETRY_MAX)
+
+    def unlock(self, start: int, length: int = 1) -> None:
+        """Release bytes ``[start, start + length)`` held by this object (no-op where not held)."""
+        if self._fd >= 0:
+            self._fcntl(fcntl.F_OFD_SETLK, fcntl.F_UNLCK, start, length)
+
+    def held_elsewhere(self, start: int, length: int = 1) -> bool:
+        """Whether another open file description holds any byte of the range, right now.
+        Takes nothing. A range held through *this* object does not count."""
+        try:
+            return self._fcntl(fcntl.F_OFD_GETLK, fcntl.F_WRLCK, start, length) != fcntl.F_UNLCK
+        except FileNotFoundError:
+            return False  # no lock file: nobody ever locked anything in it
+
+    def close(self) -> None:
+        """Close the file: drops every lock held through this object. Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _forget_in_child(self) -> None:
+        # Closing the child's copy of the descriptor leaves the parent's locks in place.
+        self.close()
+
+
+def _close_byte_locks_in_child() -> None:
+    for locks in list(_open_byte_locks):
+        locks._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_close_byte_locks_in_child)

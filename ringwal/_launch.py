@@ -58,7 +58,7 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
 }
 
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
-_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason")
+_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available")
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -139,7 +139,15 @@ def start_writer(config: Config, linger: float, deadline: float) -> bool:
             )  # fmt: skip
         os.close(w)
         w = -1
-        proc.wait()  # the launcher forks the writer and exits at once (no zombie left here)
+        try:  # the launcher forks the writer and exits at once (no zombie left here)
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise WriterGoneError(
+                f"could not start a writer for {directory}: its launcher did not return in time; "
+                f"see {directory}/writer.log"
+            ) from None
         line = _read_line(r, deadline)
     finally:
         if w >= 0:

@@ -43,9 +43,21 @@ class Config:
 
     ring_size: bytes of shared memory per producer lane (2 MiB), a power of two >= 64 KiB.
         A producer blocks in ``append`` when its lane is full, so this bounds how far one
-        producer can run ahead of the writer. Memory is only touched by lanes in use.
-    producer_slots: lanes in the ring, i.e. processes that can be attached at once (32).
+        producer can run ahead of the writer. It must hold a record plus its 4-byte length,
+        so with the default max_record_size (1 MiB) it cannot be smaller than 2 MiB.
+    producer_slots: lanes in the ring, i.e. processes that can be attached at once (16).
         A slot whose process died is reclaimed (after its complete records are written).
+        More producers than slots get SlotsExhaustedError at ``open``.
+
+    The ring is ``producer_slots x ring_size`` bytes plus 16 KiB of span log and 256 bytes
+    of control per lane and a 4 KiB header, all in ``/dev/shm``, and the writer reserves all
+    of it when it creates the ring (a ``/dev/shm`` without room fails ``open``/``serve`` with
+    ShmTooSmallError instead of a SIGBUS later). Reserved means resident: the memory is
+    taken whether or not the lanes are used. The defaults (16 x 2 MiB: 32.3 MiB) take half
+    of the 64 MiB that Docker gives a container's ``/dev/shm``, leaving room for a second
+    log or other users; the trade-off is 16 producer processes at once rather than 32.
+    For more producers, raise producer_slots (and ``--shm-size``), or halve ring_size and
+    max_record_size together.
     append_timeout: seconds ``append`` waits for room in a full lane before raising
         RingFullError (10).
     sync_timeout: seconds ``flush``/``sync``/``close`` wait for a live writer before raising
@@ -79,7 +91,7 @@ class Config:
     write_buffer_size: int = 1 * MiB
     max_record_size: int = 1 * MiB
     ring_size: int = 2 * MiB
-    producer_slots: int = 32
+    producer_slots: int = 16
     append_timeout: float = 10.0
     sync_timeout: float = 30.0
     start_writer: bool = True

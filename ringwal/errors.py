@@ -14,8 +14,12 @@
     ├── RingError                         the shared-memory ring cannot be used: an unknown
     │   │                                 layout version, or every producer slot is taken
     │   ├── SlotsExhaustedError           all ``producer_slots`` lanes are held by live producers
-    │   └── LanePoisonedError             the writer dropped bytes of this handle's lane that
-    │                                     were not records; the handle refuses all work
+    │   ├── LanePoisonedError             the writer dropped bytes of this handle's lane that
+    │   │                                 were not records; the handle refuses all work
+    │   ├── ShmTooSmallError              /dev/shm has no room for the ring; carries the bytes
+    │   │                                 needed and free, names the settings that shrink it
+    │   └── LockTimeoutError              a lock of the ring stayed held past its deadline by a
+    │                                     process that is stopped or hung; names the lock file
     ├── RingFullError (TimeoutError)      ``append`` waited ``append_timeout`` for room in the
     │                                     ring while a live writer did not drain it
     ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
@@ -105,6 +109,34 @@ class LanePoisonedError(RingError):
         self.lane = lane
         self.first_dropped = first_dropped
         self.reason = reason
+
+
+class ShmTooSmallError(RingError):
+    """``/dev/shm`` has no room for the ring the writer must create (Docker gives a container
+    64 MiB by default). Raised by ``ringwal serve`` and by the ``open`` that started the
+    writer; nothing is left behind in ``/dev/shm``.
+
+    ``needed`` and ``available`` are bytes; ``path`` is the shared-memory object that could
+    not be created. Lower ``ring_size`` or ``producer_slots``, or give ``/dev/shm`` more room.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, needed: int | None = None, available: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.needed = needed
+        self.available = available
+
+
+class LockTimeoutError(RingError):
+    """A lock of the ring (a byte of ``<dir>/wal.ring.lock``) stayed held by another process
+    past its deadline: that process is stopped (SIGSTOP, a debugger) or hung while holding
+    it. ``path`` names the lock file. Nothing was changed; resume or kill that process."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class RingFullError(WALError, TimeoutError):

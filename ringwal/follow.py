@@ -26,11 +26,13 @@ a torn tail the follower never read past.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from .errors import LockTimeoutError
 from .format import FRAME_HEADER_SIZE
 from .record import Record, check_seq
 from .replay import _HoleCheck, replay
@@ -110,7 +112,10 @@ class _Follower:
         view = RingView.attach(self.dir)
         if view is None:
             return None  # no ring, or one of another layout: follow the files alone
-        view.register_follower()
+        # A process stopped while holding the claim lock makes this give up after its
+        # deadline: follow on unregistered, looking every poll_interval instead of being woken.
+        with contextlib.suppress(LockTimeoutError):
+            view.register_follower()
         self.view = self.live.view = view
         return view if view.writer_alive() else None
 

@@ -375,12 +375,15 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     +------------------+------------------------+--------------------+-------------------+
 #     S = align4096(4096 + slots*256), D = align4096(S + slots*SPAN_LOG*16)
 #
-# Ring header words (who writes each: W = the writer, C = whoever holds the claim lock)::
+# Ring header words (who writes each: W = the writer, C = whoever holds the claim lock,
+# P = a producer claiming or releasing a lane)::
 #
 #     0 magic "RWRING\0\0"   1 version      2 slots        3 ring_size (lane bytes)
 #     4 max_record_size      5 SPAN_LOG     6-7 serializer name (16 bytes, NUL-padded)
-#     8 state (W)            9 writer pid (W)  10 writer create time, f64 bits (W)
-#     11 writer generation (W)              12 attach generation (C)
+#     8 state (W)            9 writer pid, in the writer's PID namespace: for display (W)
+#     10 reserved (never written)
+#     11 writer generation (W)              12 attach generation: a hint, bumped without a
+#        lock by claims and releases, so concurrent bumps may collapse into one (P, W)
 #     13 pending (W)         14 pending first seq (W)   15 pending last seq (W)
 #     16 next seq (W)        17 durable seq (W)         18 reserved (never written)
 #     19 records written (W) 20 fsyncs (W)  21 writer started, ns (W)
@@ -408,13 +411,16 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     8 tail = count32 << 32 | pos32 (W)            9 pending tail (W)
 #     10 progress version, odd while changing (W)  11 written count32 (W)  12 written seq (W)
 #     13 durable count32 (W)  14 durable seq (W)  15 span head: spans logged so far (W)
-#     16 owner pid (C)  17 owner create time, f64 bits (C)  18 owner token (C)
+#     16 owner pid, in the owner's PID namespace: for display (O)  17 reserved (never written)
+#     18 owner token: random, odd; nonzero = the lane is owned (O)
 #     19 first seq of this lane's span in the pending drain (W)
 #     24 poison (W): the owner token of a producer whose span the writer dropped as not
 #        records; its handle refuses work from then on (0 = never)
 #     25 count32 before the first record dropped   26 problem: outcome << 32 | record index
 #     27 byte offset of the problem in the dropped bytes   28 value seen there (a length or count)
 #     29 what was dropped: count32 << 32 | bytes   (26-29 as walk_records reports them)
+#     (O = whoever holds the lane's lock in wal.ring.lock: the producer that claims, owns or
+#     releases the lane, or the writer freeing the lane of a producer that died)
 #
 # Span log entry (16 bytes; entry i of a lane at i % SPAN_LOG): the writer drained the
 # lane's records with counts start+1 .. end (mod 2**32) as seqs first_seq ..::
@@ -423,11 +429,24 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #
 # Lane data holds records exactly as a frame body holds them (u32 length + payload),
 # contiguous, wrapping at ring_size (a record may straddle the end).
+#
+# The ring's locks: byte-range OFD locks (``_fileutil.ByteLocks``) on ``<dir>/wal.ring.lock``,
+# a file that stays empty. Each byte is one exclusive lock, dropped by the kernel when its
+# holder dies, whatever PID namespace it runs in::
+#
+#     byte 0         the claim lock: follower count and truncation request (C), held for a
+#                    few word stores, taken with a deadline
+#     byte 1         the writer: held by the writer that serves the ring from just before it
+#                    publishes READY until it has stopped; "held" = the writer is alive
+#     byte 64 + k    lane k: held by its owner for as long as it owns the lane; the writer
+#                    takes it to free the lane of an owner that died, and takes all lanes'
+#                    bytes at once to decide that nobody uses the ring at shutdown
 
 RING_MAGIC: Final = b"RWRING\x00\x00"
 #: 2: futex wake word (24) replaced the per-lane semaphores; 3: stats, follow, truncation words;
-#: 4: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
-RING_VERSION: Final = 4
+#: 4: liveness by the locks in wal.ring.lock (pid words for display only, create-time words unused).
+#: 5: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
+RING_VERSION: Final = 5
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -436,7 +455,8 @@ SPAN_SIZE: Final = 16
 # ring header word indices
 RH_MAGIC, RH_VERSION, RH_SLOTS, RH_RING_SIZE, RH_MAX_RECORD, RH_SPAN_LOG = range(6)
 RH_SERIALIZER_OFFSET: Final = 48
-RH_STATE, RH_WRITER_PID, RH_WRITER_CTIME, RH_WRITER_GEN, RH_ATTACH_GEN = range(8, 13)
+RH_STATE, RH_WRITER_PID = 8, 9
+RH_WRITER_GEN, RH_ATTACH_GEN = 11, 12
 RH_PENDING, RH_PENDING_FIRST, RH_PENDING_LAST, RH_NEXT_SEQ, RH_DURABLE_SEQ = range(13, 18)
 RH_RECORDS, RH_FSYNCS, RH_STARTED_NS, RH_RESUME, RH_RESUME_HEAD = range(19, 24)
 RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer stores 16-21
@@ -472,9 +492,16 @@ RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)
 L_HEAD, L_WANT_WRITTEN, L_WANT_DURABLE = 0, 1, 2
 L_TAIL, L_PENDING_TAIL, L_VERSION, L_WRITTEN_COUNT = range(8, 12)
 L_WRITTEN_SEQ, L_DURABLE_COUNT, L_DURABLE_SEQ, L_SPAN_HEAD = range(12, 16)
-L_OWNER_PID, L_OWNER_CTIME, L_OWNER_TOKEN, L_PENDING_SEQ = 16, 17, 18, 19
+L_OWNER_PID, L_OWNER_TOKEN, L_PENDING_SEQ = 16, 18, 19
 L_POISON, L_POISON_FROM, L_POISON_WHY, L_POISON_AT, L_POISON_VALUE, L_POISON_SPAN = range(24, 30)
 LANE_WORDS: Final = LANE_CTL_SIZE // 8
+
+
+#: The ring's lock file in the log directory, and its lock bytes (above).
+RING_LOCK_NAME: Final = "wal.ring.lock"
+LOCK_CLAIM: Final = 0
+LOCK_WRITER: Final = 1
+LOCK_LANE0: Final = 64
 
 
 def _align4096(n: int) -> int:

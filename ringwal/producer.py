@@ -9,13 +9,18 @@ already running does not pay for a sleep and a wake-up (about 20 us of CPU each 
 2-core VM this was measured on); then they sleep on the ring's futex word (``_futex.py``)
 until the writer says the records reached the OS / stable storage.
 
-Every wait is bounded. While waiting, a handle checks every ``POLL`` seconds that the writer
-(pid + create time in the ring header) is alive; when it is gone, the handle starts a new
-one (``start_writer``) or waits ``writer_wait`` for a supervisor's, then carries on; the
-ring and its records outlive writers. If none comes, it raises WriterGoneError.
+Every wait is bounded, and no call waits for a lock another producer holds (``ring.py``,
+"Liveness and locks"): ``open`` claims a lane by taking its lock in ``wal.ring.lock`` without
+waiting, and holds it until ``close``. While waiting, a handle checks every ``POLL`` seconds
+that the writer is alive (its lock in ``wal.ring.lock`` is held and the ring is READY: this
+works across PID namespaces, so the writer may run in another container); when it is gone,
+the handle starts a new one (``start_writer``) or waits ``writer_wait`` for a supervisor's,
+then carries on; the ring and its records outlive writers. If none comes, it raises
+WriterGoneError.
 
-After ``fork`` the child's copy of a handle never touches the parent's lane: the first call
-in the child claims a lane of its own (receipts from before the fork raise in the child).
+After ``fork`` the child's copy of a handle never touches the parent's lane: the child lets
+go of its copy of the lane's lock at once (so the lane dies with the parent), and its first
+call claims a lane of its own (receipts from before the fork raise in the child).
 """
 
 from __future__ import annotations

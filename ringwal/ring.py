@@ -3,10 +3,10 @@
 The region (layout in ``format.py``) holds one single-producer/single-consumer *lane* per
 attached producer process. A producer claims a lane at ``open``; it alone writes the lane's
 data and its ``head`` word. The writer process alone writes ``tail``, the progress words, the
-span log, the resume words and the poison words. The claim lock (``flock`` on
-``<dir>/wal.ring.lock``, dropped by the kernel when its holder dies) guards only lane
-ownership, the attach generation, the follower count and the truncation request: it is held
-for a few word stores, never across a copy, so producers never wait on each other to append.
+span log, the resume words and the poison words. Who is alive (the writer, each lane's owner)
+is decided by kernel locks in ``<dir>/wal.ring.lock``, never by pid (see "Liveness and
+locks"), and no process ever waits for another's lock without a deadline: producers never
+wait on each other to append.
 
 This module owns every algorithm over the region, in agrona's shape (one file holds both
 sides of ``ManyToOneRingBuffer``; the layout stays apart in ``format.py``):
@@ -137,22 +137,67 @@ Memory ordering: what this relies on
     On a weakly ordered CPU (AArch64, POWER) the second point does not hold and the copy could
     become visible after ``head``; ``open`` refuses such machines rather than risk it.
 
+Liveness and locks
+    Pids decide nothing: they mean nothing across PID namespaces (a writer and producers in
+    separate containers that share the volume and ``/dev/shm``) and get reused. Liveness is
+    judged by byte-range OFD locks on ``<dir>/wal.ring.lock`` (``_fileutil.ByteLocks``; the
+    byte map is in ``format.py``): kernel state on the file, dropped when the holder dies
+    however it dies, seen by every process that shares the file. Invariants:
+
+    * **Writer.** The writer holds the *writer byte* from just before it stores READY until
+      after it has stored STOPPED or CLOSED (or until it dies). A writer serves the ring iff
+      ``state == READY`` and the writer byte is held by someone. Producers, followers and
+      ``stats`` test that with ``F_OFD_GETLK``, which takes nothing, so a probe never
+      disturbs a writer that is starting. (``wal.lock`` is not used for this: ``ringwal
+      repair`` and an in-process ``WAL`` hold it too, and a probe of an ``flock`` must take
+      it for a moment, which can make a starting writer's own lock attempt fail.)
+    * **Lane ownership.** A producer owns lane k exactly while it holds *lane byte k*. Every
+      store to lane k's owner and want words is made by the holder of that byte (its owner,
+      or the writer freeing it). A claim takes the byte without waiting (the first free lane
+      wins; no global lock, so a stopped producer delays nobody's claim), then, holding it,
+      checks ``state == READY`` and stores the owner words, the token last. A claimer that
+      finds a token already set knows its owner died (it would still hold the byte) and
+      takes the lane over; that owner's published records stay and are drained as usual.
+    * **Reclaiming.** Every ``LIVENESS_INTERVAL`` the writer tries the byte of each lane whose
+      token is set: getting it means the owner died; it clears the owner and want words,
+      then drops the byte. A claim that meets a byte held for that moment tries the next
+      lane, and scans again for up to ``CLAIM_PATIENCE`` before it reports every slot taken.
+    * **Shutdown.** The writer takes the bytes of all lanes in one call. If it gets them,
+      no producer owns or is claiming a lane: with every lane drained it stores CLOSED and
+      unlinks the ring, then drops them (a claim that gets a byte afterwards sees CLOSED and
+      looks for a new writer). If it does not, or records remain, it stores STOPPED.
+    * **Fork.** A forked child shares its parent's locks; every ByteLocks is closed in the
+      child at once (``_fileutil``), so a child never keeps its parent's lane or writer byte
+      alive after the parent died. The child's handle claims a lane of its own.
+    * **The claim lock** (byte 0) guards only the follower count and the truncation request,
+      for a few word stores. It is taken with a deadline (``CLAIM_WAIT``), after which
+      LockTimeoutError names the file. Neither ``open``, ``append``, ``flush``, ``sync`` nor
+      the writer takes it.
+    * **So the writer's loop never waits for a lock**: each attempt is non-blocking, and a
+      lane whose byte it cannot take has a live owner (or one mid-claim) and is left alone.
+
+    The pid words are stored for ``ringwal stats`` only, each in its process's own namespace.
+
 Lifecycle
-    The writer creates the region and its semaphore (``O_CREAT``), sets ``state = READY``
-    last. On a clean exit it first reclaims the lanes of producers that died (a producer
-    killed just before the writer's SIGTERM still owns its lane until someone notices), then,
-    under the claim lock, with no lane owned and every lane empty it sets ``state = CLOSED``
-    and unlinks the names; otherwise it sets ``STOPPED``, wakes every waiter and leaves the
-    ring for the next writer, which reuses it, resolving a pending drain as above.
-    ``Ring.close`` unmaps this process's view; ``Ring.unlink`` removes the names; they are
-    separate, as in ``multiprocessing.shared_memory``.
+    The writer creates the region and its semaphore (``O_CREAT``), reserving the whole region
+    in ``/dev/shm`` first (``posix_fallocate``): a tmpfs without room refuses it there, and
+    the writer unlinks what it made and raises ShmTooSmallError with the bytes needed and
+    free, instead of leaving a region whose untouched pages raise SIGBUS in whoever first
+    touches them. It sets ``state = READY`` last. On a clean exit it takes every lane's byte:
+    holding them all, it frees the lanes of producers that died (one killed just before the
+    writer's SIGTERM still owns its lane until someone notices) and, every lane empty, sets
+    ``state = CLOSED`` and unlinks the names; otherwise (a live producer, or records left) it
+    sets ``STOPPED``, wakes every waiter and leaves the ring for the next writer, which reuses
+    it, resolving a pending drain as above. ``Ring.close`` unmaps this process's view (and
+    drops its locks); ``Ring.unlink`` removes the names; they are separate, as in
+    ``multiprocessing.shared_memory``.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
+import errno
 import hashlib
 import mmap
 import os
@@ -165,14 +210,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import posix_ipc
-import psutil
 
 from . import _futex
+from ._fileutil import ByteLocks, preallocate
 from .errors import (
     ConfigError,
     LanePoisonedError,
     LogFailedError,
     RingError,
+    ShmTooSmallError,
     SlotsExhaustedError,
     UnsupportedVersionError,
 )
@@ -181,7 +227,6 @@ from .format import (
     L_DURABLE_COUNT,
     L_DURABLE_SEQ,
     L_HEAD,
-    L_OWNER_CTIME,
     L_OWNER_PID,
     L_OWNER_TOKEN,
     L_PENDING_SEQ,
@@ -201,6 +246,9 @@ from .format import (
     L_WRITTEN_SEQ,
     LANE_CTL_SIZE,
     LANE_WORDS,
+    LOCK_CLAIM,
+    LOCK_LANE0,
+    LOCK_WRITER,
     RH_ATTACH_GEN,
     RH_DURABLE_SEQ,
     RH_FIRST_SEQ,
@@ -232,12 +280,12 @@ from .format import (
     RH_TRUNC_REQ,
     RH_VERSION,
     RH_WAKE,
-    RH_WRITER_CTIME,
     RH_WRITER_GEN,
     RH_WRITER_PID,
     RING_CLOSED,
     RING_HEADER_SIZE,
     RING_INIT,
+    RING_LOCK_NAME,
     RING_MAGIC,
     RING_READY,
     RING_STOPPED,
@@ -263,7 +311,6 @@ __all__ = [
     "WriterSide",
     "check_machine",
     "claim_lock",
-    "process_alive",
     "ring_names",
     "unlink_names",
 ]
@@ -272,12 +319,18 @@ M32 = 0xFFFFFFFF
 _HALF = 1 << 31
 _WANT = 1 << 32
 _MAGIC_WORD = int.from_bytes(RING_MAGIC, "little")
-_F64 = struct.Struct("<d")
-_U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-CLAIM_LOCK_NAME = "wal.ring.lock"
 #: Seconds between writer-liveness checks while a producer waits.
 POLL = 0.1
+#: Seconds the claim lock (follower count, truncation request) is waited for before
+#: LockTimeoutError: it is held for a few word stores, so only a stopped or hung holder lasts.
+CLAIM_WAIT = 2.0
+#: Seconds a claim keeps scanning when every lane's byte was held: the writer holds a lane's
+#: byte for a moment while freeing a dead owner's lane, and all of them while it shuts down.
+CLAIM_PATIENCE = 0.25
+#: Seconds a new writer tries to take the writer byte. Only a process that kept a dead
+#: writer's lock file open can hold it (the writer holds wal.lock, so no other writer runs).
+WRITER_BYTE_PATIENCE = 2.0
 #: Seconds a waiter polls (yielding the CPU) before it sleeps on the futex, when recent waits were short.
 SPIN = 0.0005
 #: Seconds a stopping writer waits for attached producers to release their lanes (or die)
@@ -286,16 +339,6 @@ SHUTDOWN_GRACE = 0.5
 #: Spans of the seq mapping a producer keeps for resolving old receipts.
 KEEP_SPANS = 1 << 16
 SUPPORTED_MACHINES = ("x86_64", "amd64", "AMD64", "i686", "i386")
-
-
-def f64_bits(x: float) -> int:
-    bits: int = _U64.unpack(_F64.pack(x))[0]
-    return bits
-
-
-def bits_f64(w: int) -> float:
-    x: float = _F64.unpack(_U64.pack(w))[0]
-    return x
 
 
 def check_machine() -> None:
@@ -320,71 +363,54 @@ def ring_names(directory: str) -> tuple[str, str]:
     return base, base + ".w"
 
 
-def process_alive(pid: int, ctime: float) -> bool:
-    """True when ``pid`` is running, is the process created at ``ctime`` (not a reuse), and is
-    not dying: a process already exiting, or with SIGKILL pending, never touches the ring again
-    (``_dying``), though it stays in the process table until it has finished exiting."""
-    if pid <= 0:
-        return False
-    try:
-        p = psutil.Process(pid)
-        if abs(p.create_time() - ctime) > 0.05:
-            return False
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # pragma: no cover - another user's live process
-        return True
-    return not _dying(pid)
+def ring_locks(directory: str) -> ByteLocks:
+    """The ring's lock file of ``directory`` (opened on first use; see format.py for its bytes).
 
-
-#: ``PF_EXITING`` in the flags field of ``/proc/PID/stat`` (include/linux/sched.h).
-_PF_EXITING = 0x4
-_SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL in the pending-signal masks of /proc/PID/status (proc(5))
-
-
-def _dying(pid: int) -> bool:
-    """The process is a zombie, is exiting, or has SIGKILL pending (Linux ``/proc``, proc(5)).
-
-    Between ``kill(pid, SIGKILL)`` and the victim becoming a zombie it still looks alive to a
-    plain existence check for a few milliseconds (longer on a busy CPU, where it must first be
-    scheduled to act on the signal); a writer stopping right after would think its lane in use.
+    Created with the directory's permission bits (less execute), so producers running as
+    other members of the directory's group can take their lane's lock.
     """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        fields = stat[stat.rindex(b")") + 2 :].split()  # state, ppid, pgrp, session, tty, tpgid, flags
-        if fields[0] in (b"Z", b"X", b"x") or int(fields[6]) & _PF_EXITING:
-            return True
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & _SIGKILL_BIT:
-                    return True
-    except (OSError, ValueError, IndexError):
-        return False  # gone (the caller's check decides) or unreadable: not known to be dying
-    return False
-
-
-_own_ctime: tuple[int, float] | None = None
-
-
-def own_identity() -> tuple[int, float]:
-    """(pid, create time) of this process, recomputed after a fork."""
-    global _own_ctime
-    pid = os.getpid()
-    if _own_ctime is None or _own_ctime[0] != pid:
-        _own_ctime = (pid, psutil.Process(pid).create_time())
-    return _own_ctime
+        mode = os.stat(directory).st_mode & 0o666
+    except OSError:
+        mode = 0o644
+    return ByteLocks(os.path.join(directory, RING_LOCK_NAME), mode or 0o644)
 
 
 @contextlib.contextmanager
-def claim_lock(directory: str) -> Iterator[None]:
-    """The short lock that guards lane ownership; released by the kernel if we die."""
-    fd = os.open(os.path.join(directory, CLAIM_LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def claim_lock(directory: str, timeout: float = CLAIM_WAIT) -> Iterator[None]:
+    """The short lock that guards the follower count and the truncation request (byte 0 of
+    ``wal.ring.lock``); dropped by the kernel if we die. Raises LockTimeoutError, naming the
+    file, when another process holds it for ``timeout`` seconds (it is stopped or hung)."""
+    locks = ring_locks(directory)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        locks.lock(LOCK_CLAIM, 1, timeout, "the ring's claim lock")
         yield
     finally:
-        os.close(fd)
+        locks.close()
+
+
+def shm_free() -> tuple[int, int]:
+    """(free, total) bytes of the file system behind POSIX shared memory (``/dev/shm``)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return -1, -1
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def _no_room(directory: str, name: str, needed: int, slots: int, ring_size: int) -> ShmTooSmallError:
+    free, total = shm_free()
+    mib = 1 << 20
+    return ShmTooSmallError(
+        f"the shared-memory ring of {directory} needs {needed} bytes ({needed / mib:.1f} MiB: producer_slots={slots} "
+        f"lanes of ring_size={ring_size} bytes, plus {needed - slots * ring_size} bytes of control and span logs) "
+        f"but /dev/shm has {free} bytes free (of {total}). Lower ring_size or producer_slots (Config, or "
+        "`ringwal serve --ring-size N --producer-slots N`), or give /dev/shm more room: `docker run --shm-size`, "
+        "`shm_size:` in Compose, or a memory-backed emptyDir mounted at /dev/shm in Kubernetes",
+        path=f"/dev/shm{name}",
+        needed=needed,
+        available=free,
+    )
 
 
 class Ring:
@@ -393,18 +419,23 @@ class Ring:
     indexes ring words.
 
     ``words`` is the whole region as 64-bit words; ``lane_ctl(k)`` / ``lane_data(k)`` /
-    ``span_log(k)`` are views of one lane. ``close`` is safe on a half-built object (``_mm``
-    defaults to None, ``_views`` is set first). After ``close`` every view, ``words`` and
-    ``buf`` included, is released: any use raises ValueError.
+    ``span_log(k)`` are views of one lane. ``locks`` is this mapping's own open of the ring's
+    lock file (an open file description of its own, so locks taken through two Rings of one
+    process conflict as between processes). ``close`` is safe on a half-built object (``_mm``
+    and ``locks`` default to None, ``_views`` is set first). After ``close`` every view,
+    ``words`` and ``buf`` included, is released (any use raises ValueError) and every lock
+    taken through ``locks`` is dropped.
     """
 
     _mm: mmap.mmap | None = None
     _views: list[memoryview]
     words: memoryview
     buf: memoryview
+    locks: ByteLocks | None = None
 
     def __init__(self, directory: str, shm: posix_ipc.SharedMemory, created: bool) -> None:
         self._views = []
+        self.locks = ring_locks(directory)
         self.directory = directory
         self.name, self.writer_sem_name = ring_names(directory)
         self.created = created
@@ -448,7 +479,8 @@ class Ring:
     def create_or_reuse(cls, directory: str, slots: int, ring_size: int, max_record: int, serializer: str) -> Ring:
         """The writer's open: reuse a ring left by an earlier writer, else create one.
 
-        Call with the directory's writer lock and the claim lock held.
+        Call with the directory's writer lock held. Creating reserves the whole region in
+        ``/dev/shm``; ShmTooSmallError (nothing left behind) when it has no room.
         """
         name = ring_names(directory)[0]
         try:
@@ -474,7 +506,18 @@ class Ring:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory(name)
         _spans, _data, size = ring_layout(slots, ring_size)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
+        try:
+            # Reserve every page now: a tmpfs without room says so here (ENOSPC) rather than
+            # with a SIGBUS in whichever process first touches a page it cannot back.
+            preallocate(shm.fd, size)
+        except OSError as exc:
+            shm.close_fd()
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory(name)
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise _no_room(directory, name, size, slots, ring_size) from None
+            raise
         ring = cls(directory, shm, created=True)
         w = ring.words
         w[RH_VERSION] = RING_VERSION
@@ -534,21 +577,34 @@ class Ring:
     def view_words(self, start: int, n: int) -> memoryview:
         return self.keep(self.words[start : start + n])
 
-    def writer_identity(self) -> tuple[int, float]:
-        w = self.words
-        return w[RH_WRITER_PID], bits_f64(w[RH_WRITER_CTIME])
+    def _locks(self) -> ByteLocks:
+        locks = self.locks
+        if locks is None:
+            raise ValueError("operation on a closed ring")
+        return locks
+
+    def writer_pid(self) -> int:
+        """The serving writer's pid as it sees itself (its PID namespace may not be ours): for display."""
+        return self.words[RH_WRITER_PID]
 
     def writer_alive(self) -> bool:
-        return process_alive(*self.writer_identity())
+        """Some process holds the writer byte (a writer is serving, starting or stopping)."""
+        return self._locks().held_elsewhere(LOCK_WRITER)
 
-    def owner(self, k: int) -> tuple[int, float, int]:
-        """(pid, create time, token) of lane ``k``'s owner; pid 0 when the lane is free."""
+    def owner(self, k: int) -> tuple[int, int]:
+        """(pid, token) of lane ``k``'s owner; (0, 0) when the lane is free. The pid is for
+        display (the owner's PID namespace); ``lane_owner_alive`` says whether it lives."""
         base = self.lane_base(k)
         w = self.words
-        return w[base + L_OWNER_PID], bits_f64(w[base + L_OWNER_CTIME]), w[base + L_OWNER_TOKEN]
+        token = w[base + L_OWNER_TOKEN]
+        return (w[base + L_OWNER_PID], token) if token else (0, 0)
+
+    def lane_owner_alive(self, k: int) -> bool:
+        """Some process holds lane ``k``'s byte: its owner lives (or a claim or reclaim is under way)."""
+        return self._locks().held_elsewhere(LOCK_LANE0 + k)
 
     def ready(self) -> bool:
-        """A writer serves the ring: state READY and the writer process alive."""
+        """A writer serves the ring: state READY and the writer byte held (by a live process)."""
         return self.words[RH_STATE] == RING_READY and self.writer_alive()
 
     @staticmethod
@@ -565,7 +621,11 @@ class Ring:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Unmap this process's view (the ring itself stays). Idempotent."""
+        """Unmap this process's view and drop the locks taken through it (the ring itself
+        stays). Idempotent."""
+        locks, self.locks = self.locks, None
+        if locks is not None:
+            locks.close()
         views, self._views = self._views, []
         for v in reversed(views):
             v.release()
@@ -589,9 +649,10 @@ def unlink_names(directory: str) -> None:
 class RingView:
     """A read-only look at a directory's ring: what ``stats``, ``follow`` and live readers need.
 
-    It stores into the ring only to register and unregister a follower (under the claim lock).
-    ``attach`` returns None when there is no ring, it is still being created, or it has a
-    layout this build does not read: callers then work from the files alone.
+    It stores into the ring only to register and unregister a follower (under the claim lock,
+    with its deadline). ``attach`` returns None when there is no ring, it is still being
+    created, or it has a layout this build does not read: callers then work from the files
+    alone.
 
     Live-reader rule (``docs/FORMAT.md``): the writer stores the written seq after the
     ``pwritev`` of the frame returns, so a reader that loads ``written_seq()`` *before* it
@@ -616,7 +677,7 @@ class RingView:
             return None
 
     def writer_alive(self) -> bool:
-        """True while a writer serves the ring (state READY and its process alive)."""
+        """True while a writer serves the ring (state READY and the writer byte held)."""
         return self._ring.ready()
 
     def closed(self) -> bool:
@@ -641,7 +702,8 @@ class RingView:
         _futex.wait(self.follow_addr, word, deadline, M32)
 
     def register_follower(self) -> None:
-        """Ask the writer to bump the follow word after each fsync (idempotent)."""
+        """Ask the writer to bump the follow word after each fsync (idempotent). Raises
+        LockTimeoutError when the claim lock stays held (then nothing changed: try again later)."""
         if not self._registered:
             with claim_lock(self.directory):
                 self._ring.words[RH_FOLLOWERS] += 1
@@ -657,12 +719,13 @@ class RingView:
         used = 0
         for k in range(ring.slots):
             base = ring.lane_base(k)
-            head, tail, owner = w[base + L_HEAD], w[base + L_TAIL], w[base + L_OWNER_PID]
+            head, tail = w[base + L_HEAD], w[base + L_TAIL]
+            pid, token = ring.owner(k)
             fill = (head - tail) & M32
             used += fill
-            if owner:
-                alive = process_alive(owner, bits_f64(w[base + L_OWNER_CTIME]))
-                producers.append({"lane": k, "pid": owner, "alive": alive, "ring_bytes_used": fill})
+            if token:
+                alive = ring.lane_owner_alive(k)
+                producers.append({"lane": k, "pid": pid, "alive": alive, "ring_bytes_used": fill})
         return {
             "pid": w[RH_WRITER_PID],
             "state": w[RH_STATE],
@@ -690,7 +753,8 @@ class RingView:
         del self._ring  # any later use raises AttributeError
         if self._registered:
             self._registered = False
-            with contextlib.suppress(OSError), claim_lock(self.directory):
+            # A stopped claim-lock holder leaves the count high: one extra futex wake per fsync.
+            with contextlib.suppress(OSError, RingError), claim_lock(self.directory):
                 if ring.words[RH_FOLLOWERS]:
                     ring.words[RH_FOLLOWERS] -= 1
         ring.close()
@@ -705,11 +769,14 @@ class RingView:
 class ProducerSide:
     """One producer's lane: claim, publish, room, waiting for progress, receipts, release.
 
-    Words it stores: its lane's ``head`` and ``want`` words; under the claim lock, the lane's
-    owner words, the attach generation and the truncation request. Everything else it only
-    loads. Not thread-safe: the handle serialises calls (one lock for publishing, one for
-    waiting; ``wait_progress`` and ``publish`` may run in two threads at once, since they
-    store different words and the local fields they share are only read by the waiter).
+    Words it stores: its lane's ``head`` and ``want`` words; holding its lane's byte, the
+    lane's owner words and the attach generation (a hint); under the claim lock, the
+    truncation request. Everything else it only loads. It holds its lane's byte of
+    ``wal.ring.lock`` (through its ring's ``locks``) from the claim until ``release``.
+
+    Not thread-safe: the handle serialises calls (one lock for publishing, one for waiting;
+    ``wait_progress`` and ``publish`` may run in two threads at once, since they store
+    different words and the local fields they share are only read by the waiter).
 
     Local numbering: ``count`` is the number of records this side's owner (a handle) has
     published, ever; it agrees with the lane's count32 modulo 2**32, so the head word is
@@ -750,25 +817,39 @@ class ProducerSide:
         """Take a free lane of a READY ring (or one whose owner died) for this process.
 
         None when the ring is not READY (its writer is starting or stopping). Raises
-        SlotsExhaustedError when every lane is held by a live process.
+        SlotsExhaustedError when every lane's byte stays held (by live owners) for
+        ``CLAIM_PATIENCE``. Never waits for a lock: each lane's byte is tried once per scan.
         """
-        pid, ctime = own_identity()
         w = ring.words
-        with claim_lock(ring.directory):
+        locks = ring._locks()
+        deadline = 0.0
+        pause = 0.0005
+        while True:
             if w[RH_STATE] != RING_READY:
                 return None
             for k in range(ring.slots):
+                if not locks.try_lock(LOCK_LANE0 + k):
+                    continue  # a live owner, a claim under way, or the writer freeing it
+                if w[RH_STATE] != RING_READY:  # checked holding the byte: see shutdown()
+                    locks.unlock(LOCK_LANE0 + k)
+                    return None
+                # We hold the byte, so no one else stores these words; an owner token still
+                # set belongs to a producer that died (it held the byte while it owned the lane).
                 base = ring.lane_base(k)
-                if w[base + L_OWNER_PID] and process_alive(w[base + L_OWNER_PID], bits_f64(w[base + L_OWNER_CTIME])):
-                    continue
                 token = secrets.randbits(63) | 1
                 w[base + L_WANT_WRITTEN] = 0
                 w[base + L_WANT_DURABLE] = 0
-                w[base + L_OWNER_CTIME] = f64_bits(ctime)
-                w[base + L_OWNER_TOKEN] = token
-                w[base + L_OWNER_PID] = pid  # last: a lane with an owner pid is fully claimed
+                w[base + L_OWNER_PID] = os.getpid()
+                w[base + L_OWNER_TOKEN] = token  # last: a lane with a token is fully claimed
                 w[RH_ATTACH_GEN] += 1
                 return cls(ring, k, token, count)
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + CLAIM_PATIENCE
+            elif now >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
         raise SlotsExhaustedError(
             f"{ring.directory}: all {ring.slots} producer slots of the ring are held by live processes; "
             "raise producer_slots in Config (it applies when the writer next creates the ring)"
@@ -950,10 +1031,12 @@ class ProducerSide:
         """Ask the writer to remove completed segments below ``seq``; wait until it has.
 
         Returns the first seq still in the log, or None at ``deadline``. The request word only
-        rises (under the claim lock), so concurrent requests never undo each other.
+        rises (under the claim lock), so concurrent requests never undo each other. Raises
+        LockTimeoutError when the claim lock stays held (by a stopped or hung process) for
+        ``CLAIM_WAIT`` seconds or until ``deadline``; nothing was requested then.
         """
         w = self._words
-        with claim_lock(self.ring.directory):
+        with claim_lock(self.ring.directory, max(0.0, min(CLAIM_WAIT, deadline - time.monotonic()))):
             if w[RH_TRUNC_REQ] < seq:
                 w[RH_TRUNC_REQ] = seq
         self.post()
@@ -1018,26 +1101,27 @@ class ProducerSide:
     # ------------------------------------------------------------------ lifecycle
 
     def release(self) -> None:
-        """Give the lane back (if this side still owns it), wake the writer, unmap. Idempotent."""
+        """Give the lane back (clearing its owner words while still holding its byte), wake
+        the writer, unmap (which drops the byte). Idempotent."""
         if self._closed:
             return
         ring = self.ring
-        with contextlib.suppress(OSError), claim_lock(ring.directory):
-            base = ring.lane_base(self.lane)
-            w = self._words
-            if w[base + L_OWNER_TOKEN] == self._token:
-                w[base + L_WANT_WRITTEN] = 0
-                w[base + L_WANT_DURABLE] = 0
-                w[base + L_OWNER_PID] = 0
-                w[base + L_OWNER_TOKEN] = 0
-                w[RH_ATTACH_GEN] += 1
+        base = ring.lane_base(self.lane)
+        w = self._words
+        if w[base + L_OWNER_TOKEN] == self._token:  # always, while we hold the byte
+            w[base + L_WANT_WRITTEN] = 0
+            w[base + L_WANT_DURABLE] = 0
+            w[base + L_OWNER_TOKEN] = 0  # first: a lane without a token is free
+            w[base + L_OWNER_PID] = 0
+            w[RH_ATTACH_GEN] += 1
         with contextlib.suppress(posix_ipc.Error):
             self._wsem.release()  # an idle writer started by open may now exit
         self.abandon()
 
     def abandon(self) -> None:
         """Drop this process's references without touching shared state (after a fork, the
-        lane, the semaphore and the mapping are the parent's). Idempotent; the side is
+        lane, the semaphore and the mapping are the parent's; the lane's byte was already
+        let go in the child by ``_fileutil``'s at-fork hook). Idempotent; the side is
         unusable afterwards (its views are gone: any use raises AttributeError)."""
         if self._closed:
             return
@@ -1099,9 +1183,11 @@ class WriterSide:
 
     Words it stores: every lane's ``tail``, ``pending tail``, progress words, span log,
     pending seq and poison words; the ring header's state, writer identity, pending words,
-    resume words, seqs, wake and follow words, stats words and the truncation answer. Under
-    the claim lock it also clears the owner words of lanes whose producer died. ``at(name)``
-    is called at each named crash point of a drain (the crash tests kill the process there).
+    resume words, seqs, wake and follow words, stats words and the truncation answer. Holding
+    a lane's byte (taken without waiting) it also clears the owner words of a lane whose
+    producer died. It holds the writer byte from ``publish_ready`` until ``close``. It never
+    takes the claim lock and never waits for any lock. ``at(name)`` is called at each named
+    crash point of a drain (the crash tests kill the process there).
 
     ``dropped`` collects (lane, pid, message) for every span a drain dropped as not records;
     the caller logs and clears it.
@@ -1120,7 +1206,7 @@ class WriterSide:
         base = RING_HEADER_SIZE // 8
         stop = base + ring.slots * LANE_WORDS
         self._heads = ring.keep(w[base + L_HEAD : stop : LANE_WORDS])
-        self._owners = ring.keep(w[base + L_OWNER_PID : stop : LANE_WORDS])
+        self._owners = ring.keep(w[base + L_OWNER_TOKEN : stop : LANE_WORDS])
         self._wants_w = ring.keep(w[base + L_WANT_WRITTEN : stop : LANE_WORDS])
         self._wants_d = ring.keep(w[base + L_WANT_DURABLE : stop : LANE_WORDS])
         self._tails = [ln.tail for ln in self.lanes]
@@ -1138,19 +1224,27 @@ class WriterSide:
     ) -> WriterSide:
         """Create the ring or reuse the one a dead writer left (call with the directory's
         writer lock held). Raises ConfigError when the existing ring was made for another
-        serializer."""
-        with claim_lock(directory):
-            ring = Ring.create_or_reuse(directory, slots, ring_size, max_record, serializer)
+        serializer, ShmTooSmallError when ``/dev/shm`` has no room for a new one (what was
+        created is removed again)."""
+        ring = Ring.create_or_reuse(directory, slots, ring_size, max_record, serializer)
+        try:
+            if ring.serializer != serializer:
+                raise ConfigError(
+                    f"the ring of {directory} was created for serializer {ring.serializer!r} but the log uses "
+                    f"{serializer!r}; stop its producers or remove /dev/shm{ring.name}"
+                )
             try:
-                if ring.serializer != serializer:
-                    raise ConfigError(
-                        f"the ring of {directory} was created for serializer {ring.serializer!r} but the log uses "
-                        f"{serializer!r}; stop its producers or remove /dev/shm{ring.name}"
-                    )
                 wsem = ring.writer_sem(create=True)
-            except BaseException:
-                ring.close()
-                raise
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                _spans, _data, size = ring_layout(ring.slots, ring.ring_size)
+                raise _no_room(directory, ring.writer_sem_name, size + 4096, ring.slots, ring.ring_size) from None
+        except BaseException:
+            if ring.created:
+                ring.unlink()
+            ring.close()
+            raise
         return cls(ring, wsem, at)
 
     # ------------------------------------------------------------------ start-up
@@ -1198,18 +1292,20 @@ class WriterSide:
         return done
 
     def publish_ready(self) -> None:
-        """Announce this process as the ring's writer; producers attach from now on."""
+        """Announce this process as the ring's writer (take the writer byte, then store READY);
+        producers attach from now on. RingError if the writer byte stays held elsewhere."""
         w = self._w
-        pid, ctime = own_identity()
         w[RH_STATE] = RING_INIT
-        w[RH_WRITER_CTIME] = f64_bits(ctime)
-        w[RH_WRITER_PID] = pid
+        # Only a process that kept a dead writer's lock file open could hold it: we hold
+        # wal.lock, so no other writer runs.
+        self.ring._locks().lock(LOCK_WRITER, 1, WRITER_BYTE_PATIENCE, "the ring's writer lock")
+        w[RH_WRITER_PID] = os.getpid()
         w[RH_WRITER_GEN] += 1
         w[RH_STARTED_NS] = time.time_ns()
         for i in range(FSYNC_BUCKETS):  # stats describe this writer, not the ring's earlier ones
             self._hist[i] = 0
         w[RH_FSYNC_COUNT] = w[RH_FSYNC_NS] = w[RH_RATE] = w[RH_RECORDS] = 0
-        w[RH_STATE] = RING_READY  # last: producers attach only to a READY ring with a live writer
+        w[RH_STATE] = RING_READY  # last: producers attach only to a READY ring whose writer byte is held
 
     # ------------------------------------------------------------------ the drain
 
@@ -1610,7 +1706,9 @@ class WriterSide:
     # ------------------------------------------------------------------ lanes and owners
 
     def attachments_changed(self) -> bool:
-        """A lane was claimed or released since the last call."""
+        """A lane was claimed or released since the last call. A hint: claims and releases
+        bump the word without a lock, so two at once may count as one (the writer also asks
+        ``owned()`` whenever it is idle)."""
         gen = self._w[RH_ATTACH_GEN]
         if gen == self._attach_gen:
             return False
@@ -1622,33 +1720,43 @@ class WriterSide:
         return any(self._owners.tolist())
 
     def reclaim_dead(self) -> list[tuple[int, int]]:
-        """Free the lanes whose owner process died; their published records stay and are
-        drained as usual. Returns (lane, pid) of each lane freed."""
-        ring = self.ring
-        w = self._w
-        dead = []
-        for k, pid in enumerate(self._owners.tolist()):
-            if pid:
-                base = ring.lane_base(k)
-                if not process_alive(pid, bits_f64(w[base + L_OWNER_CTIME])):
-                    dead.append((k, w[base + L_OWNER_TOKEN]))
+        """Free the lanes whose owner died; their published records stay and are drained as
+        usual. Returns (lane, pid) of each lane freed (the pid as the owner saw itself).
+
+        A lane's owner died when its byte can be taken: a live owner holds it. Each byte is
+        tried once, without waiting, and held only while the owner words are cleared.
+        """
         freed: list[tuple[int, int]] = []
-        if not dead:
+        owners = self._owners.tolist()
+        if not any(owners):
             return freed
-        with claim_lock(self.directory):
-            for k, token in dead:
-                base = ring.lane_base(k)
-                if w[base + L_OWNER_TOKEN] != token:
-                    continue  # released or claimed again meanwhile
-                freed.append((k, w[base + L_OWNER_PID]))
-                w[base + L_WANT_WRITTEN] = 0
-                w[base + L_WANT_DURABLE] = 0
-                w[base + L_OWNER_PID] = 0
-                w[base + L_OWNER_TOKEN] = 0
-                w[RH_ATTACH_GEN] += 1
-                lane = self.lanes[k]
-                lane.posted_w = lane.posted_d = 0
+        locks = self.ring._locks()
+        for k, token in enumerate(owners):
+            if token and locks.try_lock(LOCK_LANE0 + k):
+                try:
+                    pid = self._free_lane(k)
+                finally:
+                    locks.unlock(LOCK_LANE0 + k)
+                if pid is not None:
+                    freed.append((k, pid))
         return freed
+
+    def _free_lane(self, k: int) -> int | None:
+        """Clear lane ``k``'s owner and want words (call holding its byte); the owner's pid, or
+        None when it had no owner (released or never claimed)."""
+        w = self._w
+        base = self.ring.lane_base(k)
+        if not w[base + L_OWNER_TOKEN]:
+            return None
+        pid = w[base + L_OWNER_PID]
+        w[base + L_WANT_WRITTEN] = 0
+        w[base + L_WANT_DURABLE] = 0
+        w[base + L_OWNER_TOKEN] = 0
+        w[base + L_OWNER_PID] = 0
+        w[RH_ATTACH_GEN] += 1
+        lane = self.lanes[k]
+        lane.posted_w = lane.posted_d = 0
+        return pid
 
     # ------------------------------------------------------------------ truncation, stats
 
@@ -1677,29 +1785,41 @@ class WriterSide:
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self, grace: float = SHUTDOWN_GRACE) -> bool:
-        """Stop serving: reclaim dead producers' lanes (waiting up to ``grace`` seconds for
-        owned lanes to be released or their owners to die), then under the claim lock either mark
-        the ring CLOSED and unlink it (no lane owned, every lane drained) and return True, or
-        mark it STOPPED, wake every waiter so it looks for a new writer, and return False.
+        """Stop serving: either mark the ring CLOSED and unlink it (no lane owned, every lane
+        drained) and return True, or mark it STOPPED, wake every waiter so it looks for a new
+        writer, and return False. Waits up to ``grace`` seconds for lanes to be let go.
 
-        Call after the last drain and fsync. Reclaiming first matters: a producer killed just
-        before a SIGTERM still owns its lane until someone notices, and the ring would be left
-        behind for no one.
+        Call after the last drain and fsync. It takes every lane's byte in one non-blocking
+        call: holding them all, no producer owns a lane or is claiming one, so any owner
+        token still set belongs to a producer that died (killed just before our SIGTERM,
+        say) and is cleared, and a claim that gets a byte after we drop them sees CLOSED.
+        If some byte is held, a producer lives: STOPPED.
         """
-        self.reclaim_dead()
+        ring = self.ring
+        locks = ring._locks()
+        slots = ring.slots
+        w = self._w
+        every = locks.try_lock(LOCK_LANE0, slots)
         deadline = time.monotonic() + grace
-        while self.owned() and time.monotonic() < deadline:
-            # Producers closing now release their lanes and post the semaphore; a producer
-            # that is being killed is reclaimed as soon as the kernel marks it exiting.
+        while not every and time.monotonic() < deadline:
+            # Producers closing now give their lanes back and post the semaphore; a producer
+            # being killed holds its lane's lock until the kernel has finished its exit (a few
+            # ms after the signal, longer on a busy CPU): both are worth a short wait.
             self.wait_posted(0.01)
-            self.reclaim_dead()
-        with claim_lock(self.directory):
-            w = self._w
-            in_use = self.owned() or self.has_records()
+            every = locks.try_lock(LOCK_LANE0, slots)
+        try:
+            if every:
+                for k in range(slots):
+                    self._free_lane(k)
+            in_use = not every or self.has_records()
             w[RH_STATE] = RING_STOPPED if in_use else RING_CLOSED
             if not in_use:
-                self.ring.unlink()
+                ring.unlink()
+        finally:
+            if every:
+                locks.unlock(LOCK_LANE0, slots)
         if in_use:
+            self.reclaim_dead()  # the next writer would, but its owners may be gone by then
             self.wake_all()
         return not in_use
 

@@ -21,13 +21,18 @@ A producer is never woken per record: only a producer that waits is woken, once 
 and all the producers one pass satisfies are woken by a single futex syscall (``_futex.py``).
 
 Start-up (``Writer.open``): take the directory lock and recover the log (which fdatasyncs
-whatever a dead writer left in the page cache), create or reuse the ring, resolve a pending
-drain against the last seq on disk, mark every lane's written records durable, then publish
-``state = READY`` with this process's pid and create time.
+whatever a dead writer left in the page cache), create or reuse the ring (a new one is
+reserved whole in ``/dev/shm``: ShmTooSmallError when it has no room), resolve a pending
+drain against the last seq on disk, mark every lane's written records durable, then take
+the ring's writer lock (a byte of ``wal.ring.lock``, dropped by the kernel when this process
+dies: how producers in any PID namespace tell that it lives) and publish ``state = READY``.
 
-Shutdown (SIGTERM/SIGINT, or an idle writer started by ``open``): drain, fsync, and under
-the claim lock either unlink the ring (no lane owned, all empty) or leave it ``STOPPED`` for
-the next writer. Producers that are still attached see the writer gone and start another
+The loop never waits for a lock a producer can hold: a dead producer's lane is found and
+freed by taking its lane lock without waiting (``ring.py``, "Liveness and locks").
+
+Shutdown (SIGTERM/SIGINT, or an idle writer started by ``open``): drain, fsync, and holding
+every lane's lock either unlink the ring (no lane owned, all empty) or leave it ``STOPPED``
+for the next writer. Producers that are still attached see the writer gone and start another
 (or raise WriterGoneError).
 """
 
@@ -53,7 +58,7 @@ log = logging.getLogger("ringwal")
 #: Longest sleep with nothing to do; bounds how late an OS-buffered append reaches the OS.
 GATHER = 0.0001  # commit delay bound, seconds (see Writer._gather)
 IDLE_SLEEP = 0.05
-#: How often lane owners are checked for death.
+#: How often lane owners are checked for death (one non-blocking lock attempt per owned lane).
 LIVENESS_INTERVAL = 0.25
 #: Grace before an idle writer started by ``open`` exits if nobody ever attaches.
 FIRST_ATTACH_GRACE = 10.0
@@ -249,7 +254,10 @@ class Writer:
 
     def _reclaim_dead(self) -> None:
         for k, pid in self.side.reclaim_dead():
-            log.info("%s: producer pid %d died; its lane %d is free (its published records are kept)", self.dir, pid, k)
+            log.info(
+                "%s: the producer of lane %d (pid %d in its namespace) died; the lane is free (its published "
+                "records are kept)", self.dir, k, pid,
+            )  # fmt: skip
 
     def run(self) -> None:
         """Serve until ``stop()`` (a signal handler may call it) or, with a linger, until idle."""
@@ -268,7 +276,10 @@ class Writer:
             self.shutdown()
 
     def _idle_exit_due(self, now: float, linger: float) -> bool:
-        if self.side.owned() or self.side.has_records():
+        owned = self.side.owned()
+        if owned:
+            self._ever_attached = True  # attachments_changed() is a hint that can miss one
+        if owned or self.side.has_records():
             self._idle_since = now
             return False
         grace = linger if self._ever_attached else max(linger, FIRST_ATTACH_GRACE)

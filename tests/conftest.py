@@ -59,9 +59,9 @@ def cfg(tmp_path) -> Config:
 @pytest.fixture
 def wdir(tmp_path):
     """A log directory whose writer processes and shared-memory ring are removed afterwards."""
-    from .ringhelp import kill_writers
-
     from ringwal.ring import unlink_names
+
+    from .ringhelp import kill_writers
 
     d = str(tmp_path / "wal")
     os.makedirs(d)

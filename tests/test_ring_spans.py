@@ -17,7 +17,6 @@ import pytest
 
 from ringwal import verify
 from ringwal.format import FRAME_HEADER_SIZE
-from ringwal.ring import Ring
 from ringwal.segment import SegmentScan, list_segments
 
 from .ringhelp import PRODUCER, check_log, collect, read_line, spawn, start_serve
