@@ -50,106 +50,93 @@ def records(size: int, vary: bool, n: int = 64) -> list[bytes]:
     return [SER.frame(Record(1, i, bytes(size - 10 + (i % 8 if vary else 0)))) for i in range(n)]
 
 
-def inproc(args: argparse.Namespace) -> dict:
-    d = tempfile.mkdtemp(prefix="ringwal-drain-")
-    ring_size = 1 << 21
-    w = WriterSide.open(d, args.producers, ring_size, 1 << 20, SER.name, lambda name: None)
-    try:
-        w.recover(0, 1)
-        w.publish_ready()
-        sides = []
-        for _ in range(args.producers):
-            side = ProducerSide.claim(Ring.attach(d), 0)
+class _InProcRing:
+    """A writer side and ``producers`` producer sides over one fresh ring, and a ``write``
+    that assigns seqs and discards the frame (no disk). Context manager: removes it all."""
+
+    def __init__(self, producers: int, ring_size: int) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ringwal-drain-")
+        self.writer = WriterSide.open(self.dir, producers, ring_size, 1 << 20, SER.name, lambda name: None)
+        self.writer.recover(0, 1)
+        self.writer.publish_ready()
+        self.sides: list[ProducerSide] = []
+        for _ in range(producers):
+            side = ProducerSide.claim(Ring.attach(self.dir), 0)
             assert side is not None
-            sides.append(side)
-        recs = records(args.size, args.vary)
-        seq = [1]
+            self.sides.append(side)
+        self.next_seq = 1
 
-        def write(body: bytes, count: int) -> int:
-            first = seq[0]
-            seq[0] += count
-            return first
+    def write(self, body: bytes, count: int) -> int:
+        first = self.next_seq
+        self.next_seq += count
+        return first
 
-        drained = 0
-        elapsed = 0.0
-        target = args.records
-        while drained < target:
-            for side in sides:  # fill each lane to about three quarters (untimed)
+    def __enter__(self) -> _InProcRing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for side in self.sides:
+            side.release()
+        self.writer.close()
+        unlink_names(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def inproc(args: argparse.Namespace) -> dict:
+    ring_size = 1 << 21
+    recs = records(args.size, args.vary)
+    drained = 0
+    elapsed = 0.0
+    with _InProcRing(args.producers, ring_size) as r:
+        while drained < args.records:
+            for side in r.sides:  # fill each lane to about three quarters (untimed)
                 for i in range(ring_size * 3 // 4 // (args.size + 8)):
                     if side.publish(recs[i & 63], 1) < 0:
                         break
             t0 = time.perf_counter()
             while True:
-                got = w.drain(seq[0], args.budget, write)
+                got = r.writer.drain(r.next_seq, args.budget, r.write)
                 if not got:
                     break
                 drained += got
             elapsed += time.perf_counter() - t0
-        for side in sides:
-            side.release()
-        return {
-            "scenario": "inproc",
-            "producers": args.producers,
-            "size": args.size,
-            "vary": args.vary,
-            "budget": args.budget,
-            "records": drained,
-            "records_per_s": drained / elapsed,
-            "ns_per_record": elapsed / drained * 1e9,
-        }
-    finally:
-        w.close()
-        unlink_names(d)
-        shutil.rmtree(d, ignore_errors=True)
+    return {
+        "scenario": "inproc",
+        "producers": args.producers,
+        "size": args.size,
+        "vary": args.vary,
+        "budget": args.budget,
+        "records": drained,
+        "records_per_s": drained / elapsed,
+        "ns_per_record": elapsed / drained * 1e9,
+    }
 
 
 def drains(args: argparse.Namespace) -> dict:
-    d = tempfile.mkdtemp(prefix="ringwal-drains-")
-    w = WriterSide.open(d, args.producers, 1 << 21, 1 << 20, SER.name, lambda name: None)
-    try:
-        w.recover(0, 1)
-        w.publish_ready()
-        sides = []
-        for _ in range(args.producers):
-            side = ProducerSide.claim(Ring.attach(d), 0)
-            assert side is not None
-            sides.append(side)
-        recs = records(args.size, args.vary)
-        seq = [1]
-
-        def write(body: bytes, count: int) -> int:
-            first = seq[0]
-            seq[0] += count
-            return first
-
-        per = args.per_lane
-        times = []
+    recs = records(args.size, args.vary)
+    per = args.per_lane
+    times = []
+    with _InProcRing(args.producers, 1 << 21) as r:
         for _ in range(max(args.records // (per * args.producers), 100)):
-            for side in sides:
+            for side in r.sides:
                 for i in range(per):
                     side.publish(recs[i & 63], 1)
             t0 = time.perf_counter()
-            got = w.drain(seq[0], 1 << 30, write)
+            got = r.writer.drain(r.next_seq, 1 << 30, r.write)
             times.append(time.perf_counter() - t0)
             assert got == per * args.producers, got
-        for side in sides:
-            side.release()
-        times.sort()
-        q = times[len(times) // 10]
-        return {
-            "scenario": "drains",
-            "producers": args.producers,
-            "per_lane": per,
-            "size": args.size,
-            "vary": args.vary,
-            "us_per_drain_p10": q * 1e6,
-            "ns_per_record": q / (per * args.producers) * 1e9,
-            "records_per_s": per * args.producers / q,
-        }
-    finally:
-        w.close()
-        unlink_names(d)
-        shutil.rmtree(d, ignore_errors=True)
+    times.sort()
+    q = times[len(times) // 10]
+    return {
+        "scenario": "drains",
+        "producers": args.producers,
+        "per_lane": per,
+        "size": args.size,
+        "vary": args.vary,
+        "us_per_drain_p10": q * 1e6,
+        "ns_per_record": q / (per * args.producers) * 1e9,
+        "records_per_s": per * args.producers / q,
+    }
 
 
 PRODUCER = """
