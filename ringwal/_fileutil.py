@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 FsyncFn = Callable[[int], None]
+#: ``os.fdatasync``; ``os.fsync`` where the OS has none (macOS), so that ``import ringwal``
+#: works there and ``open``/``serve`` can refuse the platform with a typed error.
+fdatasync: FsyncFn = getattr(os, "fdatasync", os.fsync)
 
 LOCK_NAME = "wal.lock"
 

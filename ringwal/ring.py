@@ -135,7 +135,8 @@ Memory ordering: what this relies on
       which is what makes the crash windows above the only ones.
 
     On a weakly ordered CPU (AArch64, POWER) the second point does not hold and the copy could
-    become visible after ``head``; ``open`` refuses such machines rather than risk it.
+    become visible after ``head``; ``open`` and ``serve`` refuse every platform but Linux on
+    x86-64 (``check_platform``: UnsupportedPlatformError) rather than risk it.
 
 Liveness and locks
     Pids decide nothing: they mean nothing across PID namespaces (a writer and producers in
@@ -220,6 +221,7 @@ from .errors import (
     RingError,
     ShmTooSmallError,
     SlotsExhaustedError,
+    UnsupportedPlatformError,
     UnsupportedVersionError,
 )
 from .format import (
@@ -309,7 +311,7 @@ __all__ = [
     "Ring",
     "RingView",
     "WriterSide",
-    "check_machine",
+    "check_platform",
     "claim_lock",
     "ring_names",
     "unlink_names",
@@ -338,17 +340,33 @@ SPIN = 0.0005
 SHUTDOWN_GRACE = 0.5
 #: Spans of the seq mapping a producer keeps for resolving old receipts.
 KEEP_SPANS = 1 << 16
-SUPPORTED_MACHINES = ("x86_64", "amd64", "AMD64", "i686", "i386")
+#: ``platform.machine()`` names of x86-64 on Linux. Nothing else is supported: the publication
+#: argument needs total store order, ``_futex`` calls syscall 202 (x86-64's number), and the
+#: ring's locks need Linux OFD locks.
+SUPPORTED_MACHINES = ("x86_64", "amd64")
 
 
-def check_machine() -> None:
-    """Refuse CPUs whose memory model the publication argument does not cover."""
-    m = platform.machine()
-    if m not in SUPPORTED_MACHINES and not os.environ.get("RINGWAL_ALLOW_WEAK_MEMORY"):
-        raise RingError(
-            f"the shared-memory ring relies on x86 total store order; this machine is {m!r}. "
-            "See ringwal/ring.py (set RINGWAL_ALLOW_WEAK_MEMORY=1 to override at your own risk)"
-        )
+def check_platform(system: str | None = None, machine: str | None = None, pointer_bits: int | None = None) -> None:
+    """Raise UnsupportedPlatformError unless this is Linux on x86-64 with a 64-bit Python.
+
+    Called by ``open`` and the writer (``serve``) before they touch shared memory. The
+    arguments are the seam tests use to fake another platform; None means this process's
+    ``platform.system()``, ``platform.machine()`` and pointer width (a 32-bit Python on an
+    x86-64 kernel makes i386 syscalls, whose futex number is not 202).
+    """
+    system = platform.system() if system is None else system
+    machine = platform.machine() if machine is None else machine
+    bits = struct.calcsize("P") * 8 if pointer_bits is None else pointer_bits
+    if system == "Linux" and machine.lower() in SUPPORTED_MACHINES and bits == 64:
+        return
+    seen = f"{system} on {machine!r}" + ("" if bits == 64 else f" with a {bits}-bit Python")
+    raise UnsupportedPlatformError(
+        f"ringwal's shared-memory ring runs only on Linux on x86-64 with a 64-bit Python; this is {seen}. "
+        "It relies on x86-64's total store order, x86-64's futex syscall and Linux OFD locks. Reading a log "
+        "(ringwal.replay, ringwal.verify, ringwal dump) works anywhere",
+        system=system,
+        machine=machine,
+    )
 
 
 def ring_names(directory: str) -> tuple[str, str]:

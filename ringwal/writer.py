@@ -44,11 +44,12 @@ import signal
 import time
 from collections.abc import Callable
 
+from . import _fileutil
 from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
 from .config import Config
 from .errors import WALError
-from .ring import Ring, WriterSide, check_machine
+from .ring import Ring, WriterSide, check_platform
 from .seglog import SegmentLog
 
 __all__ = ["Writer", "serve"]
@@ -87,10 +88,10 @@ class Writer:
         *,
         linger: float | None = None,
         fsync: FsyncFn = os.fsync,
-        fdatasync: FsyncFn = os.fdatasync,
+        fdatasync: FsyncFn = _fileutil.fdatasync,
     ) -> None:
         config.validate_ring()
-        check_machine()
+        check_platform()
         self.config = config
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
