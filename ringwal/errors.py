@@ -28,6 +28,8 @@
     ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
     │                                     writer that did not finish
     └── FormatError                       what is on disk cannot be read as a ringwal log
+        ├── NoLogError                    the directory is missing or holds no ringwal log
+        │                                 (a wrong or unmounted path); carries the path
         ├── UnsupportedVersionError       a format version this build does not know
         ├── SerializerMismatchError       the log was written with another serializer
         ├── CorruptSegmentError           a bad segment header, a seq gap between segments,
@@ -178,6 +180,13 @@ class FormatError(WALError):
         super().__init__(message)
         self.path = path
         self.offset = offset
+
+
+class NoLogError(FormatError):
+    """The directory does not exist or holds no ringwal log (no segment file, no index): a
+    wrong or unmounted path. Raised by readers (``replay``, ``follow``, ``verify``, the CLI's
+    ``dump``/``tail``/``stats``/``verify``/``repair``/``truncate``), never by ``open`` or
+    ``WAL``, which create a log. ``path`` is the directory."""
 
 
 class UnsupportedVersionError(FormatError):

@@ -18,15 +18,16 @@ from .format import fsync_bucket_upper
 from .holes import load_holes
 from .index import reconcile
 from .ring import RingView
-from .segment import CURRENT, LiveWriter, SegmentScan
+from .segment import CURRENT, LiveWriter, SegmentScan, require_log
 
 __all__ = ["format_stats", "log_stats"]
 
 _STATES = {0: "starting", 1: "ready", 2: "stopped", 3: "closed"}
 
 
-def log_stats(directory: str) -> dict[str, Any]:
-    directory = os.path.abspath(directory)
+def log_stats(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``ringwal stats --json`` prints. Raises NoLogError when ``directory`` holds no log."""
+    directory = require_log(directory)
     holes = load_holes(directory)
     entries, _reason = reconcile(directory, full=True, holes=holes)
     segs = [{"file": e.file, "first_seq": e.first_seq, "last_seq": e.last_seq, "bytes": e.size} for e in entries]

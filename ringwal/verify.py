@@ -30,7 +30,7 @@ from .errors import FormatError
 from .format import MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments
+from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments, require_log
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -80,12 +80,14 @@ class VerifyReport:
 REPLANS = 1000  # a writer rotating faster than verify reads could otherwise keep it busy forever
 
 
-def verify(directory: str, progress: Callable[[int, int], object] | None = None) -> VerifyReport:
-    directory = os.path.abspath(directory)
+def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], object] | None = None) -> VerifyReport:
+    """Check every byte of the log in ``directory``; the report lists each problem found.
+
+    Raises NoLogError when ``directory`` is missing or holds no log: a health check of a
+    wrong or unmounted path must fail, not pass as an empty log.
+    """
+    directory = require_log(directory)
     report = VerifyReport(directory)
-    if not os.path.isdir(directory):
-        report.problems.append(Problem(directory, None, "not a directory"))
-        return report
     try:
         holes = load_holes(directory)
     except FormatError as exc:
