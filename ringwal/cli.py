@@ -331,7 +331,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             os.getpid(), writer.dir, name, r.slots, r.ring_size,
         )  # fmt: skip
 
-    return serve(config, linger=args.linger, ready_fd=args.ready_fd, announce=announce)
+    return serve(config, linger=args.linger, ready_fd=args.ready_fd, announce=announce, notify=not args.detach)
 
 
 class _UTCFormatter(logging.Formatter):

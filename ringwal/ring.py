@@ -225,6 +225,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .format import (
+    FOLLOWER_LOCKS,
     FSYNC_BUCKETS,
     L_DURABLE_COUNT,
     L_DURABLE_SEQ,
@@ -249,6 +250,7 @@ from .format import (
     LANE_CTL_SIZE,
     LANE_WORDS,
     LOCK_CLAIM,
+    LOCK_FOLLOWER0,
     LOCK_LANE0,
     LOCK_WRITER,
     RH_ATTACH_GEN,
@@ -720,12 +722,24 @@ class RingView:
         _futex.wait(self.follow_addr, word, deadline, M32)
 
     def register_follower(self) -> None:
-        """Ask the writer to bump the follow word after each fsync (idempotent). Raises
-        LockTimeoutError when the claim lock stays held (then nothing changed: try again later)."""
+        """Ask the writer to bump the follow word after each fsync (idempotent), and hold a
+        follower byte of ``wal.ring.lock`` (the first free one, never waited for) so that
+        ``stats`` counts this follower exactly while it lives. Raises LockTimeoutError when
+        the claim lock stays held (then nothing changed: try again later)."""
         if not self._registered:
             with claim_lock(self.directory):
                 self._ring.words[RH_FOLLOWERS] += 1
             self._registered = True
+            locks = self._ring.locks
+            if locks is not None:  # more than FOLLOWER_LOCKS followers: the rest go uncounted
+                for j in range(FOLLOWER_LOCKS):
+                    if locks.try_lock(LOCK_FOLLOWER0 + j):
+                        break
+
+    def live_followers(self) -> int:
+        """Followers alive right now: the follower bytes of ``wal.ring.lock`` held by other
+        processes (a follower that died, however, holds none; the count word can stay high)."""
+        return self._ring._locks().count_held_elsewhere(LOCK_FOLLOWER0, FOLLOWER_LOCKS)
 
     def writer_stats(self) -> dict[str, Any] | None:
         """The running writer's figures (``ringwal stats``), or None when no writer is alive."""
@@ -735,12 +749,14 @@ class RingView:
             return None
         producers = []
         used = 0
+        lanes_used = []
         for k in range(ring.slots):
             base = ring.lane_base(k)
             head, tail = w[base + L_HEAD], w[base + L_TAIL]
             pid, token = ring.owner(k)
             fill = (head - tail) & M32
             used += fill
+            lanes_used.append(fill)
             if token:
                 alive = ring.lane_owner_alive(k)
                 producers.append({"lane": k, "pid": pid, "alive": alive, "ring_bytes_used": fill})
@@ -754,9 +770,11 @@ class RingView:
             "records_written": w[RH_RECORDS],
             "ring_bytes": ring.slots * ring.ring_size,
             "ring_bytes_used": used,
+            "lane_size": ring.ring_size,
+            "lane_bytes_used": lanes_used,
             "lanes": ring.slots,
             "producers": producers,
-            "followers": w[RH_FOLLOWERS],
+            "followers": self.live_followers(),
             "fsyncs": w[RH_FSYNC_COUNT],
             "fsync_ns": w[RH_FSYNC_NS],
             "fsync_histogram": [w[RH_FSYNC_HIST + b] for b in range(FSYNC_BUCKETS)],

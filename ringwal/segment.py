@@ -356,6 +356,14 @@ class SegmentScan:
             self.fd = fd
             self.buf, self.base, self.eof, self.size = b"", start, False, start
 
+    @property
+    def log_bytes(self) -> int:
+        """What this segment adds to a log's ``bytes`` (``ringwal stats`` and ``ringwal
+        verify`` both count this, and nothing else): a completed segment's file size; for
+        ``current.wal``, the bytes up to the end of its last complete frame, since the
+        preallocated zeros after it (and a torn tail) hold no records. Read after ``frames``."""
+        return self.size if self.sealed else self.end
+
     @classmethod
     def open(cls, path: str, *, sealed: bool, holes: Holes | None = None, **kw: Any) -> SegmentScan:
         """Open the segment at ``path``, check its header (``scan.header``) and return a scan

@@ -55,7 +55,7 @@ class VerifyReport:
     records: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
-    bytes: int = 0
+    bytes: int = 0  # SegmentScan.log_bytes summed: the same number ringwal stats reports
     holes: list[Hole] = field(default_factory=list)
 
     @property
@@ -180,11 +180,11 @@ def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], obj
             except FormatError as exc:
                 report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
                 report.records += scan.records
-                report.bytes += scan.size
+                report.bytes += scan.log_bytes
                 expected = None
                 continue
             report.records += scan.records
-            report.bytes += scan.size
+            report.bytes += scan.log_bytes
             if scan.records:
                 report.last_seq = scan.next_seq - 1
             expected = scan.next_seq

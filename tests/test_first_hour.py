@@ -240,3 +240,149 @@ def test_path_objects_work_in_the_reading_api(tmp_path):
     d = pathlib.Path(write_log(str(tmp_path / "wal"), 5).dir)
     assert [r.seq for r in ringwal.replay(d, 2)] == [3, 4, 5]
     assert ringwal.verify(d).ok
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ringwal", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env=dict(os.environ, **(env or {})), **kw,
+    )  # fmt: skip
+
+
+def test_dir_comes_from_ringwal_dir_when_not_given(tmp_path):
+    from .conftest import write_log
+
+    d = write_log(str(tmp_path / "wal"), 20).dir
+    env = {k: v for k, v in os.environ.items() if k != "RINGWAL_DIR"}
+    r = cli("dump", "--after", "18", env={"RINGWAL_DIR": d})
+    assert r.returncode == 0 and [json_seq(x) for x in r.stdout.splitlines()] == [19, 20], r.stderr
+    r = subprocess.run([sys.executable, "-m", "ringwal", "verify"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 2 and "--dir is required (or set RINGWAL_DIR)" in r.stderr
+
+
+def json_seq(line: str) -> int:
+    import json
+
+    return json.loads(line)["seq"]
+
+
+@pytest.mark.parametrize("command", ["verify", "dump", "replay", "tail", "stats", "repair", "truncate"])
+@pytest.mark.parametrize("where", ["empty", "missing"])
+def test_a_directory_without_a_log_fails_every_reading_command_with_exit_1(tmp_path, command, where):
+    d = tmp_path / "etc"
+    if where == "empty":
+        d.mkdir()
+        (d / "passwd").write_text("root:x:0:0\n")
+    extra = ["--before", "5"] if command == "truncate" else []
+    r = cli(command, "--dir", str(d), *extra)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert ("holds no ringwal log" if where == "empty" else "does not exist") in r.stderr, r.stderr
+    assert sorted(os.listdir(d)) == (["passwd"] if where == "empty" else []) if d.exists() else True
+
+
+def test_replay_verify_and_follow_of_a_directory_without_a_log_raise_no_log_error(tmp_path):
+    for fn in (ringwal.replay, ringwal.verify, lambda d: next(ringwal.follow(d))):
+        with pytest.raises(ringwal.NoLogError, match="holds no ringwal log") as info:
+            fn(tmp_path)
+        assert info.value.path == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["serve", "--segment-size", "0"], "segment_size must be a positive int"),
+        (["serve", "--segment-duration", "1e300"], "segment_duration=1e+300 seconds is more than the longest"),
+        (["serve", "--log-level", "loud"], "log_level must be one of"),
+        (["append", "--type", "0"], "--type"),
+        (["tail", "--poll", "0"], "--poll"),
+        (["dump", "--after", "-1"], "--after"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(wdir, args, says):
+    r = cli(*args[:1], "--dir", wdir, *args[1:]) if args[0] != "frobnicate" else cli(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(wdir, "current.wal"))
+
+
+def test_append_and_truncate_print_json_on_request(wdir, tmp_path):
+    import json
+
+    r = cli("append", "--dir", wdir, "--json", input="a\nb\nc\n")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"records": 3, "first_seq": 1, "last_seq": 3, "durable": True}
+    from .conftest import write_log
+
+    d = write_log(str(tmp_path / "wal2"), 100).dir
+    r = cli("truncate", "--dir", d, "--before", "40", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["by_writer"] is False and doc["before"] == 40
+    assert doc["removed"] and all(x["last_seq"] < 40 for x in doc["removed"]) and doc["first_seq"] <= 40
+    assert set(doc["removed"][0]) == {"file", "first_seq", "last_seq", "bytes"}
+
+
+def test_a_lost_start_race_is_logged_at_debug_not_as_an_error(wdir):
+    """What a writer started by ``open`` does when another writer won the lock: its stderr
+    is writer.log, and losing is the normal outcome of several producers starting at once."""
+    import json
+    import re
+
+    from .ringhelp import start_serve
+
+    winner = start_serve(wdir)
+    try:
+        for level, expect_line in (("info", False), ("debug", True)):
+            log_path = os.path.join(wdir, f"race-{level}.log")
+            r, w = os.pipe()
+            with open(log_path, "wb") as logf:
+                subprocess.run(
+                    [sys.executable, "-m", "ringwal", "serve", "--dir", wdir, "--detach", "--ready-fd", str(w),
+                     "--log-level", level],
+                    pass_fds=(w,), stderr=logf, stdout=subprocess.DEVNULL, timeout=60, check=True,
+                )  # fmt: skip
+            os.close(w)
+            with os.fdopen(r, "rb") as pipe:
+                report = json.loads(pipe.readline())  # the loser reports, then exits
+            assert report["type"] == "LockedError"
+            from .ringhelp import wait_until
+
+            text = ""
+
+            def logged() -> bool:
+                nonlocal text
+                text = open(log_path).read()
+                return text.endswith("\n") or not expect_line
+
+            wait_until(logged, what="the loser's log line")
+            assert "ERROR" not in text and "error:" not in text, text
+            if expect_line:
+                assert re.fullmatch(
+                    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z DEBUG ringwal\[\d+\]: another writer won the start race: .*\n",
+                    text,
+                ), text
+    finally:
+        winner.send_signal(__import__("signal").SIGTERM)
+        assert winner.wait(30) == 0
+    # the winner's own lines: timestamped, with their level
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO ringwal\[\d+\]: pid \d+ serving ", winner.startup_lines[-1])
+
+
+def test_writer_log_of_a_writer_started_by_open_has_timestamps_and_levels(wdir):
+    import re
+
+    with ringwal.open(Config(dir=wdir, writer_linger=0.2, log_level="debug")) as h:
+        h.append(rec(1))
+        h.sync()
+    from .ringhelp import ring_objects, wait_until
+
+    wait_until(lambda: ring_objects(wdir) == [], what="the writer to exit")
+    lines = open(os.path.join(wdir, "writer.log")).read().splitlines()
+    assert lines, "a debug-level writer logs at least its start"
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ringwal\[\d+\]: ")
+    assert all(stamp.match(line) for line in lines), lines
+    assert any(" serving " in line for line in lines), lines
