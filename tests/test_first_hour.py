@@ -386,3 +386,206 @@ def test_writer_log_of_a_writer_started_by_open_has_timestamps_and_levels(wdir):
     stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ringwal\[\d+\]: ")
     assert all(stamp.match(line) for line in lines), lines
     assert any(" serving " in line for line in lines), lines
+
+
+# ---------------------------------------------------------------------- systemd, metrics, stats
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_serve_tells_a_systemd_notify_socket_it_is_ready_and_then_stopping(wdir, tmp_path, kind):
+    import signal
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if kind == "path":
+        address = bind = str(tmp_path / "notify")
+    else:
+        name = f"ringwal-test-{os.getpid()}-{tmp_path.name}"
+        address, bind = "@" + name, "\0" + name
+    sock.bind(bind)
+    sock.settimeout(60)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ringwal", "serve", "--dir", wdir], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, NOTIFY_SOCKET=address),
+    )  # fmt: skip
+    try:
+        ready = sock.recv(4096).decode().splitlines()
+        assert ready[0] == "READY=1" and f"MAINPID={p.pid}" in ready and f"STATUS=serving {wdir}" in ready, ready
+        # Ready means serving: a producer that will not start a writer attaches at once.
+        with ringwal.open(Config(dir=wdir, start_writer=False, writer_wait=5)) as h:
+            h.append(rec(1))
+            assert h.sync() == 1
+        p.send_signal(signal.SIGTERM)
+        assert sock.recv(4096).decode() == "STOPPING=1\n"
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        sock.close()
+
+
+def test_a_writer_started_by_open_does_not_speak_for_the_producers_systemd_service(wdir, tmp_path):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.setblocking(False)
+    code = """
+import sys, ringwal
+with ringwal.open(ringwal.Config(dir=sys.argv[1], writer_linger=0.2)) as h:
+    h.append(ringwal.Record(1, 1, b"x"))
+    print(h.sync())
+"""
+    r = run_child(code, wdir, env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify")))
+    assert r.stdout.strip() == "1"
+    from .ringhelp import ring_objects, wait_until
+
+    wait_until(lambda: ring_objects(wdir) == [], what="the writer to exit")
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    sock.close()
+
+
+def _scrape(url: str) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=30) as resp:  # loopback only: the writer we started
+        text = resp.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
+    return out
+
+
+def test_metrics_endpoint_of_a_real_writer(wdir):
+    import re
+    import signal
+
+    pytest.importorskip("prometheus_client")
+    from .ringhelp import start_serve
+
+    p = start_serve(wdir, "--metrics-port", "0", "--segment-size", "65536", "--retention-max-bytes", "200000")
+    try:
+        m = re.search(r"Prometheus metrics at (http://\S+)", read_stderr_line(p))
+        assert m, "serve logs where its metrics are"
+        url = m.group(1)
+        assert url.startswith("http://127.0.0.1:")
+        with ringwal.open(Config(dir=wdir, start_writer=False)) as h:
+            before = _scrape(url)
+            for i in range(3000):
+                h.append(rec(i, 200))
+            assert h.sync() == 3000
+            from .ringhelp import wait_until
+
+            wait_until(lambda: _scrape(url)["ringwal_retention_removed_segments_total"] >= 1, what="retention")
+            m = _scrape(url)
+        assert before["ringwal_writer_up"] == 1 and before["ringwal_producers"] == 1
+        assert m["ringwal_records_written_total"] == 3000 and m["ringwal_durable_seq"] == 3000
+        assert m["ringwal_written_seq"] == 3000 and m["ringwal_bytes_written_total"] >= 3000 * (4 + 10 + 200)
+        assert m["ringwal_fsyncs_total"] >= 1 and m["ringwal_fsync_seconds_count"] == m["ringwal_fsyncs_total"]
+        assert m["ringwal_fsync_seconds_bucket{le=+Inf}"] == m["ringwal_fsyncs_total"] and m["ringwal_fsync_seconds_sum"] > 0
+        assert m["ringwal_fsync_seconds_bucket{le=10.0}"] <= m["ringwal_fsyncs_total"]
+        assert m["ringwal_segments"] >= 1 and m["ringwal_disk_bytes"] >= 65536
+        assert m["ringwal_retention_removed_bytes_total"] > 0
+        assert "ringwal_ring_fill_ratio{lane=0}" in m and m["ringwal_ring_bytes_used"] >= 0
+        assert m[f"ringwal_info{{dir={wdir},serializer=binary,version={ringwal.__version__}}}"] == 1
+        assert _scrape(url)["ringwal_producers"] == 0  # the handle closed
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+
+
+def read_stderr_line(p) -> str:
+    from .ringhelp import read_line
+
+    return read_line(p, stream="stderr")
+
+
+def test_serve_with_metrics_but_without_prometheus_client_names_the_extra(wdir):
+    code = """
+import sys
+class NoProm:
+    def find_spec(self, name, path=None, target=None):
+        if name == "prometheus_client" or name.startswith("prometheus_client."):
+            raise ModuleNotFoundError(name, name=name)
+sys.meta_path.insert(0, NoProm())
+from ringwal.cli import main
+sys.exit(main(["serve", "--dir", sys.argv[1], "--metrics-port", "0"]))
+"""
+    r = run_child(code, wdir, check=False)
+    assert r.returncode == 1 and "pip install 'ringwal[metrics]'" in r.stderr, r.stderr
+    from .ringhelp import ring_objects
+
+    assert ring_objects(wdir) == []  # the writer it had opened shut down cleanly
+
+
+def test_fsync_buckets_become_cumulative_prometheus_buckets_never_below_the_truth():
+    from ringwal.format import FSYNC_BUCKETS, fsync_bucket
+    from ringwal.metrics import FSYNC_BOUNDS, fsync_buckets
+
+    hist = [0] * FSYNC_BUCKETS
+    for us in (50, 90, 100, 101, 3000, 9_000_000, 12_000_000, 60_000_000):
+        hist[fsync_bucket(us)] += 1
+    got = dict(fsync_buckets(hist))
+    assert list(got) == [repr(b) for b in FSYNC_BOUNDS] + ["+Inf"]
+    # 100 us sits in the ring bucket 94-111 us, so it counts at 250 us; 9 s (bucket up to 10.5 s) at +Inf
+    assert got["0.0001"] == 2 and got["0.00025"] == 4 and got["0.005"] == 5 and got["10.0"] == 5 and got["+Inf"] == 8
+
+
+def test_stats_counts_only_live_followers(wdir):
+    import json
+    import signal
+
+    from .ringhelp import start_serve, wait_until
+
+    p = start_serve(wdir)
+    tails = []
+    try:
+        with ringwal.open(Config(dir=wdir, start_writer=False)) as h:
+            h.append(rec(1))
+            h.sync()
+        followers = lambda: json.loads(cli("stats", "--dir", wdir, "--json").stdout)["writer"]["followers"]  # noqa: E731
+        for _ in range(2):
+            tails.append(
+                subprocess.Popen([sys.executable, "-m", "ringwal", "tail", "--dir", wdir, "-f"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, cwd=ROOT)
+            )  # fmt: skip
+        wait_until(lambda: followers() == 2, what="two followers")
+        tails[0].kill()  # SIGKILL: no chance to unregister
+        tails[0].wait(30)
+        wait_until(lambda: followers() == 1, what="the killed follower to go uncounted")
+        tails[1].send_signal(signal.SIGINT)
+        assert tails[1].wait(30) == 130
+        wait_until(lambda: followers() == 0, what="no follower left")
+    finally:
+        for t in tails:
+            if t.poll() is None:
+                t.kill()
+                t.wait(30)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+
+
+@pytest.mark.parametrize("writer", ["in-process WAL", "ring writer"])
+def test_stats_and_verify_agree_on_bytes(wdir, writer):
+    import json
+
+    if writer == "in-process WAL":
+        with ringwal.WAL(Config(dir=wdir, segment_size=8192)) as w:
+            for i in range(100):
+                w.append(rec(i))
+    else:
+        with ringwal.open(Config(dir=wdir, segment_size=8192, writer_linger=30)) as h:
+            for i in range(100):
+                h.append(rec(i))
+            h.sync()
+    st = json.loads(cli("stats", "--dir", wdir, "--json").stdout)
+    vr = json.loads(cli("verify", "--dir", wdir, "--json").stdout)
+    assert st["bytes"] == vr["bytes"] == ringwal.verify(wdir).bytes
+    cur = st["segment_files"][-1]
+    assert cur["file"] == "current.wal" and cur["bytes"] < cur["allocated_bytes"]  # preallocated zeros not counted
