@@ -170,6 +170,10 @@ Liveness and locks
     * **Fork.** A forked child shares its parent's locks; every ByteLocks is closed in the
       child at once (``_fileutil``), so a child never keeps its parent's lane or writer byte
       alive after the parent died. The child's handle claims a lane of its own.
+    * **Followers.** A registered follower holds one follower byte (``LOCK_FOLLOWER0 + j``,
+      the first free one, taken without waiting) until it closes or dies; ``stats`` and the
+      metrics count the held ones (``RingView.live_followers``), since the follower count
+      word stays high when a follower dies without unregistering.
     * **The claim lock** (byte 0) guards only the follower count and the truncation request,
       for a few word stores. It is taken with a deadline (``CLAIM_WAIT``), after which
       LockTimeoutError names the file. Neither ``open``, ``append``, ``flush``, ``sync`` nor

@@ -234,14 +234,6 @@ def test_console_script_version_matches_the_package():
     assert r.returncode == 0 and r.stdout.split()[:2] == ["ringwal", ringwal.__version__], r.stdout + r.stderr
 
 
-def test_path_objects_work_in_the_reading_api(tmp_path):
-    from .conftest import write_log
-
-    d = pathlib.Path(write_log(str(tmp_path / "wal"), 5).dir)
-    assert [r.seq for r in ringwal.replay(d, 2)] == [3, 4, 5]
-    assert ringwal.verify(d).ok
-
-
 # ---------------------------------------------------------------------- CLI
 
 
