@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pathlib
 import pickle
 import subprocess
 import sys

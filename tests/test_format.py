@@ -245,6 +245,7 @@ def test_walk_records_fast_path_compares_every_byte_of_each_length(n):
 
 
 def test_ring_layout_version_6_pins_the_histogram_and_the_follower_bytes():
+    from ringwal.config import MAX_PRODUCER_SLOTS
     from ringwal.format import (
         FOLLOWER_LOCKS,
         FSYNC_BUCKETS,
@@ -256,7 +257,6 @@ def test_ring_layout_version_6_pins_the_histogram_and_the_follower_bytes():
         fsync_bucket,
         fsync_bucket_upper,
     )
-    from ringwal.config import MAX_PRODUCER_SLOTS
 
     assert RING_VERSION == 6
     assert (RH_FSYNC_HIST, FSYNC_BUCKETS) == (64, 96)  # words 64-159 (docs/FORMAT.md)
