@@ -296,7 +296,7 @@ class SegmentLog:
                 # The ring says a writer's fsync failed and the range is not on record (its
                 # disk refused that too, or it died first): record it before cutting anything.
                 off = next((o for o, s, _ in frames if s >= failed[0]), scan.end)
-                holes = self._record_hole(failed[0], failed[1], what, off, "an earlier writer's", holes)
+                holes = self._record_hole(failed[0], failed[1], what, off, "in an earlier writer", holes)
                 scan, frames = self._scan_current(buf, cur, header, holes)
             keep = None
             if scan.outcome == LOST:
@@ -334,7 +334,7 @@ class SegmentLog:
             self._seg_born = mono0 - max(0, wall0 - header.created_ns)
         else:
             if failed is not None:
-                holes = self._record_hole(failed[0], failed[1], what, 0, "an earlier writer's", holes)
+                holes = self._record_hole(failed[0], failed[1], what, 0, "in an earlier writer", holes)
             first = expected if expected is not None else 1
             self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0), prealloc, self._fsync)
             self._seg_born = mono0
@@ -384,7 +384,7 @@ class SegmentLog:
             last,
             CURRENT,
             offset,
-            f"{whose} {FSYNC_FAILURES.get(what, FSYNC_FAILURES[0])} failed after these records were written: "
+            f"{FSYNC_FAILURES.get(what, FSYNC_FAILURES[0])} failed ({whose}) after these records were written: "
             "they were never durable and never acknowledged",
             copy if os.path.exists(os.path.join(self.dir, copy)) else "",
             self._clock(),
@@ -413,7 +413,7 @@ class SegmentLog:
             except OSError as e:
                 log.error("%s: could not keep a copy of the bytes of seqs %d-%d: %r", d, first, last, e)
             try:
-                self._record_hole(first, last, what, pos, "this writer's", load_holes(d))
+                self._record_hole(first, last, what, pos, "in the writer that wrote them", load_holes(d))
             except (OSError, FormatError) as e:
                 log.error(
                     "%s: could not record seqs %d-%d as lost in wal_holes.json (%r); the ring tells the next writer",

@@ -534,7 +534,8 @@ class SegmentScan:
                     f"; valid frames follow (the first at offset {self.base + later[0]}) but no frame claims an "
                     f"fdatasync past offset {claim}: unsynced writes persisted out of order (a torn tail)"
                 )
-                self.tail = self._damage(off, outcome, length, stored, computed, None, why)
+                first_later = (self.base + later[0], later[1])
+                self.tail = self._damage(off, outcome, length, stored, computed, first_later, why)
                 self.tail_bytes = limit - pos - _trailing_zeros(view, pos, limit)
                 return False
         if later is None and not self.sealed:
