@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--format", choices=("jsonl", "text"), default="jsonl", help="JSON lines (default) or tab-separated text"
         )
         c.add_argument(
-            "--skip-holes", action="store_true", help="step over seqs recorded as lost (by repair, or a failed fsync) instead of failing"
+            "--skip-holes",
+            action="store_true",
+            help="step over seqs recorded as lost (by repair, or a failed fsync) instead of failing",
         )
 
     c = cmd("stats", _cmd_stats, "segments, seq range, bytes and records; the running writer's figures")

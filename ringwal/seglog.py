@@ -122,6 +122,7 @@ from .segment import (
     TORN,
     ActiveSegment,
     SegmentScan,
+    data_end,
     keep_aside,
     read_file,
     read_header,
@@ -302,9 +303,12 @@ class SegmentLog:
             if scan.outcome == LOST:
                 at = FRAME_HEADER.unpack_from(buf, scan.end)[2]  # the first seq of the frame it stopped at
                 lost = (holes.explains(at, at) or [])[-1]
-                keep = (f"{CURRENT}.failed-{lost.first_seq}-{lost.last_seq}", buf[scan.end :])
+                keep = (
+                    f"{CURRENT}.failed-{lost.first_seq}-{lost.last_seq}",
+                    buf[scan.end : data_end(buf, scan.end, header.version)],
+                )
             elif scan.outcome == TORN:
-                keep = (f"{CURRENT}.torn-{scan.next_seq}", buf[scan.end :])
+                keep = (f"{CURRENT}.torn-{scan.next_seq}", buf[scan.end : data_end(buf, scan.end, header.version)])
             seg = self._seg = ActiveSegment.recover(d, header, scan, prealloc, self._fsync, keep=keep)
             if scan.outcome == TORN:
                 log.warning(

@@ -112,6 +112,7 @@ __all__ = [
     "TORN",
     "UNWRITTEN",
     "find_valid_frame",
+    "data_end",
     "keep_aside",
     "list_segments",
     "max_durable_claim",
@@ -699,6 +700,16 @@ def _valid_frames(buf: bytes, start: int, limit: int, version: int) -> Iterator[
         pos += 8
 
 
+def data_end(buf: bytes, start: int, version: int) -> int:
+    """Where the bytes worth keeping end in ``buf`` from ``start``: past the last non-zero byte
+    (8-aligned) and past the last valid frame (whose payload may end in zeros)."""
+    end = align8(len(buf.rstrip(b"\x00")))
+    for pos, _ in _valid_frames(buf, start, len(buf), version):
+        length = int.from_bytes(buf[pos : pos + 4], "little")
+        end = max(end, pos + FRAME_HEADER_SIZE + align8(length))
+    return max(end, start)
+
+
 def keep_aside(directory: str, name: str, data: bytes, fsync: FsyncFn) -> str:
     """Write ``data`` to a new file ``name`` in ``directory`` (``name.1``, ``name.2``, ... if
     taken), fsync it and the directory; return the name used. For bytes a writer cuts from
@@ -838,8 +849,7 @@ class ActiveSegment:
             if scan.outcome != CLEAN or size > end:
                 if keep is not None:
                     data = keep[1]
-                    data = data[: align8(len(data.rstrip(b"\x00")))]
-                    if data:
+                    if any(data):
                         # Crash window: the copy exists and the file is not cut yet; the next
                         # writer cuts it and keeps another copy (name.1).
                         kept = keep_aside(directory, keep[0], data, fsync)
