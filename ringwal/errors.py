@@ -203,7 +203,7 @@ class CorruptRecordError(FormatError):
 
 
 class RecordsLostError(FormatError):
-    """Replay reached a range of seqs that ``ringwal repair`` recorded as lost to corruption.
+    """Replay reached a range of seqs recorded as lost (cut out by ``ringwal repair``, or lost to a failed fsync).
 
     ``first_seq``/``last_seq`` is the lost range, ``reason`` what was damaged. Replay with
     ``skip_holes=True`` to step over recorded holes (each is logged as a warning).
