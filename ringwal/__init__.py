@@ -21,6 +21,7 @@ from .errors import (
     LockedError,
     LockTimeoutError,
     LogFailedError,
+    NoLogError,
     RecordsLostError,
     RingError,
     RingFullError,
@@ -38,6 +39,7 @@ from .log import WAL
 from .producer import BatchReceipt, Handle, Receipt, open  # noqa: A004 - ringwal.open is the API
 from .record import Record, RecordType
 from .replay import replay
+from .segment import log_id
 from .serializers import (
     BaseSerializer,
     BinarySerializer,
@@ -69,6 +71,7 @@ __all__ = [
     "LockTimeoutError",
     "LockedError",
     "LogFailedError",
+    "NoLogError",
     "ProtoSerializer",
     "Receipt",
     "Record",
@@ -87,6 +90,7 @@ __all__ = [
     "WriterGoneError",
     "follow",
     "get_serializer",
+    "log_id",
     "open",
     "register_serializer",
     "replay",

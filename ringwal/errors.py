@@ -25,6 +25,8 @@
     ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
     │                                     writer that did not finish
     └── FormatError                       what is on disk cannot be read as a ringwal log
+        ├── NoLogError                    the directory holds no log (or only one written
+        │                                 before log ids, which has none yet)
         ├── UnsupportedVersionError       a format version this build does not know
         ├── SerializerMismatchError       the log was written with another serializer
         ├── CorruptSegmentError           a bad segment header, a seq gap between segments,
@@ -154,6 +156,14 @@ class FormatError(WALError):
         super().__init__(message)
         self.path = path
         self.offset = offset
+
+
+class NoLogError(FormatError):
+    """The directory holds no ringwal log: it does not exist, or has no segment file yet (no
+    writer has opened it), or its segments were all written by a ringwal from before log ids
+    (format version 1) and no writer of this version has opened it since. ``path`` is the
+    directory. A writer (``ringwal serve``, ``ringwal.open`` or ``WAL``) creates the log, or
+    gives an old one its id, when it opens the directory."""
 
 
 class UnsupportedVersionError(FormatError):

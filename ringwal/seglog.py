@@ -63,13 +63,21 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
 from .config import Config
 from .errors import ClosedError, ConfigError, CorruptSegmentError, FormatError, LogFailedError, SerializerMismatchError
-from .format import FRAME_HEADER_SIZE, MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, SERIALIZER_NAME_SIZE, SegmentHeader
+from .format import (
+    FRAME_HEADER_SIZE,
+    LOG_ID_SIZE,
+    MAX_FRAME_BODY,
+    SEGMENT_HEADER_SIZE,
+    SERIALIZER_NAME_SIZE,
+    SegmentHeader,
+)
 from .holes import load_holes
 from .index import IndexEntry, reconcile, write_index
 from .record import check_seq
@@ -103,6 +111,7 @@ class SegmentLog:
     _failed: BaseException | None = None
     _dirlock: DirLock | None = None
     _seg: ActiveSegment  # set by _open_storage; absent while it has not succeeded
+    log_id: bytes  # the log's identity (LOG_ID_SIZE bytes), in every segment header it writes
     _seg_born: int  # monotonic ns at which current.wal had age 0
     _closed_at: dict[str, int]  # completed segment -> monotonic ns at which it had age 0
 
@@ -161,10 +170,12 @@ class SegmentLog:
         holes = load_holes(d)
         entries, reason = reconcile(d, full=True, holes=holes)
         prev = None
+        ids = _LogIds(d)
         for e in entries:
             path = os.path.join(d, e.file)
             header = read_header(path)
             self._check_serializer(header.serializer, path)
+            ids.add(header, e.file)
             if (
                 prev is not None
                 and header.first_seq != prev.last_seq + 1
@@ -191,13 +202,14 @@ class SegmentLog:
             buf = read_file(cur)
             header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], cur)
             self._check_serializer(header.serializer, cur)
+            ids.add(header, CURRENT)
             if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
                 raise CorruptSegmentError(
                     f"{cur}: starts at seq {header.first_seq} but the last completed segment ends at {expected - 1}",
                     path=cur,
                     offset=32,
                 )
-            scan = SegmentScan(buf, cur, sealed=False, next_seq=header.first_seq, holes=holes)
+            scan = SegmentScan(buf, cur, sealed=False, start=header.size, next_seq=header.first_seq, holes=holes)
             try:
                 for _ in scan.frames():
                     pass
@@ -219,16 +231,42 @@ class SegmentLog:
                     scan.end,
                     scan.next_seq,
                 )
+            self.log_id = ids.chosen()
             self._seg = ActiveSegment.recover(d, header, scan, prealloc, self._fsync)
             self._seg_born = mono0 - max(0, wall0 - header.created_ns)
+            if header.log_id is None:
+                self._give_id(scan.records)
         else:
+            # Only the holder of wal.lock gets here, so a log's id is chosen exactly once:
+            # it exists from the moment current.wal does (created whole, then renamed in).
+            self.log_id = ids.chosen()
             first = expected if expected is not None else 1
-            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0), prealloc, self._fsync)
+            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0, self.log_id), prealloc, self._fsync)
             self._seg_born = mono0
         if reason:
             if reason != "missing" or entries:
                 log.warning("%s: wal_index.json %s; rebuilt it from the segment files", d, reason)
             write_index(d, name, entries, self._fsync)
+
+    def _give_id(self, records: int) -> None:
+        """``current.wal`` is a version 1 segment (no log id): make a version 2 one the active
+        segment, so that the log's id is on disk before any ring is named after it. With
+        records, by a rotation (its crash windows, ``_rotate``); empty, by creating a new
+        ``current.wal`` with the same first seq over it (a crash before the rename leaves the
+        old one, and the next writer does this again)."""
+        if records:
+            self._rotate()
+        else:
+            seg = self._seg
+            seg.close()
+            self._seg = ActiveSegment.create(
+                self.dir,
+                SegmentHeader(self.serializer_name, seg.first_seq, self._clock(), self.log_id),
+                self._segment_size,
+                self._fsync,
+            )
+            self._seg_born = self._mono()
+        log.info("%s: the log was written before log ids (format 1); its id is now %s", self.dir, self.log_id.hex())
 
     def _check_serializer(self, found: str, path: str) -> None:
         if found != self.serializer_name:
@@ -367,7 +405,10 @@ class SegmentLog:
         seg.close()
         # 3. Crash here: no current.wal, maybe a current.wal.tmp; the next open recreates it.
         self._seg = ActiveSegment.create(
-            d, SegmentHeader(self.serializer_name, seg.next_seq, self._clock()), self._segment_size, self._fsync
+            d,
+            SegmentHeader(self.serializer_name, seg.next_seq, self._clock(), self.log_id),
+            self._segment_size,
+            self._fsync,
         )
         self._seg_born = self._mono()
         # 4. Crash before this completes: a stale index, rebuilt on the next open.
@@ -507,6 +548,34 @@ class SegmentLog:
         last = seg.next_seq - 1 if seg is not None else 0
         name = getattr(self, "serializer_name", "?")
         return f"<SegmentLog {getattr(self, 'dir', '?')} {state} serializer={name!r} last_seq={last}>"
+
+
+class _LogIds:
+    """The log ids in a directory's segment headers, gathered at open: they must agree."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.first: tuple[bytes, str] | None = None
+
+    def add(self, header: SegmentHeader, file: str) -> None:
+        lid = header.log_id
+        if lid is None:
+            return  # a version 1 segment: written before log ids
+        if self.first is None:
+            self.first = (lid, file)
+        elif self.first[0] != lid:
+            path = os.path.join(self.directory, file)
+            raise CorruptSegmentError(
+                f"{path} belongs to log {lid.hex()}, but {self.first[1]} to log {self.first[0].hex()}: segments of "
+                "two logs are in one directory; move the files of the other log away (ringwal.log_id and "
+                "`ringwal verify` name each file's log)",
+                path=path,
+                offset=48,
+            )
+
+    def chosen(self) -> bytes:
+        """The log's id: the one its headers carry, or a new random one (the log has none yet)."""
+        return self.first[0] if self.first is not None else secrets.token_bytes(LOG_ID_SIZE)
 
 
 def _check_name(name: object) -> None:

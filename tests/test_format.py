@@ -16,8 +16,11 @@ from ringwal.format import (
     FRAME_HEADER_SIZE,
     FRAME_INCOMPLETE,
     FRAME_OK,
+    LOG_ID_SIZE,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
+    SEGMENT_HEADER_V1,
+    SEGMENT_HEADER_V1_SIZE,
     WALK_COUNT,
     WALK_OK,
     WALK_OVERRUN,
@@ -41,19 +44,51 @@ GOLDEN_RECORDS = [
 # The three records above as one frame with first_seq 1 (docs/FORMAT.md walks through it).
 GOLDEN_FRAME = bytes.fromhex(
     # frame header: length=62, count=3, first_seq=1, flags=0, crc
-    "3e000000" "03000000" "0100000000000000" "00000000" "378bd2d4"
+    "3e000000"
+    "03000000"
+    "0100000000000000"
+    "00000000"
+    "378bd2d4"
     # record: payload length 17, type 1, time, b"order-1"
-    "11000000" "0100" "00002a36fe9c9717" "6f726465722d31"
+    "11000000"
+    "0100"
+    "00002a36fe9c9717"
+    "6f726465722d31"
     # record: payload length 18, type 2, time + 1, b"cancel-1"
-    "12000000" "0200" "01002a36fe9c9717" "63616e63656c2d31"
+    "12000000"
+    "0200"
+    "01002a36fe9c9717"
+    "63616e63656c2d31"
     # record: payload length 15, type 3, time + 2, b"match"
-    "0f000000" "0300" "02002a36fe9c9717" "6d61746368"
+    "0f000000"
+    "0300"
+    "02002a36fe9c9717"
+    "6d61746368"
     # padding to a multiple of 8
     "0000"
 )
+#: The log id of the examples in docs/FORMAT.md (a real log's is random).
+EXAMPLE_LOG_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
+# Version 2 (written): binary, first seq 1, created 1_700_000_000_000_000_000, EXAMPLE_LOG_ID.
 GOLDEN_HEADER = bytes.fromhex(
-    "52494e4757414c00" "0100" "4000" "00000000" "62696e61727900000000000000000000"
-    "0100000000000000" "00002a36fe9c9717" + "00" * 12 + "eae8b922"
+    "52494e4757414c00"
+    "0200"
+    "5000"
+    "00000000"
+    "62696e61727900000000000000000000"
+    "0100000000000000"
+    "00002a36fe9c9717"
+    "00112233445566778899aabbccddeeff" + "00" * 12 + "35915208"
+)
+# Version 1 (still read): the same fields without the log id.
+GOLDEN_HEADER_V1 = bytes.fromhex(
+    "52494e4757414c00"
+    "0100"
+    "4000"
+    "00000000"
+    "62696e61727900000000000000000000"
+    "0100000000000000"
+    "00002a36fe9c9717" + "00" * 12 + "eae8b922"
 )
 
 
@@ -63,9 +98,11 @@ def golden_body() -> bytes:
 
 
 def test_documented_sizes():
-    assert SEGMENT_HEADER_SIZE == SEGMENT_HEADER.size == 64
+    assert SEGMENT_HEADER_SIZE == SEGMENT_HEADER.size == 80
+    assert SEGMENT_HEADER_V1_SIZE == SEGMENT_HEADER_V1.size == 64
+    assert LOG_ID_SIZE == 16
     assert FRAME_HEADER_SIZE == FRAME_HEADER.size == 24
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2
     assert ringwal.FORMAT_VERSION == FORMAT_VERSION
 
 
@@ -85,10 +122,24 @@ def test_golden_frame_parses_back():
 
 
 def test_golden_segment_header_bytes():
-    h = SegmentHeader("binary", 1, 1_700_000_000_000_000_000)
+    h = SegmentHeader("binary", 1, 1_700_000_000_000_000_000, EXAMPLE_LOG_ID)
     assert h.encode() == GOLDEN_HEADER
     back = SegmentHeader.decode(GOLDEN_HEADER, "x.wal")
-    assert (back.serializer, back.first_seq, back.created_ns, back.version) == ("binary", 1, 1_700_000_000_000_000_000, 1)
+    assert (back.serializer, back.first_seq, back.created_ns, back.log_id, back.version, back.size) == (
+        "binary", 1, 1_700_000_000_000_000_000, EXAMPLE_LOG_ID, 2, 80
+    )  # fmt: skip
+
+
+def test_version_1_header_still_reads_and_has_no_log_id():
+    assert SegmentHeader("binary", 1, 1_700_000_000_000_000_000, version=1).encode() == GOLDEN_HEADER_V1
+    for buf in (GOLDEN_HEADER_V1, GOLDEN_HEADER_V1 + bytes(16)):  # an empty sealed v1 segment, or frames after
+        back = SegmentHeader.decode(buf, "x.wal")
+        assert (back.version, back.size, back.log_id, back.first_seq) == (1, 64, None, 1)
+
+
+def test_version_2_header_cut_short_is_corrupt():
+    with pytest.raises(CorruptSegmentError, match="80 bytes, only 64"):
+        SegmentHeader.decode(GOLDEN_HEADER[:64], "/d/current.wal")
 
 
 def test_zero_header_is_end_and_zero_length_never_valid():
@@ -120,8 +171,8 @@ def test_huge_claimed_length_does_not_allocate():
 
 
 def test_unknown_version_is_a_clear_error():
-    h = SegmentHeader("binary", 1, 0, version=2).encode()
-    with pytest.raises(UnsupportedVersionError, match=r"version 2 is not supported.*reads version 1"):
+    h = SegmentHeader("binary", 1, 0, version=3).encode()
+    with pytest.raises(UnsupportedVersionError, match=r"version 3 is not supported.*reads versions 1, 2"):
         SegmentHeader.decode(h, "/d/current.wal")
 
 
@@ -129,7 +180,8 @@ def test_unknown_version_is_a_clear_error():
     "mutate, match",
     [
         (lambda b: b.__setitem__(slice(0, 8), b"NOTAWAL!"), "not a ringwal segment"),
-        (lambda b: b.__setitem__(40, b[40] ^ 1), "checksum mismatch at offset 60"),
+        (lambda b: b.__setitem__(40, b[40] ^ 1), "checksum mismatch at offset 76"),
+        (lambda b: b.__setitem__(50, b[50] ^ 1), "checksum mismatch at offset 76"),  # the log id is covered
     ],
 )
 def test_bad_segment_header_names_the_file(mutate, match):
@@ -141,27 +193,44 @@ def test_bad_segment_header_names_the_file(mutate, match):
 
 
 def test_golden_segments_of_the_format_doc_example(tmp_path):
-    """The worked example of docs/FORMAT.md, byte for byte: three records and a rotation."""
+    """The worked example of docs/FORMAT.md, byte for byte: three records and a rotation.
+
+    The example shows the log id EXAMPLE_LOG_ID; a real log's is random, so the files are
+    compared with that id put in its place (and the header checksum recomputed)."""
     from ringwal import WAL, Config
 
     from .conftest import FakeClock
 
     d = str(tmp_path / "wal")
-    with WAL(Config(dir=d, segment_size=176), clock=FakeClock()) as w:
+    with WAL(Config(dir=d, segment_size=192), clock=FakeClock()) as w:
         for r in GOLDEN_RECORDS:
             w.append(Record(*r))
             w.flush()
+
+    def as_example(data: bytes) -> bytes:
+        head = SegmentHeader.decode(data, "x")
+        assert head.log_id is not None and len(head.log_id) == LOG_ID_SIZE
+        example = SegmentHeader(head.serializer, head.first_seq, head.created_ns, EXAMPLE_LOG_ID).encode()
+        return example + data[SEGMENT_HEADER_SIZE:]
+
     seg1 = open(f"{d}/000001.wal", "rb").read()
     cur = open(f"{d}/current.wal", "rb").read()
-    assert seg1 == GOLDEN_HEADER + bytes.fromhex(
-        "150000000100000001000000000000000000000" "01ff3686711000000010000002a36fe9c97176f726465722d31000000"
-        "16000000010000000200000000000000" "00000000e62549bb12000000020001002a36fe9c971763616e63656c2d310000"
+    assert seg1[48:64] == cur[48:64] == bytes.fromhex(ringwal.log_id(d))  # one log, one id
+    assert as_example(seg1) == GOLDEN_HEADER + bytes.fromhex(
+        "150000000100000001000000000000000000000"
+        "01ff3686711000000010000002a36fe9c97176f726465722d31000000"
+        "16000000010000000200000000000000"
+        "00000000e62549bb12000000020001002a36fe9c971763616e63656c2d310000"
     )
-    assert len(cur) == 176 and cur[:32] == GOLDEN_HEADER[:32]
-    assert cur[64:112] == bytes.fromhex(
-        "13000000010000000300000000000000" "00000000bf0bdf720f000000030002002a36fe9c97176d61746368" + "00" * 5
+    cur = as_example(cur)
+    assert len(cur) == 192 and cur[:32] == GOLDEN_HEADER[:32]
+    assert cur[32:80] == bytes.fromhex(
+        "030000000000000000002a36fe9c971700112233445566778899aabbccddeeff" + "00" * 12 + "4bd9f0c8"
     )
-    assert cur[112:] == bytes(64)
+    assert cur[80:128] == bytes.fromhex(
+        "1300000001000000030000000000000000000000bf0bdf720f000000030002002a36fe9c97176d61746368" + "00" * 5
+    )
+    assert cur[128:] == bytes(64)
 
 
 # ---------------------------------------------------------------- walking records
