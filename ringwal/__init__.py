@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .config import Config
 from .errors import (
+    AccessError,
     ClosedError,
     ConfigError,
     CorruptRecordError,
@@ -54,6 +55,7 @@ from .verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessError",
     "BaseSerializer",
     "BatchReceipt",
     "BinarySerializer",

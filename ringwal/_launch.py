@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from . import errors as _errors
+from ._fileutil import create_file
 from .config import Config
 from .errors import LockedError, WALError, WriterGoneError
 
@@ -55,10 +56,14 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
         "S",
         "remove completed segments closed more than S seconds ago",
     ),
+    "group": ("--group", str, "NAME", "let this group's members append and read: directory 2770, files 0660"),
 }
 
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
-_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available")
+_ATTRS = (
+    "path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available",
+    "uid", "mode",
+)  # fmt: skip
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +137,7 @@ def start_writer(config: Config, linger: float, deadline: float) -> bool:
     r, w = os.pipe()
     try:
         cmd += ["--ready-fd", str(w)]
-        with open(os.path.join(directory, "writer.log"), "ab") as logf:
+        with os.fdopen(create_file(os.path.join(directory, "writer.log"), os.O_WRONLY | os.O_APPEND), "ab") as logf:
             proc = subprocess.Popen(
                 cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
                 start_new_session=True, close_fds=True,

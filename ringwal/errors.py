@@ -6,6 +6,9 @@
     ├── ConfigError (ValueError)          a Config value that cannot work; names the setting
     ├── InvalidRecordError (ValueError)   a record rejected at the call; nothing was written
     ├── LockedError                       another writer holds the directory; carries its pid
+    ├── AccessError                       the log's directory, ring or semaphore has an owner
+    │                                     or mode this process must not trust; names it, its
+    │                                     owner and mode, and what to do
     ├── ClosedError                       the object was closed; open a new one
     ├── LogFailedError                    an earlier write or fsync failed; the log refuses
     │                                     all work until reopened (the cause is chained)
@@ -65,6 +68,21 @@ class LockedError(WALError):
         super().__init__(message)
         self.path = path
         self.pid = pid
+
+
+class AccessError(WALError):
+    """An object of the log has an owner or permissions that this process must not trust:
+    the log directory is writable by every local user, or the shared-memory ring or its
+    semaphore in ``/dev/shm`` was made by a user this log does not trust or is open to
+    others (another local user could read records, inject them, or act as a fake writer).
+    Nothing was read from it. ``path`` names the object, ``uid`` its owner, ``mode`` its
+    permission bits; the message says what to do (README, "Trust model")."""
+
+    def __init__(self, message: str, *, path: str, uid: int | None = None, mode: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.uid = uid
+        self.mode = mode
 
 
 class ClosedError(WALError):

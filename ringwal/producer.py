@@ -133,7 +133,7 @@ class Handle:
         self._frame_many = self._ser.frame_many
         from ._fileutil import check_directory
 
-        self.dir = check_directory(config.dir, create=True)
+        self.dir = check_directory(config.dir, create=True, group=config.group)
         self._lock = threading.Lock()  # guards the lane (appends)
         self._wait_lock = threading.Lock()  # one waiter at a time; appends go on meanwhile
         self._count = 0  # records appended by this handle, ever (local numbering)

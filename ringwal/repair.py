@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
+from ._fileutil import DirLock, FsyncFn, check_directory, create_file, fsync_dir
 from .errors import CorruptSegmentError, FormatError, UnsupportedVersionError
 from .format import FRAME_HEADER_SIZE, LOG_ID_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_V1_SIZE, SegmentHeader, align8
 from .holes import Hole, load_holes, write_holes
@@ -358,7 +358,7 @@ class _Repair:
             if plan.content is None:
                 continue
             tmp = os.path.join(d, plan.name + _TMP_SUFFIX)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = create_file(tmp, os.O_WRONLY | os.O_TRUNC)
             try:
                 view = memoryview(plan.content)
                 while view:

@@ -366,14 +366,10 @@ def ring_names(directory: str) -> tuple[str, str]:
 def ring_locks(directory: str) -> ByteLocks:
     """The ring's lock file of ``directory`` (opened on first use; see format.py for its bytes).
 
-    Created with the directory's permission bits (less execute), so producers running as
-    other members of the directory's group can take their lane's lock.
+    Created with the mode and group the directory gives its files (``_fileutil.Access``), so
+    producers running as other members of a shared directory's group can take their lane's lock.
     """
-    try:
-        mode = os.stat(directory).st_mode & 0o666
-    except OSError:
-        mode = 0o644
-    return ByteLocks(os.path.join(directory, RING_LOCK_NAME), mode or 0o644)
+    return ByteLocks(os.path.join(directory, RING_LOCK_NAME))
 
 
 @contextlib.contextmanager

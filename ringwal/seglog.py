@@ -135,7 +135,7 @@ class SegmentLog:
         self._fdatasync = fdatasync
         self._segment_size = config.segment_size
         self._duration_ns = int(config.segment_duration * 1e9)
-        self.dir = check_directory(config.dir, create=True)
+        self.dir = check_directory(config.dir, create=True, group=config.group)
         self._dirlock = DirLock(self.dir)
         try:
             self._open_storage()

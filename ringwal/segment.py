@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._fileutil import FsyncFn, fsync_dir, preallocate, writer_holds_lock
+from ._fileutil import FsyncFn, create_file, fsync_dir, preallocate, writer_holds_lock
 from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError, NoLogError
 from .format import (
     FRAME_BAD,
@@ -740,7 +740,7 @@ class ActiveSegment:
     def create(cls, directory: str, header: SegmentHeader, prealloc: int, fsync: FsyncFn) -> ActiveSegment:
         path = os.path.join(directory, CURRENT)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = create_file(tmp, os.O_RDWR | os.O_TRUNC)
         try:
             preallocate(fd, max(prealloc, header.size))
             os.pwrite(fd, header.encode(), 0)
