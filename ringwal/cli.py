@@ -14,6 +14,9 @@ Commands (each has ``--help``):
   truncate  remove completed segments whose records are all below ``--before SEQ``
   serve     run the writer (durability sidecar) in the foreground; SIGTERM/SIGINT drain
             the ring, fsync and exit 0; exits 2 at once if another writer holds the directory
+  rings     list the shared-memory rings in /dev/shm and whether their logs are still there
+            (``--dir`` only that log's); ``--clean`` removes those of logs that are gone and
+            hold no records (``--force``: also those that do), ``--remove NAME`` one by name
 
 Errors print one line and exit 2 (verify and repair use 1 for "problems found"); ``--debug``
 shows the traceback.
@@ -320,6 +323,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, linger=args.linger, ready_fd=args.ready_fd, announce=announce)
 
 
+def _cmd_rings(args: argparse.Namespace) -> int:
+    from .ring import clean_orphans, list_rings, remove_ring
+
+    for name in args.remove or ():
+        if remove_ring(name):
+            print(f"removed {name}", file=sys.stderr)
+        else:
+            print(f"no ring {name}", file=sys.stderr)
+    if args.clean:
+        for info in clean_orphans(unwritten_too=args.force):
+            lost = f", {info.unwritten} unwritten record(s) lost" if info.unwritten else ""
+            print(f"removed {info.name} (log {info.log_id}: {info.why}{lost})", file=sys.stderr)
+    rings = list_rings()
+    if args.dir is not None:
+        d = os.path.abspath(args.dir)
+        rings = [r for r in rings if r.directory == d]
+    if args.json:
+        print(json.dumps([r.to_json() for r in rings], indent=1))
+        return 0
+    for r in rings:
+        what = f"log {r.log_id} in {r.directory}, {r.state}, " if r.log_id else ""
+        held = f"{r.unwritten} unwritten record(s), " if r.unwritten else ""
+        print(f"{r.name}\t{r.verdict}\t{what}{held}{r.size} bytes, uid {r.uid} mode {r.mode:04o}: {r.why}")
+    orphans = [r for r in rings if r.verdict == "orphan"]
+    if orphans and not args.clean:
+        print(
+            f"{len(orphans)} orphan(s): `ringwal rings --clean` removes those holding no records "
+            "(--force: all of them; their records are lost)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._launch import add_serve_options
 
@@ -327,9 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, fn: Callable[[argparse.Namespace], int], text: str, **kw: Any) -> argparse.ArgumentParser:
+    def cmd(
+        name: str, fn: Callable[[argparse.Namespace], int], text: str, dir_required: bool = True, **kw: Any
+    ) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text, description=text, **kw)
-        c.add_argument("--dir", required=True, help="the log directory")
+        c.add_argument("--dir", required=dir_required, help="the log directory")
         c.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logging"
         )
@@ -378,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--serializer", default=None, metavar="NAME", help="serializer name (default: the one in the log, else binary)"
     )
     add_serve_options(s)
+    c = cmd("rings", _cmd_rings, "list the shared-memory rings and whether their logs are still there", False)
+    c.add_argument("--json", action="store_true", help="print one JSON list")
+    c.add_argument("--clean", action="store_true", help="remove the rings of logs that are gone (holding no records)")
+    c.add_argument("--force", action="store_true", help="with --clean: also those holding records (they are lost)")
+    c.add_argument(
+        "--remove", action="append", metavar="NAME", help="remove this ring (ringwal.<...>) and its semaphore"
+    )
     s.add_argument("--linger", type=float, default=None, help=argparse.SUPPRESS)
     s.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

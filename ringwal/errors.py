@@ -19,6 +19,8 @@
     │   ├── SlotsExhaustedError           all ``producer_slots`` lanes are held by live producers
     │   ├── LanePoisonedError             the writer dropped bytes of this handle's lane that
     │   │                                 were not records; the handle refuses all work
+    │   ├── ForeignRingError              the ring at this log's name belongs to another log
+    │   │                                 (another id or directory); none of it was read
     │   ├── ShmTooSmallError              /dev/shm has no room for the ring; carries the bytes
     │   │                                 needed and free, names the settings that shrink it
     │   └── LockTimeoutError              a lock of the ring stayed held past its deadline by a
@@ -129,6 +131,17 @@ class LanePoisonedError(RingError):
         self.lane = lane
         self.first_dropped = first_dropped
         self.reason = reason
+
+
+class ForeignRingError(RingError):
+    """The shared-memory object at this log's ring name records another log (another log id,
+    or another directory's device and inode): a ring serves exactly one log, so none of its
+    records were read or written. ``path`` names the object. Remove it if no process of that
+    log runs (``ringwal rings --remove NAME``)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ShmTooSmallError(RingError):

@@ -430,7 +430,9 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 
 # --------------------------------------------------------------------------- the ring
 #
-# The shared-memory ring (``/dev/shm/ringwal.<id>``) is not stored on disk, but it outlives
+# The shared-memory ring (``/dev/shm/ringwal.<log id>.<place>``: the 32 hex digits of the log
+# id, then the first 12 hex digits of SHA-256 of "<st_dev>:<st_ino>" of the log directory) is
+# not stored on disk, but it outlives
 # processes (a writer that dies leaves it for the next one), so its layout is versioned like
 # the segments'. ``ringwal/ring.py`` holds the algorithms and the memory-ordering argument;
 # the layout lives here. Every field is a little-endian 64-bit word at an 8-aligned offset,
@@ -472,6 +474,13 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     44 fsync count in the histogram (W)    45 sum of fsync ns (W)
 #     46 pending resume lane + 1 (W)         47 pending resume head (W): words 22-23 as they
 #        become when the pending drain finishes
+#     48-49 log id (16 bytes, C at creation): the log this ring belongs to; producers and
+#        writers refuse a ring whose id is not their directory's
+#     50 st_dev, 51 st_ino of the log directory (C at creation): the place it belongs to
+#     52 length in bytes of the directory's path (W: the creator, then each writer as it
+#        starts, since a directory may be moved); the path itself (os.fsencode) in bytes
+#        1024..4095, cut at 3072 bytes. For ``ringwal rings``: which log a ring is, and
+#        whether that log is gone (an orphan)
 #     64-127 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket)
 #
 # Lane control block, 32 words; each group on its own 64-byte line so that producer and
@@ -517,7 +526,9 @@ RING_MAGIC: Final = b"RWRING\x00\x00"
 #: 2: futex wake word (24) replaced the per-lane semaphores; 3: stats, follow, truncation words;
 #: 4: liveness by the locks in wal.ring.lock (pid words for display only, create-time words unused).
 #: 5: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
-RING_VERSION: Final = 5
+#: 6: the ring names its log: log id (48-49), directory device and inode (50-51), path (52,
+#: bytes 1024..); the shared-memory name carries the log id; state 4 (the directory is gone).
+RING_VERSION: Final = 6
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -534,6 +545,9 @@ RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer
 RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
 RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
 RH_PENDING_RESUME, RH_PENDING_RESUME_HEAD = 46, 47
+RH_LOG_ID, RH_DIR_DEV, RH_DIR_INO, RH_DIR_PATH_LEN = 48, 50, 51, 52
+#: Bytes of the ring header that hold the log directory's path (cut to fit).
+RH_DIR_PATH_OFFSET, RH_DIR_PATH_MAX = 1024, 3072
 RH_FSYNC_HIST: Final = 64
 FSYNC_BUCKETS: Final = 64
 
@@ -556,8 +570,9 @@ def fsync_bucket_upper(b: int) -> int:
     return ((4 | sub) << (bl - 3)) + (1 << (bl - 3)) - 1
 
 
-# ring states
-RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)
+# ring states: GONE = its writer found the log directory removed or moved and stopped (the
+# ring is unlinked; attached producers raise LogGoneError)
+RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED, RING_GONE = range(5)
 
 # lane control word indices (relative to the lane's block)
 L_HEAD, L_WANT_WRITTEN, L_WANT_DURABLE = 0, 1, 2

@@ -48,7 +48,7 @@ from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
 from .config import Config
 from .errors import WALError
-from .ring import Ring, WriterSide, check_machine
+from .ring import Ring, WriterSide, check_machine, clean_orphans
 from .seglog import SegmentLog
 
 __all__ = ["Writer", "serve"]
@@ -100,7 +100,7 @@ class Writer:
         try:
             self.dir = wal.dir
             self.side = side = WriterSide.open(
-                self.dir, config.producer_slots, config.ring_size, config.max_record_size, name, self._at
+                self.dir, config.producer_slots, config.ring_size, config.max_record_size, name, self._at, wal.log_id
             )
             ring = side.ring
             if not ring.created and (ring.slots, ring.ring_size) != (config.producer_slots, config.ring_size):
@@ -113,6 +113,7 @@ class Writer:
             if done:
                 log.warning("%s: %s", self.dir, done)
             side.publish_ready()
+            _clean_orphans()
         except BaseException:
             if side is not None:
                 side.close()
@@ -307,6 +308,18 @@ class Writer:
         self._closed = True
         self.side.close()
         self.wal.close()
+
+
+def _clean_orphans() -> None:
+    """Remove the rings in ``/dev/shm`` whose log is gone and that hold no records (a writer
+    killed before its directory was deleted leaves one behind; ``ring.clean_orphans``)."""
+    try:
+        gone = clean_orphans()
+    except OSError as exc:  # best effort: the writer serves its own log either way
+        log.debug("looking for orphaned rings failed: %r", exc)
+        return
+    for info in gone:
+        log.info("removed /dev/shm/%s, the ring of log %s: %s", info.name, info.log_id, info.why)
 
 
 def serve(

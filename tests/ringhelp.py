@@ -143,7 +143,10 @@ def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> None:
 
 def ring_objects(directory: str) -> list[str]:
     """Names in /dev/shm that belong to this directory's ring (memory and semaphores)."""
-    base = ring_names(directory)[0].lstrip("/")
+    try:
+        base = ring_names(directory)[0].lstrip("/")
+    except (OSError, WALError):
+        return []  # no log there (any more): no name to look for
     return sorted(n for n in os.listdir("/dev/shm") if n == base or n.startswith("sem." + base))
 
 
@@ -162,7 +165,7 @@ def kill_writers(directory: str) -> None:
 
     with contextlib.suppress(OSError):
         unlink_names(directory)
-    with contextlib.suppress(posix_ipc.Error, OSError):
+    with contextlib.suppress(posix_ipc.Error, OSError, WALError):
         posix_ipc.unlink_shared_memory(ring_names(directory)[0])
 
 

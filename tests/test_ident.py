@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
 import ringwal
-from ringwal import WAL, Config, CorruptSegmentError, NoLogError
+from ringwal import WAL, Config, CorruptSegmentError, ForeignRingError, NoLogError
 from ringwal.format import SEGMENT_HEADER_SIZE, SegmentHeader
 from ringwal.index import reconcile, write_index
+from ringwal.ring import unlink_names
 from ringwal.segment import CURRENT, list_segments
 
-from .conftest import ROOT, rec, write_log
+from .conftest import ROOT, rec, run_child, write_log
 
 
 def seg_paths(d: str) -> list[str]:
@@ -125,3 +128,154 @@ def test_stats_shows_the_log_id(tmp_path):
     assert f"log id {lid}" in out
     js = subprocess.run([*run, "--json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert json.loads(js)["log_id"] == lid
+
+
+# ---------------------------------------------------------------- a ring belongs to one log
+
+
+def ringwal_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ringwal", *args], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def rings_of(log: str) -> list[dict]:
+    return [r for r in json.loads(ringwal_cli("rings", "--json").stdout) if r["log_id"] == log]
+
+
+def leave_a_record_in_the_ring(d: str) -> None:
+    """A writer serves ``d``; a producer appends one record that the writer never drains
+    (the writer is stopped, then both are killed): the ring holds it for the next writer."""
+    from .ringhelp import start_serve, writer_pid
+
+    w = start_serve(d)
+    pid = writer_pid(d)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        run_child(
+            """
+            import os, sys, ringwal
+            h = ringwal.open(ringwal.Config(dir=sys.argv[1], start_writer=False))
+            h.append(ringwal.Record(1, 1, b"OLD"))
+            os._exit(0)  # no close: the record stays in the lane
+            """,
+            d,
+        )
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        w.wait(30)
+
+
+def test_a_new_log_in_a_reused_inode_never_sees_the_old_logs_ring(tmp_path):
+    """The issue's input: delete a log whose ring still holds a record, make a new directory
+    that gets the same inode, append NEW: the new log holds NEW alone, at seq 1."""
+    old = str(tmp_path / "old")
+    leave_a_record_in_the_ring(old)
+    old_id, ino = ringwal.log_id(old), os.stat(old).st_ino
+    assert [r["unwritten"] for r in rings_of(old_id)] == [1]
+    shutil.rmtree(old)
+    new = None
+    for i in range(20):  # ext4 and tmpfs hand a freed inode to the next directory made
+        cand = str(tmp_path / f"new{i}")
+        os.mkdir(cand, 0o700)
+        if os.stat(cand).st_ino == ino:
+            new = cand
+            break
+    if new is None:
+        pytest.skip("this file system did not reuse the deleted directory's inode")
+    try:
+        r = ringwal_cli("append", "--dir", new, stdin="NEW\n")
+        assert r.returncode == 0, r.stderr
+        out = ringwal_cli("dump", "--dir", new, "--format", "text").stdout.splitlines()
+        assert [line.split("\t")[0::3] for line in out] == [["1", "NEW"]]
+        assert ringwal.log_id(new) != old_id
+        # The old log's ring is an orphan now: listed, kept by --clean (it holds a record the
+        # log would want if its directory had only moved), removed by --clean --force.
+        (info,) = rings_of(old_id)
+        assert info["verdict"] == "orphan" and info["unwritten"] == 1 and info["directory"] == old
+        ringwal_cli("rings", "--clean")
+        assert len(rings_of(old_id)) == 1
+        r = ringwal_cli("rings", "--clean", "--force")
+        assert "1 unwritten record(s) lost" in r.stderr
+        assert rings_of(old_id) == []
+    finally:
+        for info in rings_of(old_id):
+            ringwal_cli("rings", "--remove", info["name"])
+
+
+def test_a_writer_removes_only_the_ring_it_opened(tmp_path):
+    """While a writer serves, its ring's name comes to name another object (someone removed
+    the ring and another writer made a new one): on shutdown the writer leaves that alone."""
+    import posix_ipc
+
+    from ringwal.ring import ring_names
+
+    from .ringhelp import start_serve
+
+    d = str(tmp_path / "wal")
+    w = start_serve(d)
+    name, _sem = ring_names(d)
+    try:
+        posix_ipc.unlink_shared_memory(name)
+        other = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=4096)
+        other.close_fd()
+        w.terminate()
+        assert w.wait(30) == 0
+        assert os.path.exists("/dev/shm" + name), "the writer removed a ring it had not opened"
+    finally:
+        w.kill()
+        w.wait(30)
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_shared_memory(name)
+        unlink_names(d)
+
+
+@pytest.mark.parametrize("word", ["log id", "inode"])
+def test_a_ring_recording_another_log_is_refused_by_producers_and_writers(tmp_path, word):
+    from ringwal.format import RH_DIR_INO, RH_LOG_ID
+    from ringwal.ring import WriterSide
+
+    d = str(tmp_path / "wal")
+    WAL(Config(dir=d)).close()
+    side = WriterSide.open(d, 2, 1 << 16, 1000, "binary", lambda point: None)
+    ring = side.ring
+    if word == "log id":
+        ring.buf[RH_LOG_ID * 8] ^= 0xFF
+    else:
+        ring.words[RH_DIR_INO] += 1
+    side.publish_ready()  # a writer byte held: producers would attach if they trusted it
+    try:
+        with pytest.raises(ForeignRingError, match="not of log") as info:
+            ringwal.open(Config(dir=d, start_writer=False, writer_wait=1))
+        assert info.value.path == "/dev/shm" + ring.name
+        r = ringwal_cli("serve", "--dir", d)
+        assert r.returncode == 2 and "ForeignRingError" not in r.stderr and "not of log" in r.stderr
+        assert f"ringwal rings --remove {ring.name.lstrip('/')}" in r.stderr
+        assert os.path.exists("/dev/shm" + ring.name)  # refused, not removed: whatever it holds stays
+    finally:
+        ring.unlink()
+        side.close()
+        unlink_names(d)
+
+
+def test_rings_of_logs_that_are_gone_are_listed_and_the_next_writer_removes_them(tmp_path):
+    from .ringhelp import kill_writers, start_serve, writer_pid
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    start_serve(a)
+    os.kill(writer_pid(a), signal.SIGKILL)  # leaves its ring, empty
+    lid = ringwal.log_id(a)
+    (info,) = rings_of(lid)
+    assert info["verdict"] == "idle" and info["directory"] == a and info["unwritten"] == 0
+    shutil.rmtree(a)
+    (info,) = rings_of(lid)
+    assert info["verdict"] == "orphan" and "is gone" in info["why"]
+    wb = start_serve(b)  # any writer, of any log, removes orphans that hold nothing
+    try:
+        assert rings_of(lid) == []
+        (mine,) = rings_of(ringwal.log_id(b))
+        assert mine["verdict"] == "live"
+    finally:
+        wb.terminate()
+        wb.wait(30)
+        kill_writers(b)
