@@ -12,6 +12,8 @@
     ├── ClosedError                       the object was closed; open a new one
     ├── LogFailedError                    an earlier write or fsync failed; the log refuses
     │                                     all work until reopened (the cause is chained)
+    ├── LogGoneError                      the log's directory was removed or moved while in use;
+    │                                     the writer stopped, unacknowledged records may be lost
     ├── WriterGoneError                   the writer process died or stopped and no new one
     │                                     took over in time (``start_writer=False`` or it failed)
     ├── RingError                         the shared-memory ring cannot be used: an unknown
@@ -97,6 +99,19 @@ class LogFailedError(WALError):
     fsync failures can drop dirty pages, so retrying and carrying on could silently lose
     records. Close the log and open it again: recovery finds what really reached the disk.
     """
+
+
+class LogGoneError(WALError):
+    """The log's directory was removed, or moved or replaced, while a writer served it: the
+    writer stopped (it never writes into a directory that is no longer the log's), failed the
+    waits of attached producers with this error, removed its ring and exited non-zero.
+    Records appended and not yet acknowledged durable may be lost (if the directory was
+    moved, those the writer had written are in its files there). ``path`` is the directory
+    as it was opened. Open the log again where it is now."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class WriterGoneError(WALError):

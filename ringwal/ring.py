@@ -1525,6 +1525,10 @@ class ProducerSide:
         """The ring is READY and its writer process is alive."""
         return self.ring.ready()
 
+    def log_gone(self) -> bool:
+        """The writer stopped because the log directory was removed or moved (state GONE)."""
+        return self._words[RH_STATE] == RING_GONE
+
     def writer_changed(self) -> bool:
         """A different writer than last time serves the ring (call when ``writer_ready``)."""
         gen = self._words[RH_WRITER_GEN]
@@ -2341,6 +2345,14 @@ class WriterSide:
             self.reclaim_dead()  # the next writer would, but its owners may be gone by then
             self.wake_all()
         return not in_use
+
+    def mark_gone(self) -> None:
+        """The log directory is gone (the writer found it removed or moved): store GONE, so
+        that attached producers raise LogGoneError at their next look instead of waiting for
+        a writer, remove the ring by the name and object this writer opened, wake everyone."""
+        self._w[RH_STATE] = RING_GONE
+        self.ring.unlink()
+        self.wake_all()
 
     def close(self) -> None:
         """Unmap and close the semaphore (the ring stays unless ``shutdown`` unlinked it). Idempotent."""

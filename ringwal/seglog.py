@@ -69,7 +69,15 @@ from collections.abc import Callable, Sequence
 
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
 from .config import Config
-from .errors import ClosedError, ConfigError, CorruptSegmentError, FormatError, LogFailedError, SerializerMismatchError
+from .errors import (
+    ClosedError,
+    ConfigError,
+    CorruptSegmentError,
+    FormatError,
+    LogFailedError,
+    LogGoneError,
+    SerializerMismatchError,
+)
 from .format import (
     FRAME_HEADER_SIZE,
     LOG_ID_SIZE,
@@ -136,7 +144,16 @@ class SegmentLog:
         self._segment_size = config.segment_size
         self._duration_ns = int(config.segment_duration * 1e9)
         self.dir = check_directory(config.dir, create=True, group=config.group)
-        self._dirlock = DirLock(self.dir)
+        # The directory as opened: ``check_place`` compares its path with this (``_dir_fd``
+        # keeps it, so its inode number is not handed to another directory meanwhile).
+        self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self._dir_fd)
+        self._place = (st.st_dev, st.st_ino)
+        try:
+            self._dirlock = DirLock(self.dir)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
         try:
             self._open_storage()
             if self._seg.records:
@@ -149,6 +166,7 @@ class SegmentLog:
             if seg is not None:
                 seg.close()
             self._dirlock.release()
+            os.close(self._dir_fd)
             raise
         self._durable_seq = self._seg.next_seq - 1
         self._closed = False
@@ -492,6 +510,24 @@ class SegmentLog:
         ``segment_size`` instead of leaving the rest of one unused."""
         return max(0, self._segment_size - self._seg.write_pos - FRAME_HEADER_SIZE - _MAX_PAD)
 
+    def check_place(self) -> None:
+        """Raise LogGoneError when ``dir`` no longer names the directory this log was opened
+        in: it was removed (``rm -r``), or moved or replaced (``mv``). Costs a stat and an
+        fstat. A writer that went on would write where no reader looks (or into files that
+        are deleted), so the writer process calls this at least every PLACE_INTERVAL."""
+        try:
+            st = os.stat(self.dir)
+            if (st.st_dev, st.st_ino) == self._place:
+                return
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        removed = os.fstat(self._dir_fd).st_nlink == 0
+        raise LogGoneError(
+            f"{self.dir}: the log directory was {'removed' if removed else 'moved or replaced'} while this writer "
+            "served it; the writer stops (records not yet durable may be lost): open the log where it is now",
+            path=self.dir,
+        )
+
     @property
     def durable_seq(self) -> int:
         """The seq of the last record known to be on stable storage."""
@@ -535,6 +571,18 @@ class SegmentLog:
             self._seg.close()
             if self._dirlock is not None:
                 self._dirlock.release()
+            os.close(self._dir_fd)
+
+    def abandon(self) -> None:
+        """Close without syncing (the directory is gone: ``check_place``); release the lock.
+        Idempotent; the log is closed afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._seg.close()
+        if self._dirlock is not None:
+            self._dirlock.release()
+        os.close(self._dir_fd)
 
     def __enter__(self) -> SegmentLog:
         return self

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
 from .config import Config
-from .errors import WALError
+from .errors import LogGoneError, WALError
 from .ring import Ring, WriterSide, check_machine, clean_orphans
 from .seglog import SegmentLog
 
@@ -60,6 +60,9 @@ GATHER = 0.0001  # commit delay bound, seconds (see Writer._gather)
 IDLE_SLEEP = 0.05
 #: How often lane owners are checked for death (one non-blocking lock attempt per owned lane).
 LIVENESS_INTERVAL = 0.25
+#: How often the writer checks that its directory is still where it opened it (a stat and
+#: an fstat): a removed or moved log is noticed within this many seconds of the loop.
+PLACE_INTERVAL = 0.25
 #: Grace before an idle writer started by ``open`` exits if nobody ever attaches.
 FIRST_ATTACH_GRACE = 10.0
 #: Smallest frame a drain sizes to the room left in current.wal; with less room left the
@@ -126,6 +129,7 @@ class Writer:
         self._ever_attached = False
         self._idle_since = time.monotonic()
         self._next_liveness = 0.0
+        self._next_place_check = 0.0
         self._next_tick = 0.0
         self._tick_at = 0.0
         self._tick_records = 0
@@ -177,7 +181,12 @@ class Writer:
         """A named crash point: the tests' subclass kills the process here."""
 
     def sync(self) -> None:
-        """One fdatasync covering every record written so far (group commit); wake its waiters."""
+        """One fdatasync covering every record written so far (group commit); wake its waiters.
+
+        Raises LogGoneError, acknowledging nothing, when the log directory is no longer where
+        it was opened (a stat and an fstat, next to an fsync of ~100 us or more): records are
+        never called durable in files no reader will look at."""
+        self.wal.check_place()
         t0 = time.perf_counter_ns()
         self.wal.sync()
         ns = time.perf_counter_ns() - t0
@@ -188,7 +197,12 @@ class Writer:
         self.side.notify(durable=True)
 
     def step(self) -> bool:
-        """One pass of the loop; False when there was nothing to do."""
+        """One pass of the loop; False when there was nothing to do. Raises LogGoneError
+        (before draining anything) once the log directory is no longer at its path."""
+        now = time.monotonic()
+        if now >= self._next_place_check:
+            self._next_place_check = now + PLACE_INTERVAL
+            self.wal.check_place()
         side = self.side
         if side.attachments_changed() and side.owned():
             self._ever_attached = True
@@ -261,7 +275,10 @@ class Writer:
             )  # fmt: skip
 
     def run(self) -> None:
-        """Serve until ``stop()`` (a signal handler may call it) or, with a linger, until idle."""
+        """Serve until ``stop()`` (a signal handler may call it) or, with a linger, until idle.
+
+        Raises LogGoneError when the log directory was removed or moved meanwhile (``step``),
+        after ``gone``: the writer serves nothing more."""
         try:
             while not self._stop:
                 busy = self.step()
@@ -273,8 +290,28 @@ class Writer:
                 if self.linger is not None and self._idle_exit_due(now, self.linger):
                     break
                 self._sleep(IDLE_SLEEP)
+        except LogGoneError as exc:
+            self.gone(exc)
+            raise
         finally:
             self.shutdown()
+
+    def gone(self, exc: LogGoneError) -> None:
+        """The log directory is gone: stop without draining or syncing anything more (it
+        would go where no reader looks, or into deleted files), mark the ring GONE so that
+        every attached producer's wait raises LogGoneError, remove the ring (by the name and
+        object this writer opened), and close. Crash windows: a writer killed before the
+        GONE store leaves producers to find it dead (they then find the directory gone
+        themselves); after it, the ring may stay in /dev/shm as an orphan
+        (``clean_orphans``)."""
+        if self._closed:
+            return
+        try:
+            self.side.mark_gone()
+        finally:
+            self._closed = True
+            self.side.close()
+            self.wal.abandon()
 
     def _idle_exit_due(self, now: float, linger: float) -> bool:
         owned = self.side.owned()
@@ -301,8 +338,12 @@ class Writer:
                 self.side.notify(durable=False)
                 if not self.side.shutdown():
                     log.info("%s: producers are still attached; leaving the ring for the next writer", self.dir)
+        except LogGoneError as exc:
+            self.gone(exc)
+            raise
         finally:
-            self._close_resources()
+            if not self._closed:
+                self._close_resources()
 
     def _close_resources(self) -> None:
         self._closed = True

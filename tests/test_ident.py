@@ -279,3 +279,83 @@ def test_rings_of_logs_that_are_gone_are_listed_and_the_next_writer_removes_them
         wb.terminate()
         wb.wait(30)
         kill_writers(b)
+
+
+# ---------------------------------------------------------------- the directory goes away
+
+
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_a_writer_whose_directory_goes_stops_and_fails_pending_syncs(tmp_path, how):
+    """rm -r or mv of the log directory while a writer serves it and a producer waits in
+    sync: the writer acknowledges nothing more, fails the wait with LogGoneError, removes its
+    ring and exits non-zero saying what happened."""
+    import threading
+
+    from ringwal.ring import ring_names
+
+    from .ringhelp import start_serve, writer_pid
+
+    d = str(tmp_path / "wal")
+    w = start_serve(d)
+    name, sem = ring_names(d)
+    pid = writer_pid(d)
+    h = ringwal.open(Config(dir=d, start_writer=False, writer_wait=2))
+    try:
+        h.append(rec(0))
+        assert h.sync() == 1
+        os.kill(pid, signal.SIGSTOP)  # so that the sync below is pending when the directory goes
+        h.append(rec(1))
+        got: dict[str, BaseException | int] = {}
+
+        def sync() -> None:
+            try:
+                got["result"] = h.sync()
+            except BaseException as exc:  # noqa: BLE001 - the test looks at it
+                got["result"] = exc
+
+        t = threading.Thread(target=sync)
+        t.start()
+        if how == "removed":
+            shutil.rmtree(d)
+        else:
+            os.rename(d, d + "-moved")
+        os.kill(pid, signal.SIGCONT)
+        assert w.wait(60) != 0
+        err = w.stderr.read()
+        assert f"{d}: the log directory was {'removed' if how == 'removed' else 'moved or replaced'}" in err, err
+        t.join(60)
+        assert isinstance(got["result"], ringwal.LogGoneError), got
+        assert not os.path.exists("/dev/shm" + name) and not os.path.exists("/dev/shm/sem." + sem.lstrip("/"))
+        with pytest.raises(ringwal.LogGoneError):
+            h.sync()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        w.kill()
+        w.wait(30)
+        with contextlib.suppress(ringwal.WALError):
+            h.close()
+    if how == "moved":  # what the writer had written is in the files where they are now
+        assert [r.seq for r in ringwal.replay(d + "-moved")][:1] == [1]
+
+
+def test_a_producer_finds_the_directory_gone_when_its_writer_died_too(tmp_path):
+    from .ringhelp import start_serve, writer_pid
+
+    d = str(tmp_path / "wal")
+    w = start_serve(d)
+    h = ringwal.open(Config(dir=d, writer_wait=5))  # start_writer=True: it would start a new one
+    try:
+        h.append(rec(0))
+        os.kill(writer_pid(d), signal.SIGKILL)
+        w.wait(30)
+        lid = ringwal.log_id(d)
+        shutil.rmtree(d)
+        with pytest.raises(ringwal.LogGoneError, match="removed or moved"):
+            h.sync()
+        assert not os.path.exists(d)  # no writer was started to make a new log there
+    finally:
+        with contextlib.suppress(ringwal.WALError):
+            h.close()
+        for info in rings_of(lid):
+            ringwal_cli("rings", "--remove", info["name"])
