@@ -176,17 +176,18 @@ class Access:
         write for a group that may not append here.
         """
         mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o007:
-            return f"it is open to every local user (mode {mode:04o})"
+        why = []
         group_ok = self.shared and st.st_gid == self.gid
         if st.st_uid not in self.trusted_users() and not group_ok:
-            return (
+            why.append(
                 f"it belongs to {_user_name(st.st_uid)}, who is not this process's user, root, or the owner of "
                 f"{self.directory}" + ("" if self.shared else " (the directory gives no group access)")
             )
-        if mode & 0o020 and not group_ok:
-            return f"its group {_group_name(st.st_gid)} may write it (mode {mode:04o}) but may not append to this log"
-        return ""
+        if mode & 0o007:
+            why.append(f"it is open to every local user (mode {mode:04o})")
+        elif mode & 0o020 and not group_ok:
+            why.append(f"its group {_group_name(st.st_gid)} may write it (mode {mode:04o}) but may not append here")
+        return "; ".join(why)
 
 
 def describe_owner(st: os.stat_result) -> str:

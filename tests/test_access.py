@@ -125,6 +125,142 @@ def test_cli_refuses_a_world_writable_directory_with_a_typed_message(tmp_path):
     d.mkdir()
     os.chmod(d, 0o777)
     r = subprocess.run(
-        [sys.executable, "-m", "ringwal", "serve", "--dir", str(d)], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "ringwal", "serve", "--dir", str(d)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert r.returncode == 2 and "writable by every local user" in r.stderr and "chmod 700" in r.stderr
+
+
+# ---------------------------------------------------------------- shared objects of other users
+
+NOBODY = "nobody"
+
+
+def as_nobody(*cmd: str, group: str = GROUP) -> list[str]:
+    """``cmd`` run as user nobody with only ``group`` (util-linux setpriv)."""
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to act as another user")
+    if os.geteuid() != 0:
+        pytest.skip("only root can run a command as another user here")
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={group}", "--clear-groups", *cmd]
+
+
+@pytest.mark.parametrize(
+    "owner, group, bits, shared, refused",
+    [
+        ("root", "root", 0o600, False, ""),
+        ("nobody", "nogroup", 0o600, False, "belongs to nobody"),
+        ("root", "root", 0o666, False, "open to every local user"),
+        ("root", "root", 0o604, False, "open to every local user"),
+        ("root", "root", 0o660, False, "may write it"),
+        ("nobody", "nogroup", 0o660, True, ""),  # a member of the directory's group made it
+        ("nobody", "daemon", 0o660, True, "belongs to nobody"),
+        ("root", "daemon", 0o660, True, "may write it"),
+    ],
+)
+def test_which_shared_objects_a_log_trusts(tmp_path, have_group, owner, group, bits, shared, refused):
+    import pwd
+
+    from ringwal._fileutil import Access
+
+    d = tmp_path / "wal"
+    d.mkdir()
+    os.chown(d, 0, gid_of(GROUP))
+    os.chmod(d, 0o2770 if shared else 0o700)
+    obj = tmp_path / "object"
+    obj.write_bytes(b"")
+    os.chown(obj, pwd.getpwnam(owner).pw_uid, gid_of(group))
+    os.chmod(obj, bits)
+    why = Access.of(str(d)).problem(os.stat(obj))
+    assert (why == "") == (refused == "") and refused in why, why
+
+
+def test_a_ring_planted_by_another_user_is_refused_and_never_read(tmp_path):
+    """Another local user creates the ring's name in /dev/shm before a root producer opens the
+    log (a fake writer could ack syncs while nothing reaches disk, or inject records): the
+    producer and the writer refuse it, naming it, its owner and mode, and what to do."""
+    from ringwal.ring import ring_names
+
+    d = str(tmp_path / "wal")
+    WAL(Config(dir=d)).close()
+    name, _sem = ring_names(d)
+    path = "/dev/shm" + name
+    plant = as_nobody("sh", "-c", f"umask 0; head -c 65536 /dev/zero > {path}")
+    subprocess.run(plant, check=True, timeout=60)
+    try:
+        assert os.stat(path).st_uid != 0
+        with pytest.raises(AccessError, match="belongs to nobody") as info:
+            ringwal.open(Config(dir=d, writer_wait=2))
+        assert info.value.path == path and info.value.mode == 0o666
+        assert "rm " + path in str(info.value)
+        r = subprocess.run(
+            [sys.executable, "-m", "ringwal", "serve", "--dir", d], capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+        assert r.returncode == 2 and "cannot be trusted" in r.stderr and "belongs to nobody" in r.stderr
+        assert os.stat(path).st_size == 65536  # left as it was: nothing read, nothing written
+    finally:
+        os.unlink(path)
+
+
+def test_a_writer_semaphore_planted_by_another_user_is_refused(tmp_path):
+    from ringwal.ring import ring_names
+
+    d = str(tmp_path / "wal")
+    WAL(Config(dir=d)).close()
+    name, sem = ring_names(d)
+    path = "/dev/shm/sem." + sem.lstrip("/")
+    subprocess.run(as_nobody("sh", "-c", f"umask 0; head -c 32 /dev/zero > {path}"), check=True, timeout=60)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "ringwal", "serve", "--dir", d], capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+        assert r.returncode == 2 and "the writer's semaphore" in r.stderr and "belongs to nobody" in r.stderr
+        assert not os.path.exists("/dev/shm" + name)  # the writer removed the ring it had made
+    finally:
+        os.unlink(path)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory other users can reach (the test's tmp_path lies under pytest's 0700 one)."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="ringwal-access-")
+    os.chmod(d, 0o711)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_writer_and_a_producer_of_two_users_share_a_log_through_its_group(shared_tmp, have_group):
+    from ringwal.ring import ring_names
+
+    from .ringhelp import kill_writers, start_serve
+
+    d = os.path.join(shared_tmp, "wal")
+    w = start_serve(d, "--group", GROUP)  # root
+    try:
+        name, sem = ring_names(d)
+        for obj in ("/dev/shm" + name, "/dev/shm/sem." + sem.lstrip("/")):
+            st = os.stat(obj)
+            assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, gid_of(GROUP)), obj
+        producer = """
+import sys, ringwal
+with ringwal.open(ringwal.Config(dir=sys.argv[1], start_writer=False)) as h:
+    h.append(ringwal.Record(1, 1, b"from nobody"))
+    print(h.sync())
+"""
+        r = subprocess.run(
+            as_nobody(sys.executable, "-c", producer, d), capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+        assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+    finally:
+        w.terminate()
+        w.wait(30)
+        kill_writers(d)
+    assert [(x.seq, x.data) for x in ringwal.replay(d)] == [(1, b"from nobody")]
