@@ -178,8 +178,30 @@ Liveness and locks
 
     The pid words are stored for ``ringwal stats`` only, each in its process's own namespace.
 
+Identity, trust and ownership (docs/FORMAT.md, "A ring belongs to exactly one log")
+    * The name is ``/ringwal.<log id>.<place>`` (``ring_names``): the log's id from its
+      segment headers, and a hash of the directory's device and inode. The creator stores the
+      id, device and inode (words 48-51) before the magic; every opener checks them
+      (``check_identity``) and refuses another log's ring with ForeignRingError before it
+      reads a record or stores a word.
+    * Before mapping an object, every opener checks its owner and mode (``_open_shm``,
+      ``Access.problem``): an object made by an untrusted user, or open to others, raises
+      AccessError and is never read. The writer creates the region and its semaphore with
+      ``O_EXCL`` and fchmods them to the directory's ``shm_mode``.
+    * The writer holds the *owner lock*, an OFD lock on byte 0 of the shared-memory object
+      itself (through a descriptor of its own, so the mapping does not keep it), from before
+      it trusts anything in the ring until ``close``, having checked that the name still
+      names the object it mapped. A cleaner (``clean_orphans``, ``remove_ring``) removes a
+      ring only while holding that lock, taken without waiting: never one a writer has open.
+    * ``unlink`` removes a name only while it names the object this process opened (same
+      inode): a writer never removes a ring it did not open.
+    Crash windows: a creator that dies before the magic leaves a ring that the next writer
+    of the log (holding its owner lock) removes and makes again, and that ``ringwal rings``
+    shows as ``starting``; a writer that dies leaves its ring, with the owner lock dropped by
+    the kernel, for the next writer of the log, or as an orphan if the log is gone.
+
 Lifecycle
-    The writer creates the region and its semaphore (``O_CREAT``), reserving the whole region
+    The writer creates the region and its semaphore (``O_EXCL``), reserving the whole region
     in ``/dev/shm`` first (``posix_fallocate``): a tmpfs without room refuses it there, and
     the writer unlinks what it made and raises ShmTooSmallError with the bytes needed and
     free, instead of leaving a region whose untouched pages raise SIGBUS in whoever first
@@ -188,7 +210,9 @@ Lifecycle
     writer's SIGTERM still owns its lane until someone notices) and, every lane empty, sets
     ``state = CLOSED`` and unlinks the names; otherwise (a live producer, or records left) it
     sets ``STOPPED``, wakes every waiter and leaves the ring for the next writer, which reuses
-    it, resolving a pending drain as above. ``Ring.close`` unmaps this process's view (and
+    it, resolving a pending drain as above. A writer that finds its log directory removed or
+    moved (``SegmentLog.check_place``) sets ``GONE`` instead, unlinks the names and wakes
+    every waiter: producers raise LogGoneError. ``Ring.close`` unmaps this process's view (and
     drops its locks); ``Ring.unlink`` removes the names; they are separate, as in
     ``multiprocessing.shared_memory``.
 """

@@ -23,7 +23,11 @@ Invariants:
   returned ``sync()`` covers directory entries too; frames a dead writer left in the page
   cache are fdatasynced at open, before ``durable_seq`` counts them;
 * any failed write, fsync, rotation or removal step latches the log: every later call raises
-  LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover.
+  LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover;
+* the log has one id (``log_id``), chosen once by the open that creates its first segment
+  (only the holder of ``wal.lock`` creates segments) and written into every segment header
+  after it; segments whose headers carry different ids are refused at open. A version 1
+  ``current.wal`` (written before ids) is replaced by a version 2 one at open (``_give_id``).
 
 Rotation order and its crash windows (each is tested in ``tests/test_crash.py``):
 

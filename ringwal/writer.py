@@ -25,7 +25,15 @@ whatever a dead writer left in the page cache), create or reuse the ring (a new 
 reserved whole in ``/dev/shm``: ShmTooSmallError when it has no room), resolve a pending
 drain against the last seq on disk, mark every lane's written records durable, then take
 the ring's writer lock (a byte of ``wal.ring.lock``, dropped by the kernel when this process
-dies: how producers in any PID namespace tell that it lives) and publish ``state = READY``.
+dies: how producers in any PID namespace tell that it lives) and publish ``state = READY``;
+then remove the rings of other logs that are gone and hold nothing (``ring.clean_orphans``).
+The ring is named after the log's id and refused when it records another log or was made by
+a user the log does not trust (``ring.py``, "Identity, trust and ownership").
+
+The directory going away: every PLACE_INTERVAL, and before every fsync, the writer checks
+that its directory is still at its path (``SegmentLog.check_place``). If it was removed or
+moved, the writer acknowledges nothing more, marks the ring GONE (waiting producers raise
+LogGoneError), removes it and exits non-zero (``Writer.gone``).
 
 The loop never waits for a lock a producer can hold: a dead producer's lane is found and
 freed by taking its lane lock without waiting (``ring.py``, "Liveness and locks").

@@ -311,3 +311,42 @@ def test_walk_records_fast_path_compares_every_byte_of_each_length(n):
     bad = bytearray(body)
     bad[2 * (n + 4) + 2] ^= 1  # the third length's high half: 65536 + n becomes n
     assert walk_records(bytes(bad), 3, 1 << 20)[:3] == (WALK_COUNT, 3, len(body) - 65536)
+
+
+# ---------------------------------------------------------------- the ring's identity words
+
+
+def test_ring_layout_6_pins_the_identity_words():
+    from ringwal import format as f
+
+    assert f.RING_VERSION == 6
+    assert (f.RH_LOG_ID, f.RH_DIR_DEV, f.RH_DIR_INO, f.RH_DIR_PATH_LEN) == (48, 50, 51, 52)
+    assert (f.RH_DIR_PATH_OFFSET, f.RH_DIR_PATH_MAX) == (1024, 3072)
+    assert f.RH_DIR_PATH_OFFSET == (f.RH_FSYNC_HIST + f.FSYNC_BUCKETS) * 8  # right after the histogram
+    assert f.RH_DIR_PATH_OFFSET + f.RH_DIR_PATH_MAX == f.RING_HEADER_SIZE
+    assert (f.RING_INIT, f.RING_READY, f.RING_STOPPED, f.RING_CLOSED, f.RING_GONE) == (0, 1, 2, 3, 4)
+
+
+def test_a_new_ring_records_its_log_byte_for_byte(tmp_path):
+    import os
+
+    from ringwal import WAL, Config
+    from ringwal.ring import WriterSide, ring_names
+
+    d = str(tmp_path / "wal")
+    WAL(Config(dir=d)).close()
+    lid = bytes.fromhex(ringwal.log_id(d))
+    st = os.stat(d)
+    side = WriterSide.open(d, 2, 1 << 16, 1000, "binary", lambda point: None)
+    try:
+        buf = bytes(side.ring.buf[:4096])
+        assert side.ring.name == ring_names(d)[0] == f"/ringwal.{lid.hex()}.{side.ring.name[-12:]}"
+        assert buf[0:8] == b"RWRING\0\0" and int.from_bytes(buf[8:16], "little") == 6
+        assert buf[384:400] == lid
+        assert int.from_bytes(buf[400:408], "little") == st.st_dev
+        assert int.from_bytes(buf[408:416], "little") == st.st_ino
+        n = int.from_bytes(buf[416:424], "little")
+        assert n == len(os.fsencode(d)) and buf[1024 : 1024 + n] == os.fsencode(d) and not any(buf[1024 + n :])
+    finally:
+        side.ring.unlink()
+        side.close()
