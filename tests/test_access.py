@@ -58,6 +58,11 @@ def test_new_log_is_private_whatever_the_umask(tmp_path, mask):
             for i in range(100):  # several rotations: completed segments and the index too
                 h.append(rec(i))
             h.sync()
+            from ringwal.ring import ring_names
+
+            name, sem = ring_names(d)
+            for obj in ("/dev/shm" + name, "/dev/shm/sem." + sem.lstrip("/")):
+                assert mode(obj) == 0o600, (obj, oct(mode(obj)))
     names = {os.path.basename(p) for p in files(d)}
     assert {"wal.lock", "wal.ring.lock", "writer.log", "current.wal", "wal_index.json", "000001.wal"} <= names
     assert mode(d) == 0o700

@@ -359,3 +359,18 @@ def test_a_producer_finds_the_directory_gone_when_its_writer_died_too(tmp_path):
             h.close()
         for info in rings_of(lid):
             ringwal_cli("rings", "--remove", info["name"])
+
+
+def test_producers_opening_a_fresh_directory_at_once_make_one_log_with_one_id(tmp_path):
+    from .ringhelp import PRODUCER, check_log, collect, kill_writers, spawn
+
+    d = str(tmp_path / "fresh")  # does not exist yet: every producer races to create it
+    procs = [spawn(PRODUCER, d, f"p{i}", "50", "10") for i in range(4)]
+    try:
+        results = [collect(p) for p in procs]
+        assert all(p.returncode == 0 for p in procs), results
+        check_log(d, {f"p{i}": 49 for i in range(4)}, {f"p{i}": 50 for i in range(4)})
+        ids = {SegmentHeader.decode(open(p, "rb").read(SEGMENT_HEADER_SIZE), p).log_id for p in seg_paths(d)}
+        assert ids == {bytes.fromhex(ringwal.log_id(d))}
+    finally:
+        kill_writers(d)
