@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from .config import Config
 from .errors import (
+    AccessError,
     ClosedError,
     ConfigError,
     CorruptRecordError,
     CorruptSegmentError,
+    ForeignRingError,
     FormatError,
     InvalidRecordError,
     LanePoisonedError,
     LockedError,
     LockTimeoutError,
     LogFailedError,
+    LogGoneError,
     MissingExtraError,
     NoLogError,
     RecordsLostError,
@@ -41,6 +44,7 @@ from .log import WAL
 from .producer import BatchReceipt, Handle, Receipt, open  # noqa: A004 - ringwal.open is the API
 from .record import Record, RecordType
 from .replay import replay
+from .segment import log_id
 from .serializers import (
     BaseSerializer,
     BinarySerializer,
@@ -55,6 +59,7 @@ from .verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessError",
     "BaseSerializer",
     "BatchReceipt",
     "BinarySerializer",
@@ -64,6 +69,7 @@ __all__ = [
     "CorruptRecordError",
     "CorruptSegmentError",
     "FORMAT_VERSION",
+    "ForeignRingError",
     "FormatError",
     "Handle",
     "InvalidRecordError",
@@ -72,6 +78,7 @@ __all__ = [
     "LockTimeoutError",
     "LockedError",
     "LogFailedError",
+    "LogGoneError",
     "MissingExtraError",
     "NoLogError",
     "ProtoSerializer",
@@ -93,6 +100,7 @@ __all__ = [
     "WriterGoneError",
     "follow",
     "get_serializer",
+    "log_id",
     "open",
     "register_serializer",
     "replay",

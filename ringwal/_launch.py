@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from . import errors as _errors
+from ._fileutil import create_file
 from .config import Config
 from .errors import LockedError, WALError, WriterGoneError
 
@@ -63,10 +64,14 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
         "serve Prometheus metrics on PORT (0: any free port; ringwal[metrics])",
     ),
     "metrics_address": ("--metrics-address", str, "ADDR", "address the metrics endpoint listens on"),
+    "group": ("--group", str, "NAME", "let this group's members append and read: directory 2770, files 0660"),
 }
 
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
-_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available")
+_ATTRS = (
+    "path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available",
+    "uid", "mode",
+)  # fmt: skip
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +148,7 @@ def start_writer(config: Config, linger: float, deadline: float) -> bool:
         # A producer run by systemd (Type=notify) passes NOTIFY_SOCKET on; its writer is not
         # the service's main process and must not speak for it.
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        with open(os.path.join(directory, "writer.log"), "ab") as logf:
+        with os.fdopen(create_file(os.path.join(directory, "writer.log"), os.O_WRONLY | os.O_APPEND), "ab") as logf:
             proc = subprocess.Popen(
                 cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
                 start_new_session=True, close_fds=True, env=env,

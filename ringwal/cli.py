@@ -16,6 +16,9 @@ Commands (each has ``--help``; ``ringwal --version`` prints the version):
             the ring, fsync and exit 0; exits 1 at once if another writer holds the directory.
             Logs with UTC timestamps and levels (``--log-level``), tells systemd it is ready
             (``$NOTIFY_SOCKET``), serves Prometheus metrics (``--metrics-port``)
+  rings     list the shared-memory rings in /dev/shm and whether their logs are still there
+            (``--dir`` only that log's); ``--clean`` removes those of logs that are gone and
+            hold no records (``--force``: also those that do), ``--remove NAME`` one by name
 
 Every command takes ``--dir``; without it, ``$RINGWAL_DIR``. A directory that is missing or
 holds no log is an error for every command but ``append`` and ``serve`` (which create one).
@@ -363,6 +366,8 @@ def _setup_logging(command: str, level: str | None, debug: bool) -> None:
 def _dir_from_env(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if getattr(args, "dir", None) is None:
         env = os.environ.get("RINGWAL_DIR")
+        if not env and not getattr(args, "dir_required", True):
+            return  # a command that works without a directory (rings)
         if not env:
             parser.error("--dir is required (or set RINGWAL_DIR)")  # exits 2
         args.dir = env
@@ -389,6 +394,39 @@ def _record_type(text: str) -> int:
     return value
 
 
+def _cmd_rings(args: argparse.Namespace) -> int:
+    from .ring import clean_orphans, list_rings, remove_ring
+
+    for name in args.remove or ():
+        if remove_ring(name):
+            print(f"removed {name}", file=sys.stderr)
+        else:
+            print(f"no ring {name}", file=sys.stderr)
+    if args.clean:
+        for info in clean_orphans(unwritten_too=args.force):
+            lost = f", {info.unwritten} unwritten record(s) lost" if info.unwritten else ""
+            print(f"removed {info.name} (log {info.log_id}: {info.why}{lost})", file=sys.stderr)
+    rings = list_rings()
+    if args.dir is not None:
+        d = os.path.abspath(args.dir)
+        rings = [r for r in rings if r.directory == d]
+    if args.json:
+        print(json.dumps([r.to_json() for r in rings], indent=1))
+        return 0
+    for r in rings:
+        what = f"log {r.log_id} in {r.directory}, {r.state}, " if r.log_id else ""
+        held = f"{r.unwritten} unwritten record(s), " if r.unwritten else ""
+        print(f"{r.name}\t{r.verdict}\t{what}{held}{r.size} bytes, uid {r.uid} mode {r.mode:04o}: {r.why}")
+    orphans = [r for r in rings if r.verdict == "orphan"]
+    if orphans and not args.clean:
+        print(
+            f"{len(orphans)} orphan(s): `ringwal rings --clean` removes those holding no records "
+            "(--force: all of them; their records are lost)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from ._launch import add_serve_options
@@ -407,13 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, fn: Callable[[argparse.Namespace], int], text: str, **kw: Any) -> argparse.ArgumentParser:
+    def cmd(
+        name: str, fn: Callable[[argparse.Namespace], int], text: str, dir_required: bool = True, **kw: Any
+    ) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text, description=text, **kw)
         c.add_argument("--dir", default=None, help="the log directory (default: $RINGWAL_DIR)")
         c.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logging"
         )
-        c.set_defaults(fn=fn, parser=c)
+        c.set_defaults(fn=fn, parser=c, dir_required=dir_required)
         return c
 
     def records_opts(c: argparse.ArgumentParser) -> None:
@@ -466,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--serializer", default=None, metavar="NAME", help="serializer name (default: the one in the log, else binary)"
     )
     add_serve_options(s)
+    c = cmd("rings", _cmd_rings, "list the shared-memory rings and whether their logs are still there", False)
+    c.add_argument("--json", action="store_true", help="print one JSON list")
+    c.add_argument("--clean", action="store_true", help="remove the rings of logs that are gone (holding no records)")
+    c.add_argument("--force", action="store_true", help="with --clean: also those holding records (they are lost)")
+    c.add_argument(
+        "--remove", action="append", metavar="NAME", help="remove this ring (ringwal.<...>) and its semaphore"
+    )
     s.add_argument("--linger", type=float, default=None, help=argparse.SUPPRESS)
     s.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

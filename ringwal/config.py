@@ -152,6 +152,18 @@ class Config:
     writer_linger: seconds a writer started by ``open`` stays up with no producer attached
         before it drains, cleans up its shared memory and exits (2).
 
+    Who may use the log (README, "Trust model"):
+
+    group: None (default): the log is private to the user that creates it: the directory
+        is made ``0700`` and every file ``0600``, the shared-memory ring ``0600``, whatever
+        the umask. A group name (or gid), e.g. ``"wal-users"``: its members may append and
+        read: the directory is made ``2770`` and given the group, files ``0660``, the ring
+        ``0660`` (``ringwal serve --group NAME``). Producers and the writer may then run as
+        different users of the group. For a directory that exists already, the setting is
+        checked, not applied (ConfigError names the chgrp/chmod that share it). What a
+        process trusts is read from the directory itself: its owner, root and, when the
+        directory is group-writable, its group.
+
     Retention (applied by the writer about once a second; None, the default, keeps everything):
 
     retention_max_bytes: remove the oldest completed segments while the log's files hold
@@ -197,6 +209,7 @@ class Config:
     log_level: str = "info"
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
+    group: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -235,6 +248,8 @@ class Config:
             _positive_int("retention_max_bytes", self.retention_max_bytes)
         if self.retention_max_age is not None:
             _positive_number("retention_max_age", self.retention_max_age)
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise ConfigError(f"group must be a group name (or gid) or None, got {self.group!r}")
         if not isinstance(self.start_writer, bool):
             raise ConfigError(f"start_writer must be True or False, got {self.start_writer!r}")
         name = getattr(self.serializer, "name", None)

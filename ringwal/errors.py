@@ -9,10 +9,15 @@
     ├── UnsupportedPlatformError          not Linux on x86-64: ``open``/``serve`` refuse to run
     ├── InvalidRecordError (ValueError)   a record rejected at the call; nothing was written
     ├── LockedError                       another writer holds the directory; carries its pid
+    ├── AccessError                       the log's directory, ring or semaphore has an owner
+    │                                     or mode this process must not trust; names it, its
+    │                                     owner and mode, and what to do
     ├── ClosedError                       the object was closed; open a new one
     ├── LogFailedError                    an earlier write or fsync failed; the log refuses
     │                                     all work until reopened (the cause is chained); after
     │                                     a failed fsync, names the seqs lost (never durable)
+    ├── LogGoneError                      the log's directory was removed or moved while in use;
+    │                                     the writer stopped, unacknowledged records may be lost
     ├── WriterGoneError                   the writer process died or stopped and no new one
     │                                     took over in time (``start_writer=False`` or it failed)
     ├── RingError                         the shared-memory ring cannot be used: an unknown
@@ -20,6 +25,8 @@
     │   ├── SlotsExhaustedError           all ``producer_slots`` lanes are held by live producers
     │   ├── LanePoisonedError             the writer dropped bytes of this handle's lane that
     │   │                                 were not records; the handle refuses all work
+    │   ├── ForeignRingError              the ring at this log's name belongs to another log
+    │   │                                 (another id or directory); none of it was read
     │   ├── ShmTooSmallError              /dev/shm has no room for the ring; carries the bytes
     │   │                                 needed and free, names the settings that shrink it
     │   └── LockTimeoutError              a lock of the ring stayed held past its deadline by a
@@ -92,6 +99,21 @@ class LockedError(WALError):
         self.pid = pid
 
 
+class AccessError(WALError):
+    """An object of the log has an owner or permissions that this process must not trust:
+    the log directory is writable by every local user, or the shared-memory ring or its
+    semaphore in ``/dev/shm`` was made by a user this log does not trust or is open to
+    others (another local user could read records, inject them, or act as a fake writer).
+    Nothing was read from it. ``path`` names the object, ``uid`` its owner, ``mode`` its
+    permission bits; the message says what to do (README, "Trust model")."""
+
+    def __init__(self, message: str, *, path: str, uid: int | None = None, mode: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.uid = uid
+        self.mode = mode
+
+
 class ClosedError(WALError):
     """The log, handle or reader was closed."""
 
@@ -114,6 +136,19 @@ class LogFailedError(WALError):
         self.path = path
         self.first_seq = first_seq
         self.last_seq = last_seq
+
+
+class LogGoneError(WALError):
+    """The log's directory was removed, or moved or replaced, while a writer served it: the
+    writer stopped (it never writes into a directory that is no longer the log's), failed the
+    waits of attached producers with this error, removed its ring and exited non-zero.
+    Records appended and not yet acknowledged durable may be lost (if the directory was
+    moved, those the writer had written are in its files there). ``path`` is the directory
+    as it was opened. Open the log again where it is now."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class WriterGoneError(WALError):
@@ -148,6 +183,17 @@ class LanePoisonedError(RingError):
         self.lane = lane
         self.first_dropped = first_dropped
         self.reason = reason
+
+
+class ForeignRingError(RingError):
+    """The shared-memory object at this log's ring name records another log (another log id,
+    or another directory's device and inode): a ring serves exactly one log, so none of its
+    records were read or written. ``path`` names the object. Remove it if no process of that
+    log runs (``ringwal rings --remove NAME``)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ShmTooSmallError(RingError):
@@ -199,7 +245,9 @@ class NoLogError(FormatError):
     """The directory does not exist or holds no ringwal log (no segment file, no index): a
     wrong or unmounted path. Raised by readers (``replay``, ``follow``, ``verify``, the CLI's
     ``dump``/``tail``/``stats``/``verify``/``repair``/``truncate``), never by ``open`` or
-    ``WAL``, which create a log. ``path`` is the directory."""
+    ``WAL``, which create a log. ``log_id`` raises it too for a log whose segments were all
+    written before log ids (format version 1) until a writer of this version opens it and gives
+    it one. ``path`` is the directory."""
 
 
 class UnsupportedVersionError(FormatError):

@@ -11,14 +11,19 @@ Segment file (``current.wal`` or ``NNNNNN.wal``)::
     | 64 bytes          | 8-aligned frames start at offset 64       |
     +-------------------+--------+--------+--------+--------+-- ... --+
 
-Segment header, 64 bytes::
+Segment header, version 2 (written by this build), 80 bytes::
 
-     0       8    10   12       16               32       40       48         60    64
-    +--------+----+----+--------+----------------+--------+--------+----------+-----+
-    | magic  |ver |hlen| flags  | serializer     |first   |created |reserved  |crc  |
-    | 8s     |u16 |u16 | u32    | 16s, NUL-padded|seq u64 |ns i64  |12 x 0    |u32  |
-    +--------+----+----+--------+----------------+--------+--------+----------+-----+
-    crc = CRC32C(bytes 0..60)
+     0       8    10   12       16               32       40       48               64         76    80
+    +--------+----+----+--------+----------------+--------+--------+----------------+----------+-----+
+    | magic  |ver |hlen| flags  | serializer     |first   |created | log id         |reserved  |crc  |
+    | 8s     |u16 |u16 | u32    | 16s, NUL-padded|seq u64 |ns i64  | 16 random bytes|12 x 0    |u32  |
+    +--------+----+----+--------+----------------+--------+--------+----------------+----------+-----+
+    ver = 2, hlen = 80, crc = CRC32C(bytes 0..76); frames start at offset hlen = 80
+
+Segment header, version 1 (still read; never written), 64 bytes: bytes 0..47 as above
+(ver = 1, hlen = 64), then 12 reserved zeros and the crc of bytes 0..60 at 60; no log id;
+frames start at 64. In every version the header is ``hlen`` bytes and ends with the CRC32C
+of the bytes before it.
 
 Frame (one checksummed batch of one or more records)::
 
@@ -58,6 +63,7 @@ __all__ = [
     "FRAME_HEADER",
     "FRAME_HEADER_SIZE",
     "FRAME_SYNCED_OFFSET",
+    "LOG_ID_SIZE",
     "MAGIC",
     "MAX_FRAME_BODY",
     "MAX_SYNCED",
@@ -65,6 +71,8 @@ __all__ = [
     "RECORD_LENGTH",
     "SEGMENT_HEADER",
     "SEGMENT_HEADER_SIZE",
+    "SEGMENT_HEADER_V1",
+    "SEGMENT_HEADER_V1_SIZE",
     "SERIALIZER_NAME_SIZE",
     "SegmentHeader",
     "align8",
@@ -79,15 +87,23 @@ __all__ = [
 
 #: Identifies a ringwal segment; the last byte is a NUL so `file` shows "RINGWAL".
 MAGIC: Final = b"RINGWAL\x00"
-#: The version this build writes. Bumped for any layout change. 2: a frame's bytes 16-19
-#: carry the segment's durable end (``synced``) instead of a zero ``flags`` word.
+#: The version this build writes. It reads this one and every earlier one (READ_VERSIONS).
+#: 2: the segment header grew to 80 bytes to carry the log id, and a frame's bytes 16-19 carry
+#: the segment's durable end (``synced``) instead of a zero ``flags`` word (docs/FORMAT.md,
+#: "Format version history"). A version 1 segment is read (and continued) with version 1 rules.
 FORMAT_VERSION: Final = 2
-#: Versions this build reads: a version 1 segment is read (and continued) with version 1 rules.
 READ_VERSIONS: Final = (1, 2)
 
-SEGMENT_HEADER: Final = struct.Struct("<8sHHI16sQq12xI")
-SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 64
+#: The version 2 header (this build writes it): frames start at SEGMENT_HEADER_SIZE.
+SEGMENT_HEADER: Final = struct.Struct("<8sHHI16sQq16s12xI")
+SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 80
+#: The version 1 header (no log id), read in logs written before version 2.
+SEGMENT_HEADER_V1: Final = struct.Struct("<8sHHI16sQq12xI")
+SEGMENT_HEADER_V1_SIZE: Final = SEGMENT_HEADER_V1.size  # 64
 SERIALIZER_NAME_SIZE: Final = 16
+#: A log's identity: random bytes chosen once, when its first segment is created.
+LOG_ID_SIZE: Final = 16
+_HEADER_SIZES: Final = {1: SEGMENT_HEADER_V1_SIZE, 2: SEGMENT_HEADER_SIZE}
 
 FRAME_HEADER: Final = struct.Struct("<IIQII")
 FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 24
@@ -118,58 +134,112 @@ def align8(n: int) -> int:
 
 
 class SegmentHeader:
-    """The decoded 64-byte segment header."""
+    """The decoded segment header (version 1 or 2; ``size`` is its length, where frames start).
 
-    __slots__ = ("created_ns", "first_seq", "serializer", "version")
+    ``log_id`` is the log's 16-byte identity (``LOG_ID_SIZE``), None in a version 1 header.
+    """
 
-    def __init__(self, serializer: str, first_seq: int, created_ns: int, version: int = FORMAT_VERSION):
+    __slots__ = ("created_ns", "first_seq", "log_id", "serializer", "version")
+
+    def __init__(
+        self,
+        serializer: str,
+        first_seq: int,
+        created_ns: int,
+        log_id: bytes | None = None,
+        version: int = FORMAT_VERSION,
+    ):
         self.serializer = serializer
         self.first_seq = first_seq
         self.created_ns = created_ns
+        self.log_id = log_id
         self.version = version
 
+    @property
+    def size(self) -> int:
+        """The header's length in bytes (its ``hlen``): where the first frame starts."""
+        return _HEADER_SIZES.get(self.version, SEGMENT_HEADER_SIZE)
+
     def __repr__(self) -> str:
+        lid = self.log_id.hex() if self.log_id is not None else None
         return (
             f"SegmentHeader(serializer={self.serializer!r}, first_seq={self.first_seq}, "
-            f"created_ns={self.created_ns}, version={self.version})"
+            f"created_ns={self.created_ns}, log_id={lid!r}, version={self.version})"
         )
 
     def encode(self) -> bytes:
+        """The header's bytes: version 2 (needs a ``log_id``), or version 1 (needs none; for
+        tools and tests that make old logs). Other versions are ValueError."""
         name = self.serializer.encode("ascii")
         if not 0 < len(name) <= SERIALIZER_NAME_SIZE:
             raise ValueError(f"serializer name {self.serializer!r} must be 1-{SERIALIZER_NAME_SIZE} ASCII bytes")
         if self.first_seq < 1:
             raise ValueError(f"first_seq must be >= 1, got {self.first_seq}")
-        body = SEGMENT_HEADER.pack(
-            MAGIC, self.version, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns, 0
-        )
+        if self.version == 1:
+            if self.log_id is not None:
+                raise ValueError("a version 1 segment header has no log id")
+            body = SEGMENT_HEADER_V1.pack(MAGIC, 1, SEGMENT_HEADER_V1_SIZE, 0, name, self.first_seq, self.created_ns, 0)
+        elif self.version == 2:
+            if self.log_id is None or len(self.log_id) != LOG_ID_SIZE:
+                raise ValueError(f"a version 2 segment header needs a log id of {LOG_ID_SIZE} bytes")
+            body = SEGMENT_HEADER.pack(
+                MAGIC, 2, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns, self.log_id, 0
+            )
+        else:
+            # Tests make headers of versions this build cannot read: the layout of 2, another number.
+            body = SEGMENT_HEADER.pack(
+                MAGIC, self.version, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns,
+                self.log_id or bytes(LOG_ID_SIZE), 0,
+            )  # fmt: skip
         return body[:-4] + crc32c(body[:-4]).to_bytes(4, "little")
 
     @classmethod
     def decode(cls, buf: bytes, path: str) -> SegmentHeader:
-        """Parse and check a segment header; raise a FormatError naming ``path`` when it is bad."""
-        if len(buf) < SEGMENT_HEADER_SIZE:
+        """Parse and check a segment header of any version this build reads (``buf`` holds at
+        least its ``hlen`` bytes; more is ignored); raise a FormatError naming ``path`` when it
+        is bad, UnsupportedVersionError for a version this build does not read."""
+        if len(buf) < SEGMENT_HEADER_V1_SIZE:
             raise CorruptSegmentError(
-                f"{path}: segment header is {len(buf)} bytes, expected {SEGMENT_HEADER_SIZE}", path=path, offset=0
+                f"{path}: segment header is {len(buf)} bytes, expected at least {SEGMENT_HEADER_V1_SIZE}",
+                path=path,
+                offset=0,
             )
-        magic, version, hlen, flags, name, first_seq, created, crc = SEGMENT_HEADER.unpack_from(buf, 0)
+        magic, version, hlen = struct.unpack_from("<8sHH", buf, 0)
         if magic != MAGIC:
             raise CorruptSegmentError(f"{path}: not a ringwal segment (magic {magic!r})", path=path, offset=0)
-        computed = crc32c(buf[: SEGMENT_HEADER_SIZE - 4])
-        if computed != crc:
-            raise CorruptSegmentError(
-                f"{path}: segment header checksum mismatch at offset 60: stored {crc:#010x}, computed {computed:#010x}",
-                path=path,
-                offset=60,
-            )
-        if version not in READ_VERSIONS:
+        want = _HEADER_SIZES.get(version)
+        # Every version ends its hlen-byte header with the CRC32C of the bytes before it, so
+        # the checksum is checked first whenever hlen can be trusted that far.
+        size = want if want is not None else hlen
+        if SEGMENT_HEADER_V1_SIZE <= size <= len(buf):
+            crc = int.from_bytes(buf[size - 4 : size], "little")
+            computed = crc32c(buf[: size - 4])
+            if computed != crc:
+                raise CorruptSegmentError(
+                    f"{path}: segment header checksum mismatch at offset {size - 4}: stored {crc:#010x}, "
+                    f"computed {computed:#010x}",
+                    path=path,
+                    offset=size - 4,
+                )
+        if want is None:
             raise UnsupportedVersionError(
                 f"{path}: segment format version {version} is not supported by this ringwal "
                 f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade ringwal to read this log",
                 path=path,
                 offset=8,
             )
-        if hlen != SEGMENT_HEADER_SIZE or flags != 0 or first_seq < 1:
+        if len(buf) < want:
+            raise CorruptSegmentError(
+                f"{path}: segment header of version {version} is {want} bytes, only {len(buf)} are there",
+                path=path,
+                offset=0,
+            )
+        log_id: bytes | None = None
+        if version == 1:
+            _m, _v, hlen, flags, name, first_seq, created, _crc = SEGMENT_HEADER_V1.unpack_from(buf, 0)
+        else:
+            _m, _v, hlen, flags, name, first_seq, created, log_id, _crc = SEGMENT_HEADER.unpack_from(buf, 0)
+        if hlen != want or flags != 0 or first_seq < 1:
             raise CorruptSegmentError(
                 f"{path}: segment header fields invalid (header_size={hlen}, flags={flags:#x}, first_seq={first_seq})",
                 path=path,
@@ -181,7 +251,7 @@ class SegmentHeader:
             serializer = ""
         if not serializer:
             raise CorruptSegmentError(f"{path}: segment header names no serializer", path=path, offset=16)
-        return cls(serializer, first_seq, created, version)
+        return cls(serializer, first_seq, created, log_id, version)
 
 
 def frame_checksum(header_prefix: bytes, body: bytes, pad: bytes) -> int:
@@ -391,7 +461,9 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 
 # --------------------------------------------------------------------------- the ring
 #
-# The shared-memory ring (``/dev/shm/ringwal.<id>``) is not stored on disk, but it outlives
+# The shared-memory ring (``/dev/shm/ringwal.<log id>.<place>``: the 32 hex digits of the log
+# id, then the first 12 hex digits of SHA-256 of "<st_dev>:<st_ino>" of the log directory) is
+# not stored on disk, but it outlives
 # processes (a writer that dies leaves it for the next one), so its layout is versioned like
 # the segments'. ``ringwal/ring.py`` holds the algorithms and the memory-ordering argument;
 # the layout lives here. Every field is a little-endian 64-bit word at an 8-aligned offset,
@@ -437,6 +509,13 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     48 failed first seq  49 failed last seq  50 what failed (FSYNC_FAILURES) (W): a writer
 #        whose fsync failed records the seqs it had written but never made durable (48 last,
 #        non-zero = set); the next writer clears 48 once wal_holes.json holds the range
+#     52-53 log id (16 bytes, C at creation): the log this ring belongs to; producers and
+#        writers refuse a ring whose id is not their directory's
+#     54 st_dev, 55 st_ino of the log directory (C at creation): the place it belongs to
+#     56 length in bytes of the directory's path (W: the creator, then each writer as it
+#        starts, since a directory may be moved); the path itself (os.fsencode) in bytes
+#        1280..4095, right after the histogram, cut at 2816 bytes. For ``ringwal rings``:
+#        which log a ring is, and whether that log is gone (an orphan)
 #     64-159 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket;
 #        96 buckets, 4 per power of two of microseconds, the last from about 16.8 s up)
 #
@@ -491,7 +570,9 @@ RING_MAGIC: Final = b"RWRING\x00\x00"
 #: 5: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
 #: 6: the fsync histogram grows to 96 buckets (words 64-159, up to ~33 s), follower lock bytes.
 #: 7: fsync failure words (header 48-50, lane 20-23): records lost to a failed fsync.
-RING_VERSION: Final = 7
+#: 8: the ring names its log: log id (52-53), directory device and inode (54-55), path (56,
+#: bytes 1280..); the shared-memory name carries the log id; state 4 (the directory is gone).
+RING_VERSION: Final = 8
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -509,6 +590,9 @@ RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
 RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
 RH_PENDING_RESUME, RH_PENDING_RESUME_HEAD = 46, 47
 RH_FAILED_FIRST, RH_FAILED_LAST, RH_FAILED_WHAT = 48, 49, 50
+RH_LOG_ID, RH_DIR_DEV, RH_DIR_INO, RH_DIR_PATH_LEN = 52, 54, 55, 56
+#: Bytes of the ring header that hold the log directory's path (cut to fit): after the histogram.
+RH_DIR_PATH_OFFSET, RH_DIR_PATH_MAX = 1280, 2816
 RH_FSYNC_HIST: Final = 64
 FSYNC_BUCKETS: Final = 96
 
@@ -532,8 +616,9 @@ def fsync_bucket_upper(b: int) -> int:
     return ((4 | sub) << (bl - 3)) + (1 << (bl - 3)) - 1
 
 
-# ring states
-RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)
+# ring states: GONE = its writer found the log directory removed or moved and stopped (the
+# ring is unlinked; attached producers raise LogGoneError)
+RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED, RING_GONE = range(5)
 
 #: What failed, as the ring's failure words (header 50, lane 23) say it; 0 = not known.
 FSYNC_DATASYNC, FSYNC_SEAL, FSYNC_OPEN = 1, 2, 3

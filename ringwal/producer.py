@@ -39,6 +39,7 @@ from .errors import (
     InvalidRecordError,
     LanePoisonedError,
     LogFailedError,
+    LogGoneError,
     RingFullError,
     SerializerMismatchError,
     WaitTimeoutError,
@@ -138,7 +139,9 @@ class Handle:
         self._frame_many = self._ser.frame_many
         from ._fileutil import check_directory
 
-        self.dir = check_directory(config.dir, create=True)
+        self.dir = check_directory(config.dir, create=True, group=config.group)
+        st = os.stat(self.dir)
+        self._place = (st.st_dev, st.st_ino)  # the directory this handle opened (check_place)
         self._lock = threading.Lock()  # guards the lane (appends)
         self._wait_lock = threading.Lock()  # one waiter at a time; appends go on meanwhile
         self._count = 0  # records appended by this handle, ever (local numbering)
@@ -348,6 +351,7 @@ class Handle:
             raise ClosedError(f"this handle on {self.dir} was closed while waiting for the writer")
         if side.writer_ready():
             return side.writer_changed()
+        self._check_place(side)
         self._await_writer(
             side.writer_ready,
             f"the writer of {self.dir} is gone and no new writer took over within {self.config.writer_wait:g}s; "
@@ -355,6 +359,22 @@ class Handle:
         )
         side.writer_changed()
         return True
+
+    def _check_place(self, side: ProducerSide) -> None:
+        """Raise LogGoneError when the writer stopped because the directory is gone, or the
+        directory this handle opened is no longer at its path (a new writer would start a
+        new log there, which this handle's records never belonged to)."""
+        try:
+            st = os.stat(self.dir)
+            here = (st.st_dev, st.st_ino) == self._place
+        except OSError:
+            here = False
+        if side.log_gone() or not here:
+            raise LogGoneError(
+                f"{self.dir}: the log directory was removed or moved while this handle was attached; its writer "
+                "stopped. Records appended here and not yet durable may be lost: open the log where it is now",
+                path=self.dir,
+            )
 
     def flush(self) -> None:
         """Return once the writer has written every record appended here to the OS."""

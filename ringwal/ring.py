@@ -201,8 +201,30 @@ Liveness and locks
 
     The pid words are stored for ``ringwal stats`` only, each in its process's own namespace.
 
+Identity, trust and ownership (docs/FORMAT.md, "A ring belongs to exactly one log")
+    * The name is ``/ringwal.<log id>.<place>`` (``ring_names``): the log's id from its
+      segment headers, and a hash of the directory's device and inode. The creator stores the
+      id, device and inode (words 52-55) before the magic; every opener checks them
+      (``check_identity``) and refuses another log's ring with ForeignRingError before it
+      reads a record or stores a word.
+    * Before mapping an object, every opener checks its owner and mode (``_open_shm``,
+      ``Access.problem``): an object made by an untrusted user, or open to others, raises
+      AccessError and is never read. The writer creates the region and its semaphore with
+      ``O_EXCL`` and fchmods them to the directory's ``shm_mode``.
+    * The writer holds the *owner lock*, an OFD lock on byte 0 of the shared-memory object
+      itself (through a descriptor of its own, so the mapping does not keep it), from before
+      it trusts anything in the ring until ``close``, having checked that the name still
+      names the object it mapped. A cleaner (``clean_orphans``, ``remove_ring``) removes a
+      ring only while holding that lock, taken without waiting: never one a writer has open.
+    * ``unlink`` removes a name only while it names the object this process opened (same
+      inode): a writer never removes a ring it did not open.
+    Crash windows: a creator that dies before the magic leaves a ring that the next writer
+    of the log (holding its owner lock) removes and makes again, and that ``ringwal rings``
+    shows as ``starting``; a writer that dies leaves its ring, with the owner lock dropped by
+    the kernel, for the next writer of the log, or as an orphan if the log is gone.
+
 Lifecycle
-    The writer creates the region and its semaphore (``O_CREAT``), reserving the whole region
+    The writer creates the region and its semaphore (``O_EXCL``), reserving the whole region
     in ``/dev/shm`` first (``posix_fallocate``): a tmpfs without room refuses it there, and
     the writer unlinks what it made and raises ShmTooSmallError with the bytes needed and
     free, instead of leaving a region whose untouched pages raise SIGBUS in whoever first
@@ -211,7 +233,9 @@ Lifecycle
     writer's SIGTERM still owns its lane until someone notices) and, every lane empty, sets
     ``state = CLOSED`` and unlinks the names; otherwise (a live producer, or records left) it
     sets ``STOPPED``, wakes every waiter and leaves the ring for the next writer, which reuses
-    it, resolving a pending drain as above. ``Ring.close`` unmaps this process's view (and
+    it, resolving a pending drain as above. A writer that finds its log directory removed or
+    moved (``SegmentLog.check_place``) sets ``GONE`` instead, unlinks the names and wakes
+    every waiter: producers raise LogGoneError. ``Ring.close`` unmaps this process's view (and
     drops its locks); ``Ring.unlink`` removes the names; they are separate, as in
     ``multiprocessing.shared_memory``.
 """
@@ -221,25 +245,32 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import fcntl
 import hashlib
 import mmap
 import os
 import platform
+import re
 import secrets
+import stat
 import struct
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import posix_ipc
 
 from . import _futex
-from ._fileutil import ByteLocks, preallocate
+from ._fileutil import Access, ByteLocks, describe_owner, preallocate
 from .errors import (
+    AccessError,
     ConfigError,
+    ForeignRingError,
     LanePoisonedError,
     LogFailedError,
+    NoLogError,
     RingError,
     ShmTooSmallError,
     SlotsExhaustedError,
@@ -280,7 +311,13 @@ from .format import (
     LOCK_FOLLOWER0,
     LOCK_LANE0,
     LOCK_WRITER,
+    LOG_ID_SIZE,
     RH_ATTACH_GEN,
+    RH_DIR_DEV,
+    RH_DIR_INO,
+    RH_DIR_PATH_LEN,
+    RH_DIR_PATH_MAX,
+    RH_DIR_PATH_OFFSET,
     RH_DURABLE_SEQ,
     RH_FAILED_FIRST,
     RH_FAILED_LAST,
@@ -292,6 +329,7 @@ from .format import (
     RH_FSYNC_HIST,
     RH_FSYNC_NS,
     RH_FSYNCS,
+    RH_LOG_ID,
     RH_MAGIC,
     RH_MAX_RECORD,
     RH_NEXT_SEQ,
@@ -317,6 +355,7 @@ from .format import (
     RH_WRITER_GEN,
     RH_WRITER_PID,
     RING_CLOSED,
+    RING_GONE,
     RING_HEADER_SIZE,
     RING_INIT,
     RING_LOCK_NAME,
@@ -336,6 +375,7 @@ from .format import (
     same_length_run,
     walk_records,
 )
+from .segment import read_log_id
 
 __all__ = [
     "POLL",
@@ -367,6 +407,11 @@ CLAIM_PATIENCE = 0.25
 WRITER_BYTE_PATIENCE = 2.0
 #: Seconds a waiter polls (yielding the CPU) before it sleeps on the futex, when recent waits were short.
 SPIN = 0.0005
+#: Seconds a writer waits for the owner lock of its ring's shared-memory object: only a
+#: cleaner (``clean_orphans``) holds it, for a moment, while no writer serves the ring.
+OWNER_PATIENCE = 2.0
+#: Where POSIX shared memory and semaphores live (Linux: a tmpfs).
+SHM_DIR = "/dev/shm"
 #: Seconds a stopping writer waits for attached producers to release their lanes (or die)
 #: before it leaves the ring for the next writer instead of removing it.
 SHUTDOWN_GRACE = 0.5
@@ -401,29 +446,79 @@ def check_platform(system: str | None = None, machine: str | None = None, pointe
     )
 
 
-def ring_names(directory: str) -> tuple[str, str]:
-    """(shared memory name, writer semaphore name) for a directory.
+def ring_names(directory: str, log_id: bytes | None = None) -> tuple[str, str]:
+    """(shared memory name, writer semaphore name) of the ring of the log in ``directory``.
 
-    Derived from the directory's device and inode, so every path that reaches the same
-    directory (symlinks, relative paths) names the same ring.
+    ``/ringwal.<log id>.<place>``: the log's id (32 hex digits, read from its newest segment
+    header unless given) and the first 12 hex digits of SHA-256 of ``"<st_dev>:<st_ino>"``
+    of the directory. So every path that reaches the same directory (symlinks, relative
+    paths, a rename) names the same ring; a new log never finds an old log's ring, even in a
+    directory that reuses a deleted one's inode; and a copy of a log directory (same id,
+    another inode) gets a ring of its own. Raises NoLogError when the directory holds no log.
     """
     st = os.stat(directory)
-    digest = hashlib.sha256(f"{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:16]
-    base = f"/ringwal.{digest}"
+    return _names(st, read_log_id(directory) if log_id is None else log_id)
+
+
+def _names(st: os.stat_result, log_id: bytes) -> tuple[str, str]:
+    place = hashlib.sha256(f"{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:12]
+    base = f"/ringwal.{log_id.hex()}.{place}"
     return base, base + ".w"
+
+
+def shm_path(name: str) -> str:
+    """Where the shared-memory object ``name`` (``/ringwal...``) lives."""
+    return SHM_DIR + name
+
+
+def sem_path(name: str) -> str:
+    """Where the POSIX semaphore ``name`` (``/ringwal....w``) lives."""
+    return f"{SHM_DIR}/sem.{name.lstrip('/')}"
+
+
+def _untrusted(what: str, path: str, st: os.stat_result, why: str, directory: str) -> AccessError:
+    return AccessError(
+        f"{path}: {what} of {directory} cannot be trusted ({describe_owner(st)}): {why}. Nothing was read from "
+        "it. If no process of this log made it, another local user did: remove it (as root: rm "
+        f"{path}) and find out who. If this log's processes run as several users, share its directory with "
+        "their group (Config.group, `ringwal serve --group`)",
+        path=path,
+        uid=st.st_uid,
+        mode=stat.S_IMODE(st.st_mode),
+    )
+
+
+def _open_shm(name: str, access: Access, directory: str) -> posix_ipc.SharedMemory | None:
+    """Open the existing shared-memory object ``name`` after checking who made it: None when
+    there is none; AccessError (nothing read) when its owner or mode is not to be trusted,
+    or when this process may not open it."""
+    path = shm_path(name)
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.ExistentialError:
+        return None
+    except posix_ipc.PermissionsError:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        why = f"this process (uid {os.geteuid()}) may not open it"
+        raise _untrusted("the shared-memory ring", path, st, why, directory) from None
+    st = os.fstat(shm.fd)  # the object we opened (glibc's shm_open does not follow links)
+    why = access.problem(st)
+    if why:
+        shm.close_fd()
+        raise _untrusted("the shared-memory ring", path, st, why, directory)
+    return shm
 
 
 def ring_locks(directory: str) -> ByteLocks:
     """The ring's lock file of ``directory`` (opened on first use; see format.py for its bytes).
 
-    Created with the directory's permission bits (less execute), so producers running as
-    other members of the directory's group can take their lane's lock.
+    Created with the mode and group the directory gives its files (``_fileutil.Access``), so
+    producers running as other members of a shared directory's group can take their lane's lock.
     """
-    try:
-        mode = os.stat(directory).st_mode & 0o666
-    except OSError:
-        mode = 0o644
-    return ByteLocks(os.path.join(directory, RING_LOCK_NAME), mode or 0o644)
+    return ByteLocks(os.path.join(directory, RING_LOCK_NAME))
 
 
 @contextlib.contextmanager
@@ -482,14 +577,29 @@ class Ring:
     words: memoryview
     buf: memoryview
     locks: ByteLocks | None = None
+    _owner: _Owner | None = None  # the writer's lock on the shared-memory object itself
+    _sem_ino: int | None = None  # the semaphore's inode, once writer_sem opened it
 
-    def __init__(self, directory: str, shm: posix_ipc.SharedMemory, created: bool) -> None:
+    def __init__(
+        self,
+        directory: str,
+        name: str,
+        shm: posix_ipc.SharedMemory,
+        created: bool,
+        dir_stat: os.stat_result,
+        log_id: bytes,
+    ) -> None:
         self._views = []
         self.locks = ring_locks(directory)
         self.directory = directory
-        self.name, self.writer_sem_name = ring_names(directory)
+        self.name = name
+        self.writer_sem_name = name + ".w"
         self.created = created
+        self.log_id = log_id
+        self.access = Access.of(directory, dir_stat)
+        self._place = (dir_stat.st_dev, dir_stat.st_ino)
         try:
+            self.shm_ino = os.fstat(shm.fd).st_ino
             self._mm = mmap.mmap(shm.fd, shm.size)
         finally:
             shm.close_fd()
@@ -508,67 +618,126 @@ class Ring:
 
     @classmethod
     def attach(cls, directory: str) -> Ring:
-        """Map an existing ring (producers). FileNotFoundError when there is none."""
-        name = ring_names(directory)[0]
+        """Map the ring of the log in ``directory`` (producers, readers). FileNotFoundError
+        when there is none (or no log yet); AccessError when the object there was made by
+        someone this log does not trust; ForeignRingError when it belongs to another log."""
+        st = os.stat(directory)
         try:
-            shm = posix_ipc.SharedMemory(name)
-        except posix_ipc.ExistentialError:
-            raise FileNotFoundError(f"no ring {name} for {directory}") from None
+            log_id = read_log_id(directory)
+        except NoLogError:
+            raise FileNotFoundError(f"no log in {directory} yet, so no ring") from None
+        name = _names(st, log_id)[0]
+        shm = _open_shm(name, Access.of(directory, st), directory)
+        if shm is None:
+            raise FileNotFoundError(f"no ring {name} for {directory}")
         if shm.size < RING_HEADER_SIZE:
             shm.close_fd()
             raise FileNotFoundError(f"ring {name} is still being created")
-        ring = cls(directory, shm, created=False)
+        ring = cls(directory, name, shm, False, st, log_id)
         try:
             ring.check_header()
+            ring.check_identity()
         except BaseException:
             ring.close()
             raise
         return ring
 
     @classmethod
-    def create_or_reuse(cls, directory: str, slots: int, ring_size: int, max_record: int, serializer: str) -> Ring:
-        """The writer's open: reuse a ring left by an earlier writer, else create one.
+    def create_or_reuse(
+        cls, directory: str, log_id: bytes, slots: int, ring_size: int, max_record: int, serializer: str
+    ) -> Ring:
+        """The writer's open: reuse the ring an earlier writer of this log left, else create one.
 
-        Call with the directory's writer lock held. Creating reserves the whole region in
-        ``/dev/shm``; ShmTooSmallError (nothing left behind) when it has no room.
+        Call with the directory's writer lock held. The returned ring holds the *owner lock*
+        (byte 0 of an OFD lock on the shared-memory object itself) until ``close``: no cleaner
+        removes a ring whose owner lock is held (``clean_orphans``), and a writer takes it
+        before it trusts anything in the ring, checking that the name still names the object
+        it opened. Creating reserves the whole region in ``/dev/shm``; ShmTooSmallError
+        (nothing left behind) when it has no room. AccessError when an object at the name
+        was made by someone this log does not trust; ForeignRingError when it is another
+        log's.
         """
-        name = ring_names(directory)[0]
-        try:
-            shm = posix_ipc.SharedMemory(name)
-        except posix_ipc.ExistentialError:
-            shm = None
-        if shm is not None and shm.size >= RING_HEADER_SIZE:
-            ring = cls(directory, shm, created=False)
-            try:
-                ring.check_header()
-                if ring.words[RH_STATE] != RING_CLOSED:
+        st = os.stat(directory)
+        access = Access.of(directory, st)
+        name = _names(st, log_id)[0]
+        for _attempt in range(8):
+            shm = _open_shm(name, access, directory)
+            if shm is not None:
+                ino = os.fstat(shm.fd).st_ino
+                ring: Ring | None = None
+                usable = False
+                if shm.size >= RING_HEADER_SIZE:
+                    ring = cls(directory, name, shm, False, st, log_id)
+                    try:
+                        ring.check_header()
+                        ring.check_identity()
+                        usable = ring.words[RH_STATE] != RING_CLOSED
+                    except FileNotFoundError:
+                        pass  # its creator died before writing the magic: it never held a record
+                    except BaseException:
+                        # Not a layout we can drain, or not this log's: refusing keeps whatever
+                        # it holds; the message says how to discard it deliberately.
+                        ring.close()
+                        raise
+                else:
+                    shm.close_fd()  # a creator died before sizing it: nothing in it
+                owner = _take_owner(name, ino)
+                if owner is None:  # the name was removed or replaced meanwhile: look again
+                    if ring is not None:
+                        ring.close()
+                    continue
+                if ring is not None and usable:
+                    ring._owner = owner
                     return ring
-            except FileNotFoundError:
-                pass  # its creator died before writing the magic: it never held a record
-            except BaseException:
-                # Not a layout we can drain: refusing keeps whatever it holds for a build
-                # that can; the message says how to discard it deliberately.
-                ring.close()
-                raise
-            ring.close()
-        elif shm is not None:
-            shm.close_fd()  # a creator died before sizing it: nothing in it
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_shared_memory(name)
+                if ring is not None:
+                    ring.close()
+                # Closed, or never finished: remove it (holding its owner lock) and start anew.
+                _unlink_if(name, ino)
+                owner.close()
+            made = cls._create(directory, name, access, st, log_id, slots, ring_size, max_record, serializer)
+            if made is not None:
+                return made
+        raise RingError(f"{shm_path(name)}: the ring's name kept changing while this writer opened it; try again")
+
+    @classmethod
+    def _create(
+        cls,
+        directory: str,
+        name: str,
+        access: Access,
+        st: os.stat_result,
+        log_id: bytes,
+        slots: int,
+        ring_size: int,
+        max_record: int,
+        serializer: str,
+    ) -> Ring | None:
+        """Create the ring at ``name`` (None when something else created it first)."""
         _spans, _data, size = ring_layout(slots, ring_size)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
         try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=access.shm_mode)
+        except posix_ipc.ExistentialError:
+            return None  # the caller looks again (and checks whoever made it)
+        owner = None
+        try:
+            access.apply(shm.fd, access.shm_mode)  # the umask narrowed the mode; the group
             # Reserve every page now: a tmpfs without room says so here (ENOSPC) rather than
             # with a SIGBUS in whichever process first touches a page it cannot back.
             preallocate(shm.fd, size)
-        except OSError as exc:
+            owner = _take_owner(name, os.fstat(shm.fd).st_ino)
+            if owner is None:
+                raise RingError(f"{shm_path(name)}: removed by another process while this writer created it")
+        except BaseException as exc:
+            ino = os.fstat(shm.fd).st_ino
             shm.close_fd()
-            with contextlib.suppress(posix_ipc.ExistentialError):
-                posix_ipc.unlink_shared_memory(name)
-            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            _unlink_if(name, ino)
+            if owner is not None:
+                owner.close()
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
                 raise _no_room(directory, name, size, slots, ring_size) from None
             raise
-        ring = cls(directory, shm, created=True)
+        ring = cls(directory, name, shm, True, st, log_id)
+        ring._owner = owner
         w = ring.words
         w[RH_VERSION] = RING_VERSION
         w[RH_SLOTS] = slots
@@ -577,10 +746,35 @@ class Ring:
         w[RH_SPAN_LOG] = SPAN_LOG
         enc = serializer.encode().ljust(SERIALIZER_NAME_SIZE, b"\0")
         ring.buf[RH_SERIALIZER_OFFSET : RH_SERIALIZER_OFFSET + SERIALIZER_NAME_SIZE] = enc
+        ring.buf[RH_LOG_ID * 8 : RH_LOG_ID * 8 + LOG_ID_SIZE] = log_id
+        w[RH_DIR_DEV], w[RH_DIR_INO] = ring._place
+        ring.store_path()
         w[RH_STATE] = RING_INIT
         w[RH_MAGIC] = _MAGIC_WORD  # last: a ring without magic is one whose creator died
         ring.check_header()
         return ring
+
+    def store_path(self) -> None:
+        """Record the directory's path in the header (for ``ringwal rings``; cut to fit)."""
+        raw = os.fsencode(self.directory)
+        keep = raw[:RH_DIR_PATH_MAX]
+        self.buf[RH_DIR_PATH_OFFSET : RH_DIR_PATH_OFFSET + RH_DIR_PATH_MAX] = keep.ljust(RH_DIR_PATH_MAX, b"\0")
+        self.words[RH_DIR_PATH_LEN] = len(raw)
+
+    def check_identity(self) -> None:
+        """Refuse a ring that is not this log's (another log id, or another directory): its
+        records are never read. ForeignRingError naming both logs."""
+        w = self.words
+        lid = bytes(self.buf[RH_LOG_ID * 8 : RH_LOG_ID * 8 + LOG_ID_SIZE])
+        if lid != self.log_id or (w[RH_DIR_DEV], w[RH_DIR_INO]) != self._place:
+            info = ring_info(self.name, self.buf)
+            raise ForeignRingError(
+                f"{shm_path(self.name)} is the ring of log {lid.hex()} in {info.directory or '?'} (device "
+                f"{w[RH_DIR_DEV]}, inode {w[RH_DIR_INO]}), not of log {self.log_id.hex()} in {self.directory} (device "
+                f"{self._place[0]}, inode {self._place[1]}): a ring serves only its own log, so none of its records "
+                f"were read. If no process of that log runs, remove it: ringwal rings --remove {self.name.lstrip('/')}",
+                path=shm_path(self.name),
+            )
 
     def check_header(self) -> None:
         w = self.words
@@ -665,8 +859,52 @@ class Ring:
     # ------------------------------------------------------------------ semaphores
 
     def writer_sem(self, create: bool = False) -> posix_ipc.Semaphore:
-        flags = posix_ipc.O_CREAT if create else 0
-        return posix_ipc.Semaphore(self.writer_sem_name, flags, mode=0o600)
+        """The writer's semaphore, opened after checking who made it (AccessError otherwise);
+        ``create`` (the writer): made, exclusively, when there is none, with the ring's mode.
+
+        There is no descriptor to fstat, so it is looked at by path right after opening it.
+        ``/dev/shm`` is sticky: nobody else can remove (or replace) an object of ours, so a
+        trusted owner seen after the open is the owner of what was opened.
+        """
+        name, path = self.writer_sem_name, sem_path(self.writer_sem_name)
+        mode = self.access.shm_mode
+        sem = None
+        if create:
+            try:
+                sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=mode)
+            except posix_ipc.ExistentialError:
+                pass
+            else:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        self.access.apply(fd, mode)
+                    finally:
+                        os.close(fd)
+                except BaseException:
+                    sem.close()
+                    with contextlib.suppress(posix_ipc.ExistentialError):
+                        posix_ipc.unlink_semaphore(name)
+                    raise
+        if sem is None:
+            try:
+                sem = posix_ipc.Semaphore(name)
+            except posix_ipc.PermissionsError:
+                st = os.lstat(path)
+                why = f"this process (uid {os.geteuid()}) may not open it"
+                raise _untrusted("the writer's semaphore", path, st, why, self.directory) from None
+        try:
+            seen: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            seen = None  # removed meanwhile (the writer shut down): the handle works as long as it is open
+        if seen is not None:
+            why = self.access.problem(seen) or ("" if stat.S_ISREG(seen.st_mode) else "it is not a regular file")
+            if why:
+                sem.close()
+                raise _untrusted("the writer's semaphore", path, seen, why, self.directory)
+            if create:
+                self._sem_ino = seen.st_ino
+        return sem
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -676,6 +914,9 @@ class Ring:
         locks, self.locks = self.locks, None
         if locks is not None:
             locks.close()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.close()
         views, self._views = self._views, []
         for v in reversed(views):
             v.release()
@@ -684,16 +925,307 @@ class Ring:
             mm.close()
 
     def unlink(self) -> None:
-        """Remove the ring's shared memory and semaphore by name (mappings stay valid)."""
-        unlink_names(self.directory)
+        """Remove the ring's shared memory and semaphore by the names this process opened,
+        each only while the name still names the object it opened (same inode): a writer
+        never removes a ring it did not open. Mappings stay valid. (Between the look and the
+        unlink only a process that removed our object and made another in its place could
+        change it; in sticky ``/dev/shm`` that is the owner, or root.)"""
+        _unlink_if(self.name, self.shm_ino)
+        if self._sem_ino is not None:
+            _unlink_if(self.writer_sem_name, self._sem_ino, sem=True)
+
+
+class _Owner:
+    """The writer's lock on a shared-memory object (an OFD lock on byte 0 of a descriptor of
+    its own, not of the mapping's, so that closing it drops the lock)."""
+
+    def __init__(self, locks: ByteLocks, ino: int) -> None:
+        self.locks = locks
+        self.ino = ino
+
+    def close(self) -> None:
+        self.locks.close()
+
+
+def _take_owner(name: str, ino: int) -> _Owner | None:
+    """Take the owner lock of the object at ``name`` (waiting up to OWNER_PATIENCE for a
+    cleaner that holds it for a moment), provided ``name`` still names the object of inode
+    ``ino``; None when it no longer does. LockTimeoutError when the lock stays held (a
+    process stopped while it held it)."""
+    locks = ByteLocks(shm_path(name), create=False)
+    try:
+        if os.fstat(locks.fileno()).st_ino != ino:
+            locks.close()
+            return None
+        locks.lock(0, 1, OWNER_PATIENCE, "the ring's owner lock")
+    except FileNotFoundError:
+        locks.close()
+        return None
+    except BaseException:
+        locks.close()
+        raise
+    return _Owner(locks, ino)
+
+
+def _unlink_if(name: str, ino: int, *, sem: bool = False) -> bool:
+    """Unlink shared memory (or a semaphore) ``name`` if it is still the object of inode
+    ``ino``; True when it was removed."""
+    try:
+        if os.lstat(sem_path(name) if sem else shm_path(name)).st_ino != ino:
+            return False
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        (posix_ipc.unlink_semaphore if sem else posix_ipc.unlink_shared_memory)(name)
+        return True
+    return False
 
 
 def unlink_names(directory: str) -> None:
-    name, wname = ring_names(directory)
+    """Remove the ring and semaphore named after the log in ``directory`` (tests, tools),
+    whoever made them; nothing when the directory holds no log."""
+    try:
+        name, wname = ring_names(directory)
+    except (OSError, NoLogError):
+        return
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_shared_memory(name)
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_semaphore(wname)
+
+
+# --------------------------------------------------------------------------- every ring here
+
+#: Names of rings this layout version makes (``ringwal.<log id>.<place>``), and of any version.
+_NAME_RE = re.compile(r"^ringwal\.([0-9a-f]{32})\.([0-9a-f]{12})$")
+_ANY_NAME_RE = re.compile(r"^ringwal\.[0-9a-f.]+$")
+_STATES = {
+    RING_INIT: "starting",
+    RING_READY: "ready",
+    RING_STOPPED: "stopped",
+    RING_CLOSED: "closed",
+    RING_GONE: "gone",
+}
+
+
+@dataclass
+class RingInfo:
+    """What ``/dev/shm`` holds of one ring, and whether its log is still there.
+
+    ``verdict``: ``live`` (a writer has it open: its owner lock is held), ``idle`` (no writer,
+    but its log is in its directory: the next writer of that log reuses it, writing whatever
+    it holds), ``orphan`` (its log is gone: the directory was removed, replaced, or holds
+    another log), ``unknown`` (its directory cannot be checked from here), ``starting`` (being
+    created), ``other layout`` (made by a ringwal build with another layout version: who it
+    belongs to cannot be read), ``unreadable`` (this process may not read it). ``why`` says
+    it in words; ``unwritten`` counts records published into it and not written to the log.
+    """
+
+    name: str
+    size: int = 0
+    uid: int = -1
+    mode: int = 0
+    version: int | None = None
+    log_id: str | None = None
+    directory: str | None = None
+    dev: int = 0
+    ino: int = 0
+    state: str = ""
+    slots: int = 0
+    unwritten: int = 0
+    verdict: str = "unreadable"
+    why: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__, mode=f"{self.mode:04o}")
+
+
+def ring_info(name: str, buf: memoryview | bytes | mmap.mmap) -> RingInfo:
+    """The header facts of a ring (``name`` without the leading slash, or with), from its bytes."""
+    info = RingInfo(name.lstrip("/"))
+    if len(buf) < RING_HEADER_SIZE:
+        info.verdict, info.why = "starting", "its creator has not sized it yet"
+        return info
+    hdr = memoryview(buf)[:RING_HEADER_SIZE].cast("Q")
+    try:
+        if hdr[RH_MAGIC] != _MAGIC_WORD:
+            info.verdict, info.why = "starting", "its creator has not finished it (no magic yet)"
+            return info
+        info.version = hdr[RH_VERSION]
+        if info.version != RING_VERSION:
+            info.verdict = "other layout"
+            info.why = f"layout version {info.version}, made by another ringwal build: whose it is cannot be read"
+            return info
+        info.log_id = bytes(buf[RH_LOG_ID * 8 : RH_LOG_ID * 8 + LOG_ID_SIZE]).hex()
+        info.dev, info.ino = hdr[RH_DIR_DEV], hdr[RH_DIR_INO]
+        n = hdr[RH_DIR_PATH_LEN]
+        if 0 < n <= RH_DIR_PATH_MAX:
+            info.directory = os.fsdecode(bytes(buf[RH_DIR_PATH_OFFSET : RH_DIR_PATH_OFFSET + n]))
+        info.state = _STATES.get(hdr[RH_STATE], str(hdr[RH_STATE]))
+        info.slots = hdr[RH_SLOTS]
+    finally:
+        hdr.release()
+    return info
+
+
+def _count_unwritten(info: RingInfo, buf: mmap.mmap) -> None:
+    words = memoryview(buf).cast("Q")
+    try:
+        for k in range(min(info.slots, (len(buf) - RING_HEADER_SIZE) // LANE_CTL_SIZE)):
+            base = Ring.lane_base(k)
+            info.unwritten += ((words[base + L_HEAD] >> 32) - (words[base + L_TAIL] >> 32)) & M32
+    finally:
+        words.release()
+
+
+def _judge_place(info: RingInfo) -> None:
+    """Set ``verdict``/``why`` of a readable ring of this layout from its directory."""
+    d = info.directory
+    if d is None:
+        info.verdict, info.why = "unknown", "its directory's path is too long to have been recorded"
+        return
+    try:
+        st = os.stat(d)
+    except FileNotFoundError:
+        info.verdict, info.why = "orphan", f"its directory {d} is gone"
+        return
+    except OSError as exc:
+        info.verdict, info.why = "unknown", f"its directory {d} cannot be looked at: {exc.strerror}"
+        return
+    if (st.st_dev, st.st_ino) != (info.dev, info.ino):
+        info.verdict, info.why = "orphan", f"{d} is another directory now (the log's was removed or moved)"
+        return
+    try:
+        lid = read_log_id(d).hex()
+    except NoLogError:
+        info.verdict, info.why = "orphan", f"{d} holds no log any more"
+        return
+    except OSError as exc:
+        info.verdict, info.why = "unknown", f"the log in {d} cannot be read: {exc.strerror}"
+        return
+    if lid != info.log_id:
+        info.verdict, info.why = "orphan", f"{d} holds another log now ({lid})"
+    else:
+        info.verdict, info.why = "idle", f"its log is in {d}: the next writer of it reuses the ring"
+
+
+def _inspect(name: str, fd: int) -> RingInfo:
+    """Everything ``list_rings`` says about the object open at ``fd``."""
+    st = os.fstat(fd)
+    size = st.st_size
+    info = RingInfo(name)
+    if size >= RING_HEADER_SIZE:
+        with mmap.mmap(fd, min(size, RING_HEADER_SIZE + MAX_LANES * LANE_CTL_SIZE), prot=mmap.PROT_READ) as mm:
+            info = ring_info(name, mm)
+            if info.version == RING_VERSION:
+                _count_unwritten(info, mm)
+    else:
+        info = ring_info(name, b"")
+    info.size, info.uid, info.mode = size, st.st_uid, stat.S_IMODE(st.st_mode)
+    if info.version == RING_VERSION:
+        if _owner_held(fd):
+            info.verdict, info.why = "live", "a writer has it open (its owner lock is held)"
+        else:
+            _judge_place(info)
+    return info
+
+
+def _owner_held(fd: int) -> bool:
+    """Another open of the object holds its owner lock (byte 0): a writer has it."""
+    res = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK_PROBE)
+    return bool(struct.unpack("hhqqi0q", res)[0] != fcntl.F_UNLCK)
+
+
+_FLOCK_PROBE = struct.pack("hhqqi0q", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+#: Lanes a ring can have (Config's limit), which bounds how much of a ring ``list_rings`` maps.
+MAX_LANES = 1024
+
+
+def list_rings() -> list[RingInfo]:
+    """Every ringwal shared-memory object in ``/dev/shm``, in name order, each judged
+    (``RingInfo.verdict``). Maps each read-only, header and lane controls only; changes nothing."""
+    try:
+        names = sorted(n for n in os.listdir(SHM_DIR) if _ANY_NAME_RE.match(n))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        try:
+            fd = os.open(os.path.join(SHM_DIR, n), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            try:
+                st = os.lstat(os.path.join(SHM_DIR, n))
+                out.append(
+                    RingInfo(n, st.st_size, st.st_uid, stat.S_IMODE(st.st_mode), why="this user may not read it")
+                )
+            except FileNotFoundError:
+                pass
+            continue
+        try:
+            out.append(_inspect(n, fd))
+        finally:
+            os.close(fd)
+    return out
+
+
+def remove_ring(name: str) -> bool:
+    """Remove the ring ``name`` (``ringwal.<...>``, as ``list_rings`` names it) and its
+    semaphore, whoever made it and whatever it holds, unless a writer has it open (its
+    owner lock is held: RingError). False when there was no such ring."""
+    name = "/" + name.lstrip("/")
+    if not _ANY_NAME_RE.match(name[1:]):
+        raise ValueError(f"{name[1:]!r} is not the name of a ringwal ring")
+    locks = ByteLocks(shm_path(name), create=False)
+    try:
+        ino = os.fstat(locks.fileno()).st_ino
+        if not locks.try_lock(0):
+            raise RingError(f"{shm_path(name)}: a writer has this ring open; stop it first (ringwal serve, SIGTERM)")
+        removed = _unlink_if(name, ino)
+    except FileNotFoundError:
+        return False
+    finally:
+        locks.close()
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        posix_ipc.unlink_semaphore(name + ".w")
+    return removed
+
+
+def clean_orphans(*, unwritten_too: bool = False) -> list[RingInfo]:
+    """Remove the rings of logs that are gone (``RingInfo.verdict == "orphan"``) and return
+    what was removed. A ring still holding records is kept unless ``unwritten_too`` (its
+    directory may only have been moved: a writer started where it is now finds the ring by
+    its log id and device and inode, and writes them).
+
+    Race-free against a writer: each orphan is removed only while holding its owner lock,
+    taken without waiting (a writer holds it from before it trusts the ring until it closes
+    it, so a ring a writer has open is never removed), after judging it again, and only if
+    its name still names the object judged. Runs in every writer as it starts (without
+    ``unwritten_too``), and as ``ringwal rings --clean``.
+    """
+    removed = []
+    for info in list_rings():
+        if info.verdict != "orphan":
+            continue
+        name = "/" + info.name
+        locks = ByteLocks(shm_path(name), create=False)
+        try:
+            fd = locks.fileno()
+            if not locks.try_lock(0):
+                continue  # a writer opened it meanwhile
+            again = _inspect(info.name, fd)  # the lock is ours: our own probe does not see it
+            if again.verdict != "orphan" or (again.unwritten and not unwritten_too):
+                continue
+            if _unlink_if(name, os.fstat(fd).st_ino):
+                with contextlib.suppress(posix_ipc.ExistentialError):
+                    posix_ipc.unlink_semaphore(name + ".w")
+                removed.append(again)
+        except (FileNotFoundError, PermissionError):
+            continue
+        finally:
+            locks.close()
+    return removed
 
 
 class RingView:
@@ -723,8 +1255,8 @@ class RingView:
     def attach(cls, directory: str) -> RingView | None:
         try:
             return cls(Ring.attach(directory))
-        except (OSError, RingError, UnsupportedVersionError):
-            return None
+        except (OSError, RingError, UnsupportedVersionError, AccessError):
+            return None  # no ring, or none to trust: readers work from the files alone
 
     def writer_alive(self) -> bool:
         """True while a writer serves the ring (state READY and the writer byte held)."""
@@ -1119,6 +1651,10 @@ class ProducerSide:
         """The ring is READY and its writer process is alive."""
         return self.ring.ready()
 
+    def log_gone(self) -> bool:
+        """The writer stopped because the log directory was removed or moved (state GONE)."""
+        return self._words[RH_STATE] == RING_GONE
+
     def writer_changed(self) -> bool:
         """A different writer than last time serves the ring (call when ``writer_ready``)."""
         gen = self._words[RH_WRITER_GEN]
@@ -1322,13 +1858,23 @@ class WriterSide:
 
     @classmethod
     def open(
-        cls, directory: str, slots: int, ring_size: int, max_record: int, serializer: str, at: Callable[[str], None]
+        cls,
+        directory: str,
+        slots: int,
+        ring_size: int,
+        max_record: int,
+        serializer: str,
+        at: Callable[[str], None],
+        log_id: bytes | None = None,
     ) -> WriterSide:
-        """Create the ring or reuse the one a dead writer left (call with the directory's
-        writer lock held). Raises ConfigError when the existing ring was made for another
-        serializer, ShmTooSmallError when ``/dev/shm`` has no room for a new one (what was
-        created is removed again)."""
-        ring = Ring.create_or_reuse(directory, slots, ring_size, max_record, serializer)
+        """Create the ring of the log in ``directory`` (``log_id``: its id; read from its
+        segment headers when None) or reuse the one a dead writer of it left (call with the
+        directory's writer lock held). Raises ConfigError when the existing ring was made for
+        another serializer, ShmTooSmallError when ``/dev/shm`` has no room for a new one (what
+        was created is removed again), AccessError or ForeignRingError when the object at its
+        name is not to be trusted or not this log's (``Ring.create_or_reuse``)."""
+        lid = read_log_id(directory) if log_id is None else log_id
+        ring = Ring.create_or_reuse(directory, lid, slots, ring_size, max_record, serializer)
         try:
             if ring.serializer != serializer:
                 raise ConfigError(
@@ -1440,6 +1986,7 @@ class WriterSide:
         # Only a process that kept a dead writer's lock file open could hold it: we hold
         # wal.lock, so no other writer runs.
         self.ring._locks().lock(LOCK_WRITER, 1, WRITER_BYTE_PATIENCE, "the ring's writer lock")
+        self.ring.store_path()  # where the log is now (its directory may have been moved)
         w[RH_WRITER_PID] = os.getpid()
         w[RH_WRITER_GEN] += 1
         w[RH_STARTED_NS] = time.time_ns()
@@ -1965,6 +2512,14 @@ class WriterSide:
             self.reclaim_dead()  # the next writer would, but its owners may be gone by then
             self.wake_all()
         return not in_use
+
+    def mark_gone(self) -> None:
+        """The log directory is gone (the writer found it removed or moved): store GONE, so
+        that attached producers raise LogGoneError at their next look instead of waiting for
+        a writer, remove the ring by the name and object this writer opened, wake everyone."""
+        self._w[RH_STATE] = RING_GONE
+        self.ring.unlink()
+        self.wake_all()
 
     def close(self) -> None:
         """Unmap and close the semaphore (the ring stays unless ``shutdown`` unlinked it). Idempotent."""

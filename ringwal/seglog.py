@@ -23,7 +23,11 @@ Invariants:
   returned ``sync()`` covers directory entries too; frames a dead writer left in the page
   cache are fdatasynced at open, before ``durable_seq`` counts them;
 * any failed write, fsync, rotation or removal step latches the log: every later call raises
-  LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover.
+  LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover;
+* the log has one id (``log_id``), chosen once by the open that creates its first segment
+  (only the holder of ``wal.lock`` creates segments) and written into every segment header
+  after it; segments whose headers carry different ids are refused at open. A version 1
+  ``current.wal`` (written before ids) is replaced by a version 2 one at open (``_give_id``).
 
 When an fsync fails (docs/FORMAT.md, "When fsync fails")
     Linux reports a writeback error once per open file description (``errseq_t``) and may
@@ -93,6 +97,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -100,7 +105,15 @@ from typing import NamedTuple
 from . import _fileutil
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
 from .config import Config
-from .errors import ClosedError, ConfigError, CorruptSegmentError, FormatError, LogFailedError, SerializerMismatchError
+from .errors import (
+    ClosedError,
+    ConfigError,
+    CorruptSegmentError,
+    FormatError,
+    LogFailedError,
+    LogGoneError,
+    SerializerMismatchError,
+)
 from .format import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
@@ -108,6 +121,7 @@ from .format import (
     FSYNC_FAILURES,
     FSYNC_OPEN,
     FSYNC_SEAL,
+    LOG_ID_SIZE,
     MAX_FRAME_BODY,
     SEGMENT_HEADER_SIZE,
     SERIALIZER_NAME_SIZE,
@@ -188,6 +202,7 @@ class SegmentLog:
     #: The lost range recovery continued after (a recorded hole at the end of the log); None otherwise.
     recovered_loss: LostRange | None = None
     _seg: ActiveSegment  # set by _open_storage; absent while it has not succeeded
+    log_id: bytes  # the log's identity (LOG_ID_SIZE bytes), in every segment header it writes
     _seg_born: int  # monotonic ns at which current.wal had age 0
     _closed_at: dict[str, int]  # completed segment -> monotonic ns at which it had age 0
 
@@ -212,8 +227,17 @@ class SegmentLog:
         self._fdatasync = fdatasync
         self._segment_size = config.segment_size
         self._duration_ns = int(config.segment_duration * 1e9)
-        self.dir = check_directory(config.dir, create=True)
-        self._dirlock = DirLock(self.dir)
+        self.dir = check_directory(config.dir, create=True, group=config.group)
+        # The directory as opened: ``check_place`` compares its path with this (``_dir_fd``
+        # keeps it, so its inode number is not handed to another directory meanwhile).
+        self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self._dir_fd)
+        self._place = (st.st_dev, st.st_ino)
+        try:
+            self._dirlock = DirLock(self.dir)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
         try:
             # Asked holding the lock: no writer runs, so what the ring says is final.
             self._open_storage(prior() if prior is not None else None)
@@ -231,6 +255,7 @@ class SegmentLog:
             if opened is not None:
                 opened.close()
             self._dirlock.release()
+            os.close(self._dir_fd)
             raise
         self._durable_seq = self._seg.next_seq - 1
         self._closed = False
@@ -251,10 +276,12 @@ class SegmentLog:
         holes = load_holes(d)
         entries, reason = reconcile(d, full=True, holes=holes)
         prev = None
+        ids = _LogIds(d)
         for e in entries:
             path = os.path.join(d, e.file)
             header = read_header(path)
             self._check_serializer(header.serializer, path)
+            ids.add(header, e.file)
             if (
                 prev is not None
                 and header.first_seq != prev.last_seq + 1
@@ -287,6 +314,7 @@ class SegmentLog:
             buf = read_file(cur)
             header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], cur)
             self._check_serializer(header.serializer, cur)
+            ids.add(header, CURRENT)
             if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
                 raise CorruptSegmentError(
                     f"{cur}: starts at seq {header.first_seq} but the last completed segment ends at {expected - 1}",
@@ -336,12 +364,18 @@ class SegmentLog:
             floor = max([seg.durable_pos] + [end for _, s, end in frames if end <= seg.write_pos and s <= acked])
             seg.durable_pos = floor
             seg.durable_next = next((s for o, s, _ in frames if o >= floor), seg.next_seq)
+            self.log_id = ids.chosen()
             self._seg_born = mono0 - max(0, wall0 - header.created_ns)
+            if header.log_id is None:
+                self._give_id(scan.records)
         else:
             if failed is not None:
                 holes = self._record_hole(failed[0], failed[1], what, 0, "in an earlier writer", holes)
+            # Only the holder of wal.lock gets here, so a log's id is chosen exactly once:
+            # it exists from the moment current.wal does (created whole, then renamed in).
+            self.log_id = ids.chosen()
             first = expected if expected is not None else 1
-            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0), prealloc, self._fsync)
+            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0, self.log_id), prealloc, self._fsync)
             self._seg_born = mono0
         # Seqs go on after recorded holes that start where the log ends (a failed fsync's
         # range): a seq once given to a record is never given to another.
@@ -439,6 +473,26 @@ class SegmentLog:
                 last_seq=lost.last_seq,
             )
         return err
+
+    def _give_id(self, records: int) -> None:
+        """``current.wal`` is a version 1 segment (no log id): make a version 2 one the active
+        segment, so that the log's id is on disk before any ring is named after it. With
+        records, by a rotation (its crash windows, ``_rotate``); empty, by creating a new
+        ``current.wal`` with the same first seq over it (a crash before the rename leaves the
+        old one, and the next writer does this again)."""
+        if records:
+            self._rotate()
+        else:
+            seg = self._seg
+            seg.close()
+            self._seg = ActiveSegment.create(
+                self.dir,
+                SegmentHeader(self.serializer_name, seg.first_seq, self._clock(), self.log_id),
+                self._segment_size,
+                self._fsync,
+            )
+            self._seg_born = self._mono()
+        log.info("%s: the log was written before log ids (format 1); its id is now %s", self.dir, self.log_id.hex())
 
     def _check_serializer(self, found: str, path: str) -> None:
         if found != self.serializer_name:
@@ -582,7 +636,10 @@ class SegmentLog:
         seg.close()
         # 3. Crash here: no current.wal, maybe a current.wal.tmp; the next open recreates it.
         self._seg = ActiveSegment.create(
-            d, SegmentHeader(self.serializer_name, seg.next_seq, self._clock()), self._segment_size, self._fsync
+            d,
+            SegmentHeader(self.serializer_name, seg.next_seq, self._clock(), self.log_id),
+            self._segment_size,
+            self._fsync,
         )
         self._seg_born = self._mono()
         # 4. Crash before this completes: a stale index, rebuilt on the next open.
@@ -666,6 +723,24 @@ class SegmentLog:
         ``segment_size`` instead of leaving the rest of one unused."""
         return max(0, self._segment_size - self._seg.write_pos - FRAME_HEADER_SIZE - _MAX_PAD)
 
+    def check_place(self) -> None:
+        """Raise LogGoneError when ``dir`` no longer names the directory this log was opened
+        in: it was removed (``rm -r``), or moved or replaced (``mv``). Costs a stat and an
+        fstat. A writer that went on would write where no reader looks (or into files that
+        are deleted), so the writer process calls this at least every PLACE_INTERVAL."""
+        try:
+            st = os.stat(self.dir)
+            if (st.st_dev, st.st_ino) == self._place:
+                return
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        removed = os.fstat(self._dir_fd).st_nlink == 0
+        raise LogGoneError(
+            f"{self.dir}: the log directory was {'removed' if removed else 'moved or replaced'} while this writer "
+            "served it; the writer stops (records not yet durable may be lost): open the log where it is now",
+            path=self.dir,
+        )
+
     @property
     def durable_seq(self) -> int:
         """The seq of the last record known to be on stable storage."""
@@ -711,6 +786,18 @@ class SegmentLog:
             self._seg.close()
             if self._dirlock is not None:
                 self._dirlock.release()
+            os.close(self._dir_fd)
+
+    def abandon(self) -> None:
+        """Close without syncing (the directory is gone: ``check_place``); release the lock.
+        Idempotent; the log is closed afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._seg.close()
+        if self._dirlock is not None:
+            self._dirlock.release()
+        os.close(self._dir_fd)
 
     def __enter__(self) -> SegmentLog:
         return self
@@ -734,6 +821,34 @@ def _fsync_quietly(fsync: FsyncFn) -> FsyncFn:
             log.error("an fsync of a kept copy failed too: %r", exc)
 
     return quiet
+
+
+class _LogIds:
+    """The log ids in a directory's segment headers, gathered at open: they must agree."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.first: tuple[bytes, str] | None = None
+
+    def add(self, header: SegmentHeader, file: str) -> None:
+        lid = header.log_id
+        if lid is None:
+            return  # a version 1 segment: written before log ids
+        if self.first is None:
+            self.first = (lid, file)
+        elif self.first[0] != lid:
+            path = os.path.join(self.directory, file)
+            raise CorruptSegmentError(
+                f"{path} belongs to log {lid.hex()}, but {self.first[1]} to log {self.first[0].hex()}: segments of "
+                "two logs are in one directory; move the files of the other log away (ringwal.log_id and "
+                "`ringwal verify` name each file's log)",
+                path=path,
+                offset=48,
+            )
+
+    def chosen(self) -> bytes:
+        """The log's id: the one its headers carry, or a new random one (the log has none yet)."""
+        return self.first[0] if self.first is not None else secrets.token_bytes(LOG_ID_SIZE)
 
 
 def _check_name(name: object) -> None:

@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._fileutil import FsyncFn, fsync_dir, preallocate, writer_holds_lock
+from ._fileutil import FsyncFn, create_file, fsync_dir, preallocate, writer_holds_lock
 from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError, NoLogError
 from .format import (
     FORMAT_VERSION,
@@ -115,10 +115,12 @@ __all__ = [
     "data_end",
     "keep_aside",
     "list_segments",
+    "log_id",
     "max_durable_claim",
     "read_fd",
     "read_file",
     "read_header",
+    "read_log_id",
     "require_log",
     "scan_file",
     "segment_name",
@@ -225,6 +227,57 @@ def read_header(source: str | int, path: str | None = None) -> SegmentHeader:
         return SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), source)
 
 
+def log_id(directory: str) -> str:
+    """The identity of the log in ``directory``: 32 lowercase hex characters (16 random
+    bytes chosen when its first segment was created; every segment header carries them).
+
+    It never changes for the life of the log (rotation, restarts, retention, repair keep it)
+    and a new log made in the same place gets another one, so ``f"{log_id}:{seq}"`` names a
+    record uniquely across logs. A copy of the directory keeps it. Raises NoLogError (a
+    FormatError; ``path`` is the directory) when the directory holds no log, or one written
+    before log ids that no writer of this version has opened yet. Reads one 80-byte header;
+    never waits for a writer. Format: docs/FORMAT.md, "Segment header".
+    """
+    return read_log_id(os.path.abspath(directory)).hex()
+
+
+def read_log_id(directory: str) -> bytes:
+    """The log id of the log in ``directory`` (``LOG_ID_SIZE`` bytes), from the header of
+    ``current.wal``, else of the newest completed segment (``current.wal`` is missing for a
+    moment during a rotation, and after a crash between its steps 2 and 3).
+
+    Raises NoLogError naming the directory when it holds no log, or a log written before
+    log ids that no writer of this version has opened yet. Cost: one 80-byte read.
+    """
+    problem = "it holds no segment file (no writer has opened it yet)"
+    for _attempt in range(3):  # a rotation may rename current.wal between the two looks
+        try:
+            names = [CURRENT] + [name for _, name in reversed(list_segments(directory))]
+        except FileNotFoundError:
+            raise NoLogError(f"{directory}: no such directory, so no log", path=directory) from None
+        except NotADirectoryError:
+            raise NoLogError(f"{directory}: not a directory, so no log", path=directory) from None
+        for name in names:
+            try:
+                header = read_header(os.path.join(directory, name))
+            except FileNotFoundError:
+                continue
+            except FormatError as exc:
+                problem = f"the header of {name} does not read ({exc})"
+                continue
+            if header.log_id is not None:
+                return header.log_id
+            raise NoLogError(
+                f"{directory}: the log has no id yet: {name} was written by a ringwal from before log ids "
+                "(segment format 1); open it once with a writer of this version (ringwal serve, ringwal.open, "
+                "or WAL) and it gets one",
+                path=directory,
+            )
+        if names[1:]:
+            break  # no current.wal, and the completed segments' headers do not read
+    raise NoLogError(f"{directory}: no ringwal log here: {problem}", path=directory)
+
+
 class LiveWriter:
     """The real ``written`` seam for ``current.wal`` of ``directory``: a running writer's
     written seq from the ring, else whether anything holds ``wal.lock``.
@@ -306,6 +359,8 @@ class SegmentScan:
     Two sources: ``buf``, all of a segment's bytes already read (``fd`` None; the crash rule
     judges them as they are), or ``buf=None`` and ``fd``, an open segment file the scan reads
     itself, from ``start`` (``SegmentScan.open`` opens one by path and checks its header).
+    ``start`` is where the frames begin: by default the end of ``header`` (80 bytes, 64 in a
+    version 1 segment), or of a version 2 header when no header is given.
 
     Iterate :meth:`frames` for (offset, first_seq, count, length) of each valid frame, in
     order; while that tuple is current, the frame is ``buf[offset - base : ...]`` (see
@@ -339,7 +394,7 @@ class SegmentScan:
         path: str,
         *,
         sealed: bool,
-        start: int = SEGMENT_HEADER_SIZE,
+        start: int | None = None,
         next_seq: int,
         holes: Holes | None = None,
         fd: int | None = None,
@@ -353,6 +408,8 @@ class SegmentScan:
     ) -> None:
         if buf is None and fd is None:
             raise ValueError("SegmentScan needs the segment's bytes or an open descriptor")
+        if start is None:  # frames start right after the header (80 bytes, or 64 in version 1)
+            start = header.size if header is not None else SEGMENT_HEADER_SIZE
         self.path = path
         self.sealed = sealed
         self.holes = holes
@@ -836,9 +893,9 @@ class ActiveSegment:
     def create(cls, directory: str, header: SegmentHeader, prealloc: int, fsync: FsyncFn) -> ActiveSegment:
         path = os.path.join(directory, CURRENT)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = create_file(tmp, os.O_RDWR | os.O_TRUNC)
         try:
-            preallocate(fd, max(prealloc, SEGMENT_HEADER_SIZE))
+            preallocate(fd, max(prealloc, header.size))
             os.pwrite(fd, header.encode(), 0)
             fsync(fd)
             # Crash window: a complete current.wal.tmp and no current.wal. The next writer
@@ -848,7 +905,7 @@ class ActiveSegment:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
+        return cls(path, fd, header, header.size, header.first_seq, 0)
 
     @classmethod
     def recover(

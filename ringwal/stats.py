@@ -20,11 +20,12 @@ import os
 import time
 from typing import Any
 
+from .errors import NoLogError
 from .format import fsync_bucket_upper
 from .holes import load_holes
 from .index import reconcile
 from .ring import RingView
-from .segment import CURRENT, LiveWriter, SegmentScan, require_log
+from .segment import CURRENT, LiveWriter, SegmentScan, read_log_id, require_log
 
 __all__ = ["format_stats", "log_stats"]
 
@@ -41,6 +42,10 @@ def log_stats(directory: str | os.PathLike[str]) -> dict[str, Any]:
     last = entries[-1].last_seq if entries else None
     total = sum(e.size for e in entries)
     serializer = None
+    try:
+        lid: str | None = read_log_id(directory).hex()
+    except NoLogError:
+        lid = None  # no log yet, or one written before log ids (format 1)
     cur_path = os.path.join(directory, CURRENT)
     current = None
     try:
@@ -73,6 +78,7 @@ def log_stats(directory: str | os.PathLike[str]) -> dict[str, Any]:
         records, first, last = 0, None, None
     return {
         "dir": directory,
+        "log_id": lid,
         "serializer": serializer,
         "segments": len(segs),
         "first_seq": first,
@@ -129,6 +135,7 @@ def _percentile(hist: list[int], n: int, q: float) -> int | None:
 
 def format_stats(st: dict[str, Any]) -> str:
     lines = [f"log {st['dir']} (serializer {st['serializer'] or 'unknown'})"]
+    lines.append(f"  log id {st['log_id'] or 'none (written before log ids; a writer gives it one)'}")
     span = f"seqs {st['first_seq']}-{st['last_seq']}" if st["records"] else "no records"
     lines.append(f"  {st['records']} record(s), {span}, {st['segments']} segment(s), {st['bytes']} bytes")
     for h in st["holes"]:

@@ -1,6 +1,7 @@
 """``verify(dir)``: read every byte of a log and report every problem with file and offset.
 
-Checks: each segment header (magic, version, checksum, serializer the same everywhere),
+Checks: each segment header (magic, version, checksum, serializer the same everywhere, the
+same log id in every version 2 header),
 every frame checksum, every frame body splitting into exactly its count of records (a frame
 can pass its checksum and still not: replay cannot read it), seq continuity inside and across
 segments, completed segments ending exactly at their last frame, and ``wal_index.json``
@@ -27,7 +28,7 @@ from typing import Any
 
 from ._fileutil import writer_holds_lock
 from .errors import FormatError
-from .format import MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, describe_walk, walk_records
+from .format import MAX_FRAME_BODY, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
 from .segment import CURRENT, LOST, TORN, LiveWriter, SegmentScan, list_segments, require_log
@@ -57,6 +58,7 @@ class VerifyReport:
     last_seq: int | None = None
     bytes: int = 0  # SegmentScan.log_bytes summed: the same number ringwal stats reports
     holes: list[Hole] = field(default_factory=list)
+    log_id: str | None = None  # 32 hex characters; None when no header carries one (format 1)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,7 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "dir": self.directory,
+            "log_id": self.log_id,
             "ok": self.ok,
             "segments": self.segments,
             "records": self.records,
@@ -154,6 +157,18 @@ def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], obj
                     continue
             seen.add(name)
             report.segments += 1
+            if header.log_id is not None:
+                if report.log_id is None:
+                    report.log_id = header.log_id.hex()
+                elif header.log_id.hex() != report.log_id:
+                    report.problems.append(
+                        Problem(
+                            path,
+                            48,
+                            f"belongs to log {header.log_id.hex()}, not to log {report.log_id} of earlier segments: "
+                            "a file of another log is in this directory",
+                        )
+                    )
             if serializer is None:
                 serializer = header.serializer
             elif header.serializer != serializer:
@@ -190,7 +205,7 @@ def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], obj
             expected = scan.next_seq
             if sealed:
                 if scan.records == 0:
-                    report.problems.append(Problem(path, SEGMENT_HEADER_SIZE, "completed segment holds no records"))
+                    report.problems.append(Problem(path, header.size, "completed segment holds no records"))
                 if scan.end != scan.size:
                     report.problems.append(
                         Problem(

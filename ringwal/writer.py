@@ -25,7 +25,15 @@ whatever a dead writer left in the page cache), create or reuse the ring (a new 
 reserved whole in ``/dev/shm``: ShmTooSmallError when it has no room), resolve a pending
 drain against the last seq on disk, mark every lane's written records durable, then take
 the ring's writer lock (a byte of ``wal.ring.lock``, dropped by the kernel when this process
-dies: how producers in any PID namespace tell that it lives) and publish ``state = READY``.
+dies: how producers in any PID namespace tell that it lives) and publish ``state = READY``;
+then remove the rings of other logs that are gone and hold nothing (``ring.clean_orphans``).
+The ring is named after the log's id and refused when it records another log or was made by
+a user the log does not trust (``ring.py``, "Identity, trust and ownership").
+
+The directory going away: every PLACE_INTERVAL, and before every fsync, the writer checks
+that its directory is still at its path (``SegmentLog.check_place``). If it was removed or
+moved, the writer acknowledges nothing more, marks the ring GONE (waiting producers raise
+LogGoneError), removes it and exits non-zero (``Writer.gone``).
 
 The loop never waits for a lock a producer can hold: a dead producer's lane is found and
 freed by taking its lane lock without waiting (``ring.py``, "Liveness and locks").
@@ -56,9 +64,9 @@ from . import _fileutil, _notify
 from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
 from .config import Config
-from .errors import LogFailedError, WALError
+from .errors import LogFailedError, LogGoneError, WALError
 from .format import FSYNC_FAILURES
-from .ring import Ring, RingView, WriterSide, check_platform
+from .ring import Ring, RingView, WriterSide, check_platform, clean_orphans
 from .seglog import Prior, SegmentLog
 
 __all__ = ["Writer", "serve"]
@@ -70,6 +78,9 @@ GATHER = 0.0001  # commit delay bound, seconds (see Writer._gather)
 IDLE_SLEEP = 0.05
 #: How often lane owners are checked for death (one non-blocking lock attempt per owned lane).
 LIVENESS_INTERVAL = 0.25
+#: How often the writer checks that its directory is still where it opened it (a stat and
+#: an fstat): a removed or moved log is noticed within this many seconds of the loop.
+PLACE_INTERVAL = 0.25
 #: Grace before an idle writer started by ``open`` exits if nobody ever attaches.
 FIRST_ATTACH_GRACE = 10.0
 #: Smallest frame a drain sizes to the room left in current.wal; with less room left the
@@ -110,7 +121,7 @@ class Writer:
         try:
             self.dir = wal.dir
             self.side = side = WriterSide.open(
-                self.dir, config.producer_slots, config.ring_size, config.max_record_size, name, self._at
+                self.dir, config.producer_slots, config.ring_size, config.max_record_size, name, self._at, wal.log_id
             )
             ring = side.ring
             if not ring.created and (ring.slots, ring.ring_size) != (config.producer_slots, config.ring_size):
@@ -124,6 +135,7 @@ class Writer:
             if done:
                 log.warning("%s: %s", self.dir, done)
             side.publish_ready()
+            _clean_orphans()
         except BaseException:
             if side is not None:
                 side.close()
@@ -136,6 +148,7 @@ class Writer:
         self._ever_attached = False
         self._idle_since = time.monotonic()
         self._next_liveness = 0.0
+        self._next_place_check = 0.0
         self._next_tick = 0.0
         self._tick_at = 0.0
         self._tick_records = 0
@@ -208,7 +221,12 @@ class Writer:
         """A named crash point: the tests' subclass kills the process here."""
 
     def sync(self) -> None:
-        """One fdatasync covering every record written so far (group commit); wake its waiters."""
+        """One fdatasync covering every record written so far (group commit); wake its waiters.
+
+        Raises LogGoneError, acknowledging nothing, when the log directory is no longer where
+        it was opened (a stat and an fstat, next to an fsync of ~100 us or more): records are
+        never called durable in files no reader will look at."""
+        self.wal.check_place()
         t0 = time.perf_counter_ns()
         self.wal.sync()
         ns = time.perf_counter_ns() - t0
@@ -219,7 +237,12 @@ class Writer:
         self.side.notify(durable=True)
 
     def step(self) -> bool:
-        """One pass of the loop; False when there was nothing to do."""
+        """One pass of the loop; False when there was nothing to do. Raises LogGoneError
+        (before draining anything) once the log directory is no longer at its path."""
+        now = time.monotonic()
+        if now >= self._next_place_check:
+            self._next_place_check = now + PLACE_INTERVAL
+            self.wal.check_place()
         side = self.side
         if side.attachments_changed() and side.owned():
             self._ever_attached = True
@@ -294,7 +317,10 @@ class Writer:
             )  # fmt: skip
 
     def run(self) -> None:
-        """Serve until ``stop()`` (a signal handler may call it) or, with a linger, until idle."""
+        """Serve until ``stop()`` (a signal handler may call it) or, with a linger, until idle.
+
+        Raises LogGoneError when the log directory was removed or moved meanwhile (``step``),
+        after ``gone``: the writer serves nothing more."""
         try:
             while not self._stop:
                 busy = self.step()
@@ -306,8 +332,28 @@ class Writer:
                 if self.linger is not None and self._idle_exit_due(now, self.linger):
                     break
                 self._sleep(IDLE_SLEEP)
+        except LogGoneError as exc:
+            self.gone(exc)
+            raise
         finally:
             self.shutdown()
+
+    def gone(self, exc: LogGoneError) -> None:
+        """The log directory is gone: stop without draining or syncing anything more (it
+        would go where no reader looks, or into deleted files), mark the ring GONE so that
+        every attached producer's wait raises LogGoneError, remove the ring (by the name and
+        object this writer opened), and close. Crash windows: a writer killed before the
+        GONE store leaves producers to find it dead (they then find the directory gone
+        themselves); after it, the ring may stay in /dev/shm as an orphan
+        (``clean_orphans``)."""
+        if self._closed:
+            return
+        try:
+            self.side.mark_gone()
+        finally:
+            self._closed = True
+            self.side.close()
+            self.wal.abandon()
 
     def _idle_exit_due(self, now: float, linger: float) -> bool:
         owned = self.side.owned()
@@ -342,8 +388,12 @@ class Writer:
                         log.info("%s: producers are still attached; leaving the ring for the next writer", self.dir)
             if wal.failed is not None:
                 self._report_failure()
+        except LogGoneError as exc:
+            self.gone(exc)
+            raise
         finally:
-            self._close_resources()
+            if not self._closed:
+                self._close_resources()
 
     def _report_failure(self) -> None:
         """The log latched: say in the ring which records were lost (if any), stop serving."""
@@ -361,6 +411,18 @@ class Writer:
         self._closed = True
         self.side.close()
         self.wal.close()
+
+
+def _clean_orphans() -> None:
+    """Remove the rings in ``/dev/shm`` whose log is gone and that hold no records (a writer
+    killed before its directory was deleted leaves one behind; ``ring.clean_orphans``)."""
+    try:
+        gone = clean_orphans()
+    except OSError as exc:  # best effort: the writer serves its own log either way
+        log.debug("looking for orphaned rings failed: %r", exc)
+        return
+    for info in gone:
+        log.info("removed /dev/shm/%s, the ring of log %s: %s", info.name, info.log_id, info.why)
 
 
 def serve(

@@ -204,7 +204,7 @@ def test_unknown_format_version_is_a_clear_error(log):
 
     cur = os.path.join(log, CURRENT)
     with open(cur, "r+b") as f:
-        h = SegmentHeader.decode(f.read(64), cur)
+        h = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), cur)
         h.version = 7
         f.seek(0)
         f.write(h.encode())

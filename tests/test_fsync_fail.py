@@ -318,6 +318,6 @@ def test_failed_fdatasync_at_start_up_cuts_only_above_what_was_acknowledged(tmp_
 def test_ring_failure_words_are_versioned_in_the_layout():
     from ringwal.format import L_LOST_FIRST, L_LOST_LAST, L_LOST_WHAT, RH_FAILED_LAST, RH_FAILED_WHAT, RING_VERSION
 
-    assert RING_VERSION == 7
+    assert RING_VERSION == 8
     assert (RH_FAILED_FIRST, RH_FAILED_LAST, RH_FAILED_WHAT) == (48, 49, 50)
     assert (L_LOST, L_LOST_FIRST, L_LOST_LAST, L_LOST_WHAT) == (20, 21, 22, 23) and LANE_WORDS == 32

@@ -20,7 +20,14 @@ import signal
 import pytest
 
 from ringwal import WAL, Config, CorruptRecordError, replay, verify
-from ringwal.format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader, align8, encode_frame
+from ringwal.format import (
+    FRAME_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_HEADER_V1_SIZE,
+    SegmentHeader,
+    align8,
+    encode_frame,
+)
 from ringwal.holes import load_holes
 from ringwal.repair import repair
 from ringwal.ring import unlink_names
@@ -175,8 +182,7 @@ def test_a_version_1_current_wal_keeps_the_old_rule(tmp_path):
     for i in range(3):
         parts.append(b"".join(encode_frame(ser.frame(rec(i)), 1, i + 1)))
     data = bytearray(b"".join(parts) + bytes(1024))
-    first = SEGMENT_HEADER_SIZE
-    second = first + len(b"".join(encode_frame(ser.frame(rec(0)), 1, 1)))
+    second = SEGMENT_HEADER_V1_SIZE + len(b"".join(encode_frame(ser.frame(rec(0)), 1, 1)))
     path = os.path.join(d, CURRENT)
     with open(path, "wb") as f:
         f.write(bytes(data))
@@ -187,8 +193,10 @@ def test_a_version_1_current_wal_keeps_the_old_rule(tmp_path):
     with pytest.raises(CorruptRecordError, match="a valid frame follows"):
         list(replay(d))
     # the same damage in a version 2 file with no claim past it is a torn tail
-    parts[0] = SegmentHeader("binary", 1, 0).encode()
-    v2 = bytearray(b"".join([parts[0]] + [b"".join(encode_frame(ser.frame(rec(i)), 1, i + 1, 64)) for i in range(3)]))
+    head = SegmentHeader("binary", 1, 0, b"\x01" * 16).encode()
+    frames = [b"".join(encode_frame(ser.frame(rec(i)), 1, i + 1, SEGMENT_HEADER_SIZE)) for i in range(3)]
+    v2 = bytearray(head + b"".join(frames))
+    second = SEGMENT_HEADER_SIZE + len(frames[0])
     v2[second : second + 24] = bytes(24)
     scan = SegmentScan(bytes(v2) + bytes(1024), path, sealed=False, next_seq=1)
     assert [s for _, s, _, _ in scan.frames()] == [1] and scan.outcome == TORN

@@ -240,8 +240,10 @@ def test_forked_child_gets_its_own_lane_and_never_writes_the_parents(wdir):
 def test_stale_ring_of_unknown_version_is_refused_with_a_clear_error(wdir):
     import posix_ipc
 
+    from ringwal import WAL, Config
     from ringwal.ring import ring_names
 
+    WAL(Config(dir=wdir)).close()  # the log, so that its ring has a name
     name = ring_names(wdir)[0]
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, size=1 << 20)
     import mmap
