@@ -409,7 +409,10 @@ class Handle:
     # ------------------------------------------------------------------ reading, lifecycle
 
     def replay_from(self, seq: int, fn: Callable[[Record], object]) -> int:
-        """Flush this handle, then call ``fn`` for every record with seq > ``seq``; return the count."""
+        """Flush this handle, then call ``fn`` for every record with seq > ``seq``; return the count.
+
+        ``seq=0`` starts at the first record still in the log; raises RecordsRemovedError when
+        retention removed seq + 1 (``replay``)."""
         self.flush()
         return replay_into(self.dir, seq, self._ser, fn)
 
