@@ -22,6 +22,7 @@ import pytest
 
 import ringwal
 from ringwal import WAL, Config, Record, RecordsRemovedError, follow, replay, verify
+from ringwal.index import INDEX_NAME
 from ringwal.segment import list_segments, read_header
 from ringwal.stats import log_stats
 
@@ -271,6 +272,20 @@ def after_first_call(monkeypatch, module: str, name: str, action) -> list[bool]:
 
     monkeypatch.setattr(mod, name, wrapped)
     return done
+
+
+def test_stats_while_retention_removes_segments_it_has_listed(live_log, monkeypatch):
+    """The index is missing (so every segment is scanned) and the two oldest segments go
+    right after stats read the first one's header: no FileNotFoundError, and the figures
+    describe the log without them."""
+    d, w = live_log
+    os.unlink(os.path.join(d, INDEX_NAME))
+    cut = firsts(d)[2]
+    done = after_first_call(monkeypatch, "ringwal.index", "read_header", lambda: w.truncate_before(cut))
+    st = log_stats(d)
+    assert done
+    assert (st["first_seq"], st["last_seq"], st["records"]) == (cut, 100, 101 - cut)
+    assert [s["file"] for s in st["segment_files"][:-1]] == names(d)
 
 
 @pytest.mark.parametrize("after", [0, 20])
