@@ -30,7 +30,7 @@ from .errors import FormatError
 from .format import MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments
+from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments, segment_number
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -123,7 +123,22 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             scan = SegmentScan.open(path, sealed=sealed, holes=holes, written=None if sealed else LiveWriter(directory))
         except FileNotFoundError:
             if sealed:
-                report.notes.append(f"{path}: removed while verify ran (retention)")
+                # Retention removes completed segments oldest first: when this one went, every
+                # older one had gone before it. One still there means something else removed it.
+                older = sorted(
+                    (segment_number(n), n) for n in seen if n != CURRENT and os.path.exists(os.path.join(directory, n))
+                )
+                if older:
+                    report.problems.append(
+                        Problem(
+                            path,
+                            None,
+                            f"disappeared while verify ran, but the older {older[-1][1]} is still there: not "
+                            "retention (which removes the oldest first); records are missing",
+                        )
+                    )
+                else:
+                    report.notes.append(f"{path}: removed while verify ran (retention)")
                 expected = None  # what follows it cannot be checked against it
             elif replans < REPLANS and writer_holds_lock(directory):
                 # Mid-rotation: current.wal was renamed and its successor is not there yet

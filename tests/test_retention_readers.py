@@ -305,6 +305,27 @@ def test_replay_planned_before_a_removal(live_log, monkeypatch, after):
     assert done
 
 
+@pytest.mark.parametrize("how", ["retention", "not-retention"])
+def test_verify_tells_retention_from_a_segment_going_missing(live_log, monkeypatch, how):
+    """A segment gone between verify's listing and its opening is retention only if every
+    older one went too (retention removes the oldest first); otherwise records are missing."""
+    d, w = live_log
+    segs, seg_firsts = names(d), firsts(d)
+    if how == "retention":
+        action = lambda: w.truncate_before(seg_firsts[2])  # noqa: E731
+    else:
+        action = lambda: os.unlink(os.path.join(d, segs[2]))  # noqa: E731
+    # verify lists twice only when the writer rotates; the removal follows its first listing
+    done = after_first_call(monkeypatch, "ringwal.verify", "list_segments", action)
+    report = verify(d)
+    assert done
+    problems = [str(p) for p in report.problems if "disappeared while verify ran" in p.message]
+    if how == "retention":
+        assert problems == [] and any("removed while verify ran (retention)" in n for n in report.notes)
+    else:
+        assert len(problems) == 1 and segs[2] in problems[0] and segs[1] in problems[0]
+
+
 def test_cli_tail_starts_at_the_first_seq_when_retention_moves_it_after_stats(live_log, monkeypatch, capsys):
     """``tail -n N`` picks its start from stats; segments removed before it reads them move
     the start to where the log now starts (what "the last N" asks for), not an error."""
