@@ -13,6 +13,7 @@ What runs, in real processes over a real ring and real files:
   ``sync()`` every few records and printing what it acknowledged, some never syncing;
   a finished or killed one is replaced by a new incarnation;
 * the writer is the one the producers start (``ringwal.open``) and restart when it dies;
+* a follower (``follow`` from seq 0, in this process) reading along;
 * chaos, at random: SIGKILL of a producer or of the writer, SIGSTOP/SIGCONT of a producer or
   of the writer for a bounded time (at most ``MAX_STOP`` seconds), SIGTERM of the writer
   (a clean restart).
@@ -22,7 +23,8 @@ last writer gone, one ``ringwal serve`` run and stopped as a supervisor would, t
 what the ring still holds): every acknowledged record (its ``sync()`` returned) is in the
 log at exactly the seq ``sync()`` returned; no record is there twice; each incarnation's
 records are a prefix of what it appended, in append order, with nothing missing between;
-each ``append_many`` batch is there whole, at consecutive seqs, or not at all; a producer
+each ``append_many`` batch is there whole, at consecutive seqs, or not at all; the
+follower saw a gap-free run of seqs from 1, each record where the log has it; a producer
 that finished has all its records there; seqs run 1..N without a gap (no hole is
 recorded); ``verify`` passes; no writer wrote a traceback; no process of this log is left,
 and nothing of its ring is left in ``/dev/shm``.
@@ -37,13 +39,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass, field
 
 import psutil
 import pytest
 
-from ringwal import replay, verify
+from ringwal import follow, replay, verify
 from ringwal.holes import HOLES_NAME
 
 from .conftest import ROOT
@@ -120,6 +123,17 @@ class Soak:
     writers: set[int] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=dict)
     born: int = 0
+    followed: list[tuple[int, bytes]] = field(default_factory=list)
+    follow_error: BaseException | None = None
+    follow_stop: threading.Event = field(default_factory=threading.Event)
+    follower: threading.Thread | None = None
+
+    def _follow(self) -> None:
+        try:
+            for r in follow(self.directory, 0, poll_interval=0.05, stop=self.follow_stop):
+                self.followed.append((r.seq, r.data))
+        except BaseException as exc:  # noqa: BLE001 - reported by check()
+            self.follow_error = exc
 
     # ------------------------------------------------------------ processes
 
@@ -190,6 +204,8 @@ class Soak:
     def run(self, seconds: float) -> None:
         rng = self.rng
         end = time.monotonic() + seconds
+        self.follower = threading.Thread(target=self._follow, daemon=True)
+        self.follower.start()
         while time.monotonic() < end:
             self.resume_due()
             self.replace_finished()
@@ -223,6 +239,7 @@ class Soak:
             inc.proc.wait(30)
             self.gone.append(inc)
         self.slots.clear()
+        self.stop_following()
         # Writers started with writer_linger=0 leave once they have reclaimed the dead lanes
         # (one may still be starting, launched by a producer killed just now).
         wait_until(lambda: not _processes_of(self.directory), timeout=60, what="the last writer to leave")
@@ -251,6 +268,14 @@ class Soak:
             per.setdefault(tag, []).append(i)
             batches.setdefault((tag, b), (k, []))[1].append(r.seq)
         total = expect - 1
+        assert self.follow_error is None, f"follow raised {self.follow_error!r}"
+        assert [s for s, _ in self.followed] == list(range(1, len(self.followed) + 1)), "follow skipped or repeated"
+        for s, data in self.followed:
+            tag_b, _, rest = data.partition(b":")
+            i = int(rest.split(b"|", 1)[0])
+            assert seq_of.get((tag_b.decode(), i)) == s, (
+                f"follow saw {data[:30]!r} at seq {s}; the log has it elsewhere"
+            )
         for tag, idx in per.items():
             assert idx == list(range(len(idx))), f"{tag}: not a prefix in append order: {_short(idx)}"
         for (tag, b), (k, seqs) in batches.items():
@@ -290,12 +315,20 @@ class Soak:
             "acked syncs": acked,
             "incarnations": len(self.gone),
             "writers": len(self.writers),
+            "followed": len(self.followed),
             "slowest open s": slowest["open"],
             "slowest sync s": slowest["sync"],
         }
 
+    def stop_following(self) -> None:
+        self.follow_stop.set()
+        if self.follower is not None:
+            self.follower.join(30)
+            assert not self.follower.is_alive(), "follow did not stop within 30 s of its stop event"
+
     def cleanup(self) -> None:
         self.resume_due(everything=True)
+        self.follow_stop.set()
         for inc in list(self.slots.values()) + self.gone:
             if inc.proc.poll() is None:
                 inc.proc.kill()
