@@ -240,12 +240,21 @@ class Soak:
             self.gone.append(inc)
         self.slots.clear()
         self.stop_following()
-        # Writers started with writer_linger=0 leave once they have reclaimed the dead lanes
-        # (one may still be starting, launched by a producer killed just now).
-        wait_until(lambda: not _processes_of(self.directory), timeout=60, what="the last writer to leave")
-        w = start_serve(self.directory)
-        w.send_signal(signal.SIGTERM)
-        assert w.wait(30) == 0, w.stderr.read()
+        # Writers started with writer_linger=0 leave once they have reclaimed the dead lanes.
+        # One may still be starting, launched by a producer killed just now (and a process
+        # between fork and exec has no command line to find it by): a supervisor's writer
+        # that finds the directory locked waits for that one to leave and tries again.
+        deadline = time.monotonic() + 60
+        while True:
+            wait_until(lambda: not _processes_of(self.directory), timeout=60, what="the last writer to leave")
+            try:
+                w = start_serve(self.directory)
+            except AssertionError as exc:  # it printed an error (or nothing) instead of "serving"
+                assert "already open for writing" in str(exc) and time.monotonic() < deadline, exc
+                continue
+            w.send_signal(signal.SIGTERM)
+            assert w.wait(30) == 0, w.stderr.read()
+            return
 
     # ------------------------------------------------------------ the checks
 
