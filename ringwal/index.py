@@ -150,6 +150,7 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
             entries.append(IndexEntry(name, header.first_seq, -1, seg.size, header.created_ns, 0))
 
     prev: _Opened | None = None
+    seg: _Opened | None = None
     try:
         for _, name in list_segments(directory):
             seg = _Opened.open(directory, name, by_name.get(name))
@@ -164,7 +165,7 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
             if prev is not None:
                 decide(prev, seg.header.first_seq if seg.header is not None else None)
                 prev.close()
-            prev = seg
+            prev, seg = seg, None
         if prev is not None:
             try:
                 cur_first: int | None = read_header(os.path.join(directory, CURRENT)).first_seq
@@ -172,8 +173,9 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
                 cur_first = None  # no current.wal (a crash mid-rotation), or one its reader will report
             decide(prev, cur_first)
     finally:
-        if prev is not None:
-            prev.close()
+        for opened in (prev, seg):
+            if opened is not None:
+                opened.close()
     gone = sorted(by_name)
     if stored is not None and (unlisted or wrong or gone):
         parts = []
@@ -229,7 +231,9 @@ class _Opened:
         return self._scan
 
     def close(self) -> None:
-        os.close(self.fd)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _disagreement(e: IndexEntry, header: SegmentHeader | None, nxt: int | None, holes: Holes) -> str:

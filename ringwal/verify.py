@@ -125,8 +125,11 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             if sealed:
                 # Retention removes completed segments oldest first: when this one went, every
                 # older one had gone before it. One still there means something else removed it.
+                number = segment_number(name)
                 older = sorted(
-                    (segment_number(n), n) for n in seen if n != CURRENT and os.path.exists(os.path.join(directory, n))
+                    (segment_number(n), n)
+                    for n in seen
+                    if n != CURRENT and segment_number(n) < number and os.path.exists(os.path.join(directory, n))
                 )
                 if older:
                     report.problems.append(
