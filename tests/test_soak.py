@@ -130,6 +130,9 @@ class Soak:
 
     def _follow(self) -> None:
         try:
+            # follow refuses a directory that holds no log yet (NoLogError): wait for the
+            # first writer a producer starts to create current.wal.
+            wait_until(lambda: os.path.exists(os.path.join(self.directory, "current.wal")), timeout=60, what="a log")
             for r in follow(self.directory, 0, poll_interval=0.05, stop=self.follow_stop):
                 self.followed.append((r.seq, r.data))
         except BaseException as exc:  # noqa: BLE001 - reported by check()
