@@ -138,8 +138,11 @@ def _rebuild(message: dict[str, Any], directory: str) -> BaseException:
 
 def start_writer(config: Config, linger: float, deadline: float) -> bool:
     """Start a detached writer for ``config.dir``; True once it serves or another writer won
-    the start race. Raises the writer's own error (rebuilt) when it failed to start, and
-    WriterGoneError when it said nothing before ``deadline`` (time.monotonic)."""
+    the start race, False when it died before saying anything (killed while starting, as a
+    writer can be at any moment: the caller may start another while its deadline lasts).
+    Raises the writer's own error (rebuilt) when it reported one, and WriterGoneError when
+    its launcher did not return or it said something else before ``deadline``
+    (time.monotonic)."""
     directory = config.dir
     cmd = [sys.executable, "-m", "ringwal", "serve", *serve_argv(config), "--linger", repr(linger), "--detach"]
     r, w = os.pipe()
@@ -181,8 +184,9 @@ def start_writer(config: Config, linger: float, deadline: float) -> bool:
         if isinstance(exc, LockedError):
             return True  # another writer won the lock: attach to it
         raise exc
-    said = line or "it exited without a word"
-    raise WriterGoneError(f"could not start a writer for {directory}: {said}; see {directory}/writer.log")
+    if not line:
+        return False  # the ready pipe closed unwritten: the writer died (or it said nothing by the deadline)
+    raise WriterGoneError(f"could not start a writer for {directory}: {line}; see {directory}/writer.log")
 
 
 def detach() -> None:

@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LockedError, WALError
@@ -112,24 +112,62 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from .replay import replay
 
     d = _require_log(args.dir)
-    after = args.after
-    if after is None:
+    if args.follow:
+
+        def records(after: int) -> Iterator[Record]:
+            return follow(d, after, skip_holes=args.skip_holes, poll_interval=args.poll)
+    else:
+
+        def records(after: int) -> Iterator[Record]:
+            return replay(d, after, skip_holes=args.skip_holes)
+
+    if args.after is not None:
+        it = records(args.after)
+    else:
         # like tail(1): start at the last N records
         from .stats import log_stats
 
         st = log_stats(d)
-        after = max((st["last_seq"] or 0) - args.lines, (st["first_seq"] or 1) - 1, 0)
+        it = _from_last(records, max((st["last_seq"] or 0) - args.lines, (st["first_seq"] or 1) - 1, 0))
     if not args.follow:
-        _print_records(replay(d, after, skip_holes=args.skip_holes), args.format)
+        _print_records(it, args.format)
         return 0
     # Runs until Ctrl-C: main() turns the KeyboardInterrupt into exit status 130, and the
     # generator's close unregisters the follower (its lock goes with the process in any case).
-    records = follow(d, after, skip_holes=args.skip_holes, poll_interval=args.poll)
     try:
-        _print_records(records, args.format, flush=True)
+        _print_records(it, args.format, flush=True)
     finally:
-        records.close()
+        _close(it)
     return 0
+
+
+def _close(it: Iterator[Record]) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+def _from_last(records: Callable[[int], Iterator[Record]], after: int) -> Iterator[Record]:
+    """``records(after)``, where ``after`` was picked from the log's first seq: if retention
+    moved the start past it before anything was printed, start where the log starts now
+    (that is what "the last N" asks for); once something was printed, a removal is an error."""
+    from .errors import RecordsRemovedError
+
+    for _attempt in range(100):  # each retry follows a removal: bounded, like every wait
+        printed = False
+        it = records(after)
+        try:
+            for rec in it:
+                printed = True
+                yield rec
+            return
+        except RecordsRemovedError as exc:
+            if printed:
+                raise
+            after = exc.first_available - 1
+        finally:
+            _close(it)
+    yield from records(after)
 
 
 # ---------------------------------------------------------------------- verify, repair

@@ -35,6 +35,9 @@
     │                                     ring while a live writer did not drain it
     ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
     │                                     writer that did not finish
+    ├── RecordsRemovedError               a reader needs seqs that retention or ``truncate_before``
+    │                                     removed (before it started or while it read); carries
+    │                                     the first seq gone and the first still in the log
     └── FormatError                       what is on disk cannot be read as a ringwal log
         ├── NoLogError                    the directory is missing or holds no ringwal log
         │                                 (a wrong or unmounted path); carries the path
@@ -230,6 +233,42 @@ class RingFullError(WALError, TimeoutError):
 
 class WaitTimeoutError(WALError, TimeoutError):
     """``flush``/``sync`` waited ``sync_timeout`` seconds on a live writer that did not finish."""
+
+
+class RecordsRemovedError(WALError):
+    """The records a reader needs were removed by retention (``retention_max_bytes``,
+    ``retention_max_age``) or by ``truncate_before`` / ``ringwal truncate``: either before
+    it started (``replay(dir, after_seq)`` with ``0 < after_seq < first_available - 1``) or
+    while it read (it fell behind the writer's retention). Nothing was skipped: the reader
+    yielded every seq up to ``first_gone - 1`` and stops here.
+
+    ``first_gone`` is the first seq the reader needed that is no longer in the log;
+    ``first_available`` the first seq still in it (its oldest segment's first seq);
+    ``directory`` the log. To go on, read again after ``first_available - 1`` (accepting the
+    loss), read faster, or keep more: raise ``retention_max_bytes`` / ``retention_max_age``
+    or truncate less. Not a FormatError: the log itself is consistent.
+    """
+
+    def __init__(self, message: str, *, directory: str, first_gone: int, first_available: int) -> None:
+        super().__init__(message)
+        self.directory = directory
+        self.first_gone = first_gone
+        self.first_available = first_available
+
+    @classmethod
+    def for_reader(cls, directory: str, first_gone: int, first_available: int) -> RecordsRemovedError:
+        """The error for a reader of ``directory`` that needs seq ``first_gone`` of a log that
+        now starts at ``first_available``."""
+        last = first_available - 1
+        span = f"seq {first_gone} was" if first_gone == last else f"seqs {first_gone}-{last} were"
+        return cls(
+            f"{directory}: {span} removed by retention or truncate_before before this reader got to them; "
+            f"the log now starts at seq {first_available}. Read again after seq {last} to go on without them, "
+            "read faster, or keep more (raise retention_max_bytes / retention_max_age, truncate less)",
+            directory=directory,
+            first_gone=first_gone,
+            first_available=first_available,
+        )
 
 
 class FormatError(WALError):

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 
-from .errors import LockTimeoutError
+from .errors import CorruptSegmentError, LockTimeoutError
 from .format import FRAME_HEADER_SIZE
 from .record import Record, check_seq
 from .replay import _HoleCheck, replay
@@ -60,6 +60,13 @@ def follow(
     ``stop`` is set; never wedges on a dead writer (every sleep is at most
     ``poll_interval``). Raises what ``replay`` raises (corruption, RecordsLostError unless
     ``skip_holes``; NoLogError, at the first ``next``, when ``directory`` holds no log).
+
+    Retention, as in ``replay``: ``after_seq=0`` starts at the first record still in the
+    log; a larger ``after_seq`` below the log's first seq - 1 raises RecordsRemovedError,
+    and so does a follower that falls behind the writer's retention (a completed segment it
+    has not opened yet is removed), after yielding every seq before the removed ones.
+    Records are never skipped silently: ``follow(dir, e.first_available - 1)`` goes on
+    from where the log now starts.
     """
     check_seq(after_seq, "after_seq")
     if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
@@ -175,7 +182,18 @@ class _Follower:
             self.want = rec.seq + 1
             yield rec
         if start is not None and self.want < start:
-            # replay skipped what is gone (retention, or recorded holes with skip_holes)
+            # replay stopped at current.wal's first seq without yielding what is below it. It
+            # raises on anything removed under a reader that has a position, so this is "from
+            # the start" (after_seq=0, nothing yielded: the log starts later) or a recorded
+            # hole that skip_holes stepped over; anything else would be a silent skip.
+            gap = self.holes.holes.explains(self.want, start - 1)
+            if self.want != 1 and (gap is None or not self.skip_holes):
+                raise CorruptSegmentError(
+                    f"{self.dir}/{CURRENT}: starts at seq {start} but seqs {self.want}-{start - 1} are in no "
+                    "segment and not recorded as lost",
+                    path=os.path.join(self.dir, CURRENT),
+                    offset=32,
+                )
             self.want = start
 
     def _open_current(self) -> bool:

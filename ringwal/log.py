@@ -218,7 +218,10 @@ class WAL:
         return self._log.closed
 
     def replay_from(self, seq: int, fn: Callable[[Record], object]) -> int:
-        """Flush, then call ``fn`` for every record with seq > ``seq``, in order; return the count."""
+        """Flush, then call ``fn`` for every record with seq > ``seq``, in order; return the count.
+
+        ``seq=0`` starts at the first record still in the log; raises RecordsRemovedError when
+        retention removed seq + 1 (``replay``)."""
         self.flush()
         return replay_into(self.dir, seq, self._ser, fn)
 

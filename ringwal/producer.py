@@ -14,9 +14,10 @@ Every wait is bounded, and no call waits for a lock another producer holds (``ri
 waiting, and holds it until ``close``. While waiting, a handle checks every ``POLL`` seconds
 that the writer is alive (its lock in ``wal.ring.lock`` is held and the ring is READY: this
 works across PID namespaces, so the writer may run in another container); when it is gone,
-the handle starts a new one (``start_writer``) or waits ``writer_wait`` for a supervisor's,
-then carries on; the ring and its records outlive writers. If none comes, it raises
-WriterGoneError.
+the handle starts a new one (``start_writer``; again, at most once a second, if the one it
+started dies before it is ready) or waits ``writer_wait`` for a supervisor's, then carries
+on; the ring and its records outlive writers. If none serves within ``writer_wait``, it
+raises WriterGoneError.
 
 After ``fork`` the child's copy of a handle never touches the parent's lane: the child lets
 go of its copy of the lane's lock at once (so the lane dies with the parent), and its first
@@ -180,6 +181,7 @@ class Handle:
         """Poll ``ready`` until true, starting a writer when allowed; WriterGoneError after writer_wait."""
         deadline = time.monotonic() + self.config.writer_wait
         next_start = 0.0
+        died = 0
         while not ready():
             now = time.monotonic()
             if self.config.start_writer and now >= next_start:
@@ -188,10 +190,16 @@ class Handle:
                 next_start = now + 1.0
                 if start_writer(self.config, self.config.writer_linger, deadline):
                     continue
+                died += 1  # killed while starting: start another while writer_wait lasts
             if now >= deadline:
                 hint = ""
                 if not self.config.start_writer:
                     hint = " (start_writer=False: start one with `ringwal serve --dir DIR`)"
+                if died:
+                    hint += (
+                        f" ({died} writer(s) started here died or said nothing before they were ready; "
+                        f"see {self.dir}/writer.log)"
+                    )
                 raise WriterGoneError(gone + hint)
             _pause(0.02)
 
@@ -443,7 +451,10 @@ class Handle:
     # ------------------------------------------------------------------ reading, lifecycle
 
     def replay_from(self, seq: int, fn: Callable[[Record], object]) -> int:
-        """Flush this handle, then call ``fn`` for every record with seq > ``seq``; return the count."""
+        """Flush this handle, then call ``fn`` for every record with seq > ``seq``; return the count.
+
+        ``seq=0`` starts at the first record still in the log; raises RecordsRemovedError when
+        retention removed seq + 1 (``replay``)."""
         self.flush()
         return replay_into(self.dir, seq, self._ser, fn)
 

@@ -31,7 +31,7 @@ from .errors import FormatError
 from .format import MAX_FRAME_BODY, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, LOST, TORN, LiveWriter, SegmentScan, list_segments, require_log
+from .segment import CURRENT, LOST, TORN, LiveWriter, SegmentScan, list_segments, require_log, segment_number
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -128,7 +128,25 @@ def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], obj
             scan = SegmentScan.open(path, sealed=sealed, holes=holes, written=None if sealed else LiveWriter(directory))
         except FileNotFoundError:
             if sealed:
-                report.notes.append(f"{path}: removed while verify ran (retention)")
+                # Retention removes completed segments oldest first: when this one went, every
+                # older one had gone before it. One still there means something else removed it.
+                number = segment_number(name)
+                older = sorted(
+                    (segment_number(n), n)
+                    for n in seen
+                    if n != CURRENT and segment_number(n) < number and os.path.exists(os.path.join(directory, n))
+                )
+                if older:
+                    report.problems.append(
+                        Problem(
+                            path,
+                            None,
+                            f"disappeared while verify ran, but the older {older[-1][1]} is still there: not "
+                            "retention (which removes the oldest first); records are missing",
+                        )
+                    )
+                else:
+                    report.notes.append(f"{path}: removed while verify ran (retention)")
                 expected = None  # what follows it cannot be checked against it
             elif replans < REPLANS and writer_holds_lock(directory):
                 # Mid-rotation: current.wal was renamed and its successor is not there yet
