@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
+from datetime import datetime
 from itertools import chain, islice
 from typing import NamedTuple
 
@@ -38,6 +39,7 @@ from .index import reconcile
 from .record import Record, check_seq
 from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header
 from .serializers import Serializer, get_serializer, with_batch_methods
+from .since import DEFAULT_CLOCK_SKEW, start_after, starting_at, to_ns
 
 __all__ = ["replay"]
 
@@ -54,7 +56,13 @@ class _Seg(NamedTuple):
 
 
 def replay(
-    directory: str, after_seq: int = 0, serializer: Serializer | None = None, *, skip_holes: bool = False
+    directory: str,
+    after_seq: int = 0,
+    serializer: Serializer | None = None,
+    *,
+    skip_holes: bool = False,
+    since: int | datetime | str | None = None,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
 ) -> Iterator[Record]:
     """Yield every record with ``seq > after_seq``, in seq order.
 
@@ -62,11 +70,22 @@ def replay(
     checks that the log was written with it (SerializerMismatchError otherwise).
     ``skip_holes=True`` steps over seq ranges that repair recorded as lost (with a warning)
     instead of raising RecordsLostError.
+
+    ``since`` (ns since the epoch, an aware datetime, or ISO 8601 text): start at the first
+    of those records whose ``time >= since`` and yield every record from there on, in seq
+    order, whatever its time. Completed segments the writer closed before
+    ``since - clock_skew`` seconds are skipped unread; the rule, and what a producer clock
+    running further ahead than ``clock_skew`` does to it, are in ``ringwal/since.py``.
+    ValueError for a bad ``since`` or ``clock_skew``.
     """
     check_seq(after_seq, "after_seq")
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
+    if since is not None:
+        since_ns = to_ns(since)
+        start = start_after(directory, since_ns, after_seq, clock_skew=clock_skew)
+        return starting_at(replay(directory, start, serializer, skip_holes=skip_holes), since_ns)
     # The generators below yield one iterable per frame; chain flattens them in C, so no
     # Python frame runs per record (the binary fast path decodes a frame in C as well).
     return chain.from_iterable(_replay(directory, after_seq + 1, serializer, _HoleCheck(directory, skip_holes)))
