@@ -3,9 +3,11 @@
 Commands (each has ``--help``):
   stats     segments, seq range, bytes, records; the running writer's pid, uptime, ring fill,
             producers, durable seq, fsync latency percentiles and records/s (``--json``)
-  dump      records as JSON lines or text (``--after SEQ``, ``--limit N``, ``--format``)
-  tail      the last records (``-n``), or those after ``--after``; ``-f`` follows new ones
-            as they become durable, across rotations and writer restarts, until Ctrl-C
+  dump      records as JSON lines or text (``--after SEQ``, ``--since TIME``, ``--limit N``,
+            ``--format``)
+  tail      the last records (``-n``), or those after ``--after`` / from ``--since TIME``;
+            ``-f`` follows new ones as they become durable, across rotations and writer
+            restarts, until Ctrl-C
   verify    check every checksum, header, seq and the index; exit 0 when clean, 1 with one
             line per problem (file:offset: what) otherwise (``--json``)
   repair    salvage a damaged log: cut damaged bytes, keep ``.broken`` copies, record lost
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import WALError
 from .serializers import BaseSerializer
+from .since import DEFAULT_CLOCK_SKEW
 
 if TYPE_CHECKING:
     from .config import Config
@@ -85,7 +88,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     from .replay import replay
 
     d = _require_log(args.dir)
-    _print_records(replay(d, args.after, skip_holes=args.skip_holes), args.format, args.limit)
+    records = replay(d, args.after, skip_holes=args.skip_holes, since=args.since, clock_skew=args.clock_skew)
+    _print_records(records, args.format, args.limit)
     return 0
 
 
@@ -95,17 +99,20 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     d = _require_log(args.dir)
     after = args.after
-    if after is None:
+    if after is None and args.since is None:
         # like tail(1): start at the last N records
         from .stats import log_stats
 
         st = log_stats(d)
         after = max((st["last_seq"] or 0) - args.lines, (st["first_seq"] or 1) - 1, 0)
+    after = after or 0
+    by_time = {"since": args.since, "clock_skew": args.clock_skew}
     if not args.follow:
-        _print_records(replay(d, after, skip_holes=args.skip_holes), args.format)
+        _print_records(replay(d, after, skip_holes=args.skip_holes, **by_time), args.format)
         return 0
     try:
-        _print_records(follow(d, after, skip_holes=args.skip_holes, poll_interval=args.poll), args.format, flush=True)
+        records = follow(d, after, skip_holes=args.skip_holes, poll_interval=args.poll, **by_time)
+        _print_records(records, args.format, flush=True)
     except KeyboardInterrupt:
         return 0
     return 0
@@ -320,6 +327,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, linger=args.linger, ready_fd=args.ready_fd, announce=announce)
 
 
+def _time_arg(text: str) -> int:
+    from .since import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._launch import add_serve_options
 
@@ -342,6 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         c.add_argument(
             "--skip-holes", action="store_true", help="step over seqs that repair recorded as lost instead of failing"
+        )
+        c.add_argument(
+            "--since",
+            type=_time_arg,
+            default=None,
+            metavar="TIME",
+            help="start at the first record whose time is at or after TIME (ISO 8601 with a zone, e.g. "
+            "2026-11-30T10:00:00Z, or ns since the epoch), then print every record after it",
+        )
+        c.add_argument(
+            "--clock-skew",
+            type=float,
+            default=DEFAULT_CLOCK_SKEW,
+            metavar="S",
+            help="how far (s) a producer's clock may run ahead of the writer's for --since to be exact; "
+            f"segments closed before TIME - S are skipped unread ({DEFAULT_CLOCK_SKEW:g}; inf reads them all)",
         )
 
     c = cmd("stats", _cmd_stats, "segments, seq range, bytes and records; the running writer's figures")
