@@ -446,11 +446,14 @@ class AsyncHandle:
     async def close(self) -> None:
         """Wait (up to ``sync_timeout``) until everything appended here is durable, fail the
         remaining waiters with ClosedError, stop the waiter thread, give the lane back.
-        Idempotent; concurrent calls share one close. Raises WaitTimeoutError (or the
+        Idempotent: concurrent calls share one close, later ones return at once. Raises WaitTimeoutError (or the
         writer's error) after releasing everything if the final sync did not complete."""
-        if self._close_task is None:
-            self._close_task = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._close_task)
+        task = self._close_task
+        if task is None:
+            task = self._close_task = asyncio.ensure_future(self._close())
+        elif task.done():
+            return  # closed already (its error, if any, went to the first caller)
+        await asyncio.shield(task)
 
     async def _close(self) -> None:
         failure: BaseException | None = None
