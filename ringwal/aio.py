@@ -99,6 +99,11 @@ __all__ = ["AsyncBatchReceipt", "AsyncHandle", "AsyncReceipt", "follow", "open",
 #: target or an earlier deadline while it already waits for the writer. Longer than
 #: ``ring.POLL``, so that each wait checks the writer's liveness at least once.
 SLICE = 0.25
+#: Futures the waiter thread's callback resolves per loop iteration. All the coroutines one
+#: fsync releases would otherwise run in one iteration (each resumed task is a callback of
+#: the next one), holding timers and I/O back for as long as 1,000 task steps take; in
+#: slices, the loop runs its timers and I/O between them.
+RESOLVE_SLICE = 16
 #: Records encoded between two yields to the loop in ``append_many``.
 ENCODE_SLICE = 2048
 #: Records a reader thread (``follow``, ``replay``) may hold ready before it waits for the
@@ -600,9 +605,13 @@ class _Bridge(threading.Thread):
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
                 self._loop.call_soon_threadsafe(self._resolve, done)
 
-    def _resolve(self, done: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
-        """On the loop: set each future's result or error (a cancelled one is skipped)."""
-        for fut, result in done:
+    def _resolve(self, done: list[tuple[asyncio.Future[int], int | BaseException]], start: int = 0) -> None:
+        """On the loop: set each future's result or error (a cancelled one is skipped),
+        ``RESOLVE_SLICE`` of them per loop iteration."""
+        end = start + RESOLVE_SLICE
+        if end < len(done):
+            self._loop.call_soon(self._resolve, done, end)
+        for fut, result in done[start:end]:
             if fut.done():
                 continue
             if isinstance(result, BaseException):

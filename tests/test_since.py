@@ -17,7 +17,7 @@ import os
 import random
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import dropwhile
 
 import pytest
@@ -44,7 +44,7 @@ def seqs(records) -> list[int]:
 
 
 def test_parse_time_iso_with_zone_fractions_and_ns():
-    assert parse_time("2026-11-30T10:00:00Z") == to_ns(datetime(2026, 11, 30, 10, tzinfo=timezone.utc))
+    assert parse_time("2026-11-30T10:00:00Z") == to_ns(datetime(2026, 11, 30, 10, tzinfo=UTC))
     assert parse_time("2026-11-30T11:00:00+01:00") == parse_time("2026-11-30T10:00:00Z")
     assert parse_time("2026-11-30T10:00:00.123456789Z") == parse_time("2026-11-30T10:00:00Z") + 123_456_789
     assert parse_time("2026-11-30T10:00:00.5-0130") == parse_time("2026-11-30T11:30:00.5Z")
@@ -191,14 +191,16 @@ def test_two_producers_whose_clocks_differ(wdir, offset):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ringwal", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ringwal", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
 
 
 def test_cli_dump_and_tail_since(tmp_path):
     d = str(tmp_path / "wal")
     build(d, 120)
     mid = BASE + 60 * S
-    iso = datetime.fromtimestamp(mid // S, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    iso = datetime.fromtimestamp(mid // S, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     want = brute(d, mid)
     out = run_cli("dump", "--dir", d, "--since", iso)
     assert out.returncode == 0, out.stderr
