@@ -250,6 +250,11 @@ class AsyncHandle:
             raise self._poisoned
         if self._closing:
             raise ClosedError(f"this handle on {self.dir} is closed")
+        if self._h._forked:  # the lane, the waiter thread and the loop are the parent's
+            raise WALError(
+                f"this ringwal.aio handle on {self.dir} was inherited through fork; "
+                "open a new one in the child (await ringwal.aio.open(config))"
+            )
         return self._side
 
     def _terminal(self) -> WALError:
