@@ -39,7 +39,7 @@ from .index import reconcile
 from .record import Record, check_seq
 from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header
 from .serializers import Serializer, get_serializer, with_batch_methods
-from .since import DEFAULT_CLOCK_SKEW, start_after, starting_at, to_ns
+from .since import DEFAULT_CLOCK_SKEW, frames_starting_at, start_after, to_ns
 
 __all__ = ["replay"]
 
@@ -85,7 +85,8 @@ def replay(
     if since is not None:
         since_ns = to_ns(since)
         start = start_after(directory, since_ns, after_seq, clock_skew=clock_skew)
-        return starting_at(replay(directory, start, serializer, skip_holes=skip_holes), since_ns)
+        frames = _replay(directory, start + 1, serializer, _HoleCheck(directory, skip_holes))
+        return chain.from_iterable(frames_starting_at(frames, since_ns))
     # The generators below yield one iterable per frame; chain flattens them in C, so no
     # Python frame runs per record (the binary fast path decodes a frame in C as well).
     return chain.from_iterable(_replay(directory, after_seq + 1, serializer, _HoleCheck(directory, skip_holes)))

@@ -46,9 +46,10 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import dropwhile
+from operator import itemgetter
 
 from .errors import FormatError
 from .holes import load_holes
@@ -56,7 +57,15 @@ from .index import reconcile
 from .record import Record, check_seq
 from .segment import CURRENT, read_header
 
-__all__ = ["DEFAULT_CLOCK_SKEW", "check_skew", "parse_time", "start_after", "starting_at", "to_ns"]
+__all__ = [
+    "DEFAULT_CLOCK_SKEW",
+    "check_skew",
+    "frames_starting_at",
+    "parse_time",
+    "start_after",
+    "starting_at",
+    "to_ns",
+]
 
 #: Seconds a producer's clock may run ahead of the writer's with ``since`` still exact.
 DEFAULT_CLOCK_SKEW = 1.0
@@ -163,3 +172,20 @@ def start_after(directory: str, since_ns: int, after_seq: int = 0, *, clock_skew
 def starting_at(records: Iterator[Record], since_ns: int) -> Iterator[Record]:
     """``records`` from the first one with ``time >= since_ns`` on (all of them, in order)."""
     return dropwhile(lambda r: r.time < since_ns, records)
+
+
+def frames_starting_at(frames: Iterator[Iterable[Record]], since_ns: int) -> Iterator[Iterable[Record]]:
+    """:func:`starting_at` over replay's frames (one iterable of records per frame): a frame
+    whose latest time is below ``since_ns`` is passed over with one ``max`` in C, so only the
+    frame holding the start is looked at record by record."""
+    for recs in frames:
+        batch = recs if isinstance(recs, list) else list(recs)
+        if not batch or max(map(_TIME, batch)) < since_ns:
+            continue
+        i = next(i for i, r in enumerate(batch) if r[1] >= since_ns)
+        yield batch[i:]
+        yield from frames
+        return
+
+
+_TIME = itemgetter(1)  # Record.time
