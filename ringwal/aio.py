@@ -99,10 +99,10 @@ __all__ = ["AsyncBatchReceipt", "AsyncHandle", "AsyncReceipt", "follow", "open",
 #: target or an earlier deadline while it already waits for the writer. Longer than
 #: ``ring.POLL``, so that each wait checks the writer's liveness at least once.
 SLICE = 0.25
-#: Futures the waiter thread's callback resolves per loop iteration. All the coroutines one
-#: fsync releases would otherwise run in one iteration (each resumed task is a callback of
-#: the next one), holding timers and I/O back for as long as 1,000 task steps take; in
-#: slices, the loop runs its timers and I/O between them.
+#: Waiters answered per loop iteration. All the coroutines one fsync releases would
+#: otherwise run in one iteration (each resumed task is a callback of the next one), holding
+#: timers and I/O back for as long as 1,000 task steps take; in slices, through one queue for
+#: all fsyncs, the loop runs its timers and I/O between them.
 RESOLVE_SLICE = 16
 #: Records encoded between two yields to the loop in ``append_many``.
 ENCODE_SLICE = 2048
@@ -231,6 +231,9 @@ class AsyncHandle:
         self._frame_many = handle._frame_many
         self._maxn = handle._maxn
         self._room_lock = asyncio.Lock()  # FIFO: appends that wait for room keep their order
+        # Made once: a closure per call would be one more object for the GC per sync.
+        self._durable_timeout = self._wait_timeout(True)
+        self._written_timeout = self._wait_timeout(False)
         self._bridge = _Bridge(self)
         self._bridge.start()
 
@@ -376,7 +379,7 @@ class AsyncHandle:
         target = side.count
         if target <= side.base or side.reached(False, target) is not None:
             return
-        await self._bridge.wait(False, target, time.monotonic() + self.config.sync_timeout, self._wait_timeout(False))
+        await self._bridge.wait(False, target, time.monotonic() + self.config.sync_timeout, self._written_timeout)
 
     async def sync(self) -> int:
         """Return once every record appended here (by any coroutine) before the call is
@@ -392,9 +395,7 @@ class AsyncHandle:
         seq = side.reached(True, target)
         if seq is not None:
             return seq
-        return await self._bridge.wait(
-            True, target, time.monotonic() + self.config.sync_timeout, self._wait_timeout(True)
-        )
+        return await self._bridge.wait(True, target, time.monotonic() + self.config.sync_timeout, self._durable_timeout)
 
     def _wait_timeout(self, durable: bool) -> Callable[[], WALError]:
         def make() -> WALError:
@@ -413,9 +414,7 @@ class AsyncHandle:
                 "but its seq is no longer known here"
             )
         if side.reached(False, count) is None:
-            await self._bridge.wait(
-                False, count, time.monotonic() + self.config.sync_timeout, self._wait_timeout(False)
-            )
+            await self._bridge.wait(False, count, time.monotonic() + self.config.sync_timeout, self._written_timeout)
             side = self._usable()
         seq = side.seq_of(count)
         if seq is None:
@@ -474,7 +473,7 @@ class AsyncHandle:
                 target = side.count
                 if target > side.base and side.reached(True, target) is None:
                     await self._bridge.wait(
-                        True, target, time.monotonic() + self.config.sync_timeout, self._wait_timeout(True)
+                        True, target, time.monotonic() + self.config.sync_timeout, self._durable_timeout
                     )
             except WALError as exc:
                 failure = exc
@@ -532,6 +531,11 @@ class _Bridge(threading.Thread):
         self._cv = threading.Condition(threading.Lock())
         self._waiters: list[_Waiter] = []
         self._stopping: WALError | None = None
+        # Answers on their way to the loop, and whether a _resolve callback is scheduled
+        # (both under _cv): one queue, so at most RESOLVE_SLICE are set per loop iteration
+        # however many fsyncs finish while the loop works through them.
+        self._answers: deque[tuple[asyncio.Future[int], int | BaseException]] = deque()
+        self._resolving = False
 
     def wait(
         self, durable: bool, target: int, deadline: float, on_timeout: Callable[[], WALError]
@@ -606,17 +610,24 @@ class _Bridge(threading.Thread):
                 else:
                     keep.append(w)
             self._waiters = keep
-        if done:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
-                self._loop.call_soon_threadsafe(self._resolve, done)
+            if not done:
+                return
+            self._answers.extend(done)
+            if self._resolving:
+                return  # the scheduled _resolve takes these too
+            self._resolving = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
+            self._loop.call_soon_threadsafe(self._resolve)
 
-    def _resolve(self, done: list[tuple[asyncio.Future[int], int | BaseException]], start: int = 0) -> None:
-        """On the loop: set each future's result or error (a cancelled one is skipped),
-        ``RESOLVE_SLICE`` of them per loop iteration."""
-        end = start + RESOLVE_SLICE
-        if end < len(done):
-            self._loop.call_soon(self._resolve, done, end)
-        for fut, result in done[start:end]:
+    def _resolve(self) -> None:
+        """On the loop: answer up to ``RESOLVE_SLICE`` waiters (a cancelled one is skipped);
+        if more are queued, go on in the next loop iteration."""
+        answers = self._answers
+        for _ in range(RESOLVE_SLICE):
+            try:
+                fut, result = answers.popleft()  # deque ends are thread-safe
+            except IndexError:
+                break
             if fut.done():
                 continue
             if isinstance(result, BaseException):
@@ -625,6 +636,10 @@ class _Bridge(threading.Thread):
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
+        with self._cv:
+            more = self._resolving = bool(answers)
+        if more:
+            self._loop.call_soon(self._resolve)
 
 
 # ---------------------------------------------------------------------- reading

@@ -105,6 +105,11 @@ def test_since_starts_at_the_first_record_at_or_after_the_time_in_seq_order(tmp_
     # after_seq and since together: records after after_seq, from the first with time >= since.
     assert seqs(replay(d, 250, since=mid)) == brute(d, mid, 250)
     assert seqs(replay(d, since=mid, clock_skew=math.inf)) == brute(d, mid)
+    assert seqs(replay(d, since=datetime.fromtimestamp(200 + BASE // S, tz=UTC))) == brute(d, mid)
+    assert seqs(replay(d, since="1970-01-01T00:00:00Z")) == list(range(1, 401))
+    for bad in ({"since": True}, {"since": 1.5}, {"since": mid, "clock_skew": -1}):
+        with pytest.raises(ValueError):
+            replay(d, **bad)
 
 
 def test_since_without_closed_times_in_the_index_uses_the_next_segments_created_time(tmp_path):
