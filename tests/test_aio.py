@@ -359,3 +359,41 @@ def test_async_replay_and_receipts_and_batches(wdir, served):
 
     asyncio.run(main())
     wait_no_aio_threads()
+
+
+def test_released_waiters_are_answered_a_slice_per_loop_iteration(wdir, served):
+    """500 coroutines released by one fsync resume a slice (RESOLVE_SLICE) per loop
+    iteration, so other work (a ticker here, I/O in a server) runs between the slices. Counted
+    in loop iterations, not time: a coroutine that sleeps(0) in a loop runs once per iteration."""
+    p = served()
+
+    async def main() -> int:
+        async with ringwal.aio.open(cfg_for(wdir)) as log:
+            stop(p.pid)
+            try:
+                for i in range(500):
+                    await log.append(Record(1, i, b"s%d" % i))
+                done = [0]
+
+                async def waiter() -> None:
+                    await log.sync()
+                    done[0] += 1
+
+                tasks = [asyncio.ensure_future(waiter()) for _ in range(500)]
+                await asyncio.sleep(0.3)  # every waiter is registered; the writer is stopped
+                assert done[0] == 0
+            finally:
+                os.kill(p.pid, signal.SIGCONT)
+            worst, last = 0, 0
+            deadline = time.monotonic() + 60
+            while done[0] < 500:
+                assert time.monotonic() < deadline, done[0]
+                await asyncio.sleep(0)  # one step per loop iteration
+                worst = max(worst, done[0] - last)
+                last = done[0]
+            await asyncio.gather(*tasks)
+            return worst
+
+    worst = asyncio.run(main())
+    assert worst <= 2 * ringwal.aio.RESOLVE_SLICE, worst
+    wait_no_aio_threads()
