@@ -83,10 +83,10 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from .config import Config
-from .errors import ClosedError, LanePoisonedError, RingFullError, WaitTimeoutError, WALError
+from .errors import ClosedError, LanePoisonedError, LogFailedError, RingFullError, WaitTimeoutError, WALError
 from .follow import follow as _follow
 from .log import _as_record, _too_large
-from .producer import Handle
+from .producer import Handle, _no_room
 from .record import Record, check_seq
 from .replay import replay as _replay
 from .ring import ProducerSide
@@ -216,6 +216,7 @@ class AsyncHandle:
 
     _closing = False
     _poisoned: LanePoisonedError | None = None
+    _lost: LogFailedError | None = None  # records of ours were lost to a failed fsync
     _close_task: asyncio.Future[None] | None = None
 
     def __init__(self, handle: Handle, loop: asyncio.AbstractEventLoop) -> None:
@@ -251,6 +252,8 @@ class AsyncHandle:
     def _usable(self) -> ProducerSide:
         if self._poisoned is not None:
             raise self._poisoned
+        if self._lost is not None:
+            raise self._lost
         if self._closing:
             raise ClosedError(f"this handle on {self.dir} is closed")
         if self._h._forked:  # the lane, the waiter thread and the loop are the parent's
@@ -264,7 +267,17 @@ class AsyncHandle:
         """The error for a call that finds the handle's lock held by another thread."""
         if self._poisoned is not None:
             return self._poisoned
+        if self._lost is not None:
+            return self._lost
         return ClosedError(f"this handle on {self.dir} is closed")
+
+    def _on_lost(self, exc: LogFailedError) -> None:
+        """A writer's failed fsync lost records of ours (``Handle._wait`` does the same): they
+        will never be durable, so the handle refuses all work from now on, as the sync one."""
+        if self._lost is None:
+            self._lost = exc
+            self._h._lost = exc
+            self._h._publish = _no_room
 
     def _on_poison(self, exc: LanePoisonedError) -> None:
         """The writer dropped bytes of our lane (seen by a publish or a wait): refuse all work
@@ -392,7 +405,11 @@ class AsyncHandle:
         target = side.count
         if target <= side.base:
             return 0
-        seq = side.reached(True, target)
+        try:
+            seq = side.reached(True, target)
+        except LogFailedError as exc:
+            self._on_lost(exc)
+            raise
         if seq is not None:
             return seq
         return await self._bridge.wait(True, target, time.monotonic() + self.config.sync_timeout, self._durable_timeout)
@@ -468,10 +485,10 @@ class AsyncHandle:
         failure: BaseException | None = None
         side = self._side
         self._closing = True  # no new work from here on; what is pending is answered below
-        if self._poisoned is None:
+        if self._poisoned is None and self._lost is None:
             try:
                 target = side.count
-                if target > side.base and side.reached(True, target) is None:
+                if target > side.base and side.reached(True, target) is None:  # LogFailedError: lost
                     await self._bridge.wait(
                         True, target, time.monotonic() + self.config.sync_timeout, self._durable_timeout
                     )
@@ -599,6 +616,8 @@ class _Bridge(threading.Thread):
                 if error is None:
                     try:
                         seq = side.reached(w.durable, w.target)
+                    except LogFailedError as exc:  # records of ours lost to a failed fsync
+                        error = exc
                     except (AttributeError, ValueError):  # the lane was given back meanwhile
                         error = self._owner._terminal()
                 if seq is not None:
@@ -633,6 +652,8 @@ class _Bridge(threading.Thread):
             if isinstance(result, BaseException):
                 if isinstance(result, LanePoisonedError):
                     self._owner._on_poison(result)
+                elif isinstance(result, LogFailedError):
+                    self._owner._on_lost(result)
                 fut.set_exception(result)
             else:
                 fut.set_result(result)

@@ -4,11 +4,15 @@
 
     WALError
     ├── ConfigError (ValueError)          a Config value that cannot work; names the setting
+    ├── MissingExtraError (ImportError)   an optional feature's package is not installed; names
+    │                                     the extra that installs it (``ringwal[proto]``)
+    ├── UnsupportedPlatformError          not Linux on x86-64: ``open``/``serve`` refuse to run
     ├── InvalidRecordError (ValueError)   a record rejected at the call; nothing was written
     ├── LockedError                       another writer holds the directory; carries its pid
     ├── ClosedError                       the object was closed; open a new one
     ├── LogFailedError                    an earlier write or fsync failed; the log refuses
-    │                                     all work until reopened (the cause is chained)
+    │                                     all work until reopened (the cause is chained); after
+    │                                     a failed fsync, names the seqs lost (never durable)
     ├── WriterGoneError                   the writer process died or stopped and no new one
     │                                     took over in time (``start_writer=False`` or it failed)
     ├── RingError                         the shared-memory ring cannot be used: an unknown
@@ -25,6 +29,8 @@
     ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
     │                                     writer that did not finish
     └── FormatError                       what is on disk cannot be read as a ringwal log
+        ├── NoLogError                    the directory is missing or holds no ringwal log
+        │                                 (a wrong or unmounted path); carries the path
         ├── UnsupportedVersionError       a format version this build does not know
         ├── SerializerMismatchError       the log was written with another serializer
         ├── CorruptSegmentError           a bad segment header, a seq gap between segments,
@@ -47,6 +53,27 @@ class WALError(Exception):
 
 class ConfigError(WALError, ValueError):
     """A Config value (or the directory it names) cannot work. The message names the setting."""
+
+
+class MissingExtraError(WALError, ImportError):
+    """An optional feature needs a package that is not installed (or not in a version it works
+    with). ``extra`` names the extra that installs it: ``pip install 'ringwal[EXTRA]'``."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class UnsupportedPlatformError(WALError):
+    """``open``/``serve`` run only on Linux on x86-64 (64-bit Python): the ring relies on
+    x86-64's total store order and on Linux futexes and OFD locks. ``system`` and ``machine``
+    are what this process runs on (``platform.system()``, ``platform.machine()``).
+    Reading a log (``replay``, ``verify``, ``ringwal dump``) works anywhere."""
+
+    def __init__(self, message: str, *, system: str, machine: str) -> None:
+        super().__init__(message)
+        self.system = system
+        self.machine = machine
 
 
 class InvalidRecordError(WALError, ValueError):
@@ -74,7 +101,19 @@ class LogFailedError(WALError):
 
     fsync failures can drop dirty pages, so retrying and carrying on could silently lose
     records. Close the log and open it again: recovery finds what really reached the disk.
+
+    When records were lost to a failed fsync (written, never durable, never acknowledged;
+    recorded in ``wal_holes.json``), ``first_seq``/``last_seq`` is that seq range and
+    ``path`` the file whose fsync failed; all three are None otherwise.
     """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, first_seq: int | None = None, last_seq: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.first_seq = first_seq
+        self.last_seq = last_seq
 
 
 class WriterGoneError(WALError):
@@ -156,6 +195,13 @@ class FormatError(WALError):
         self.offset = offset
 
 
+class NoLogError(FormatError):
+    """The directory does not exist or holds no ringwal log (no segment file, no index): a
+    wrong or unmounted path. Raised by readers (``replay``, ``follow``, ``verify``, the CLI's
+    ``dump``/``tail``/``stats``/``verify``/``repair``/``truncate``), never by ``open`` or
+    ``WAL``, which create a log. ``path`` is the directory."""
+
+
 class UnsupportedVersionError(FormatError):
     """A segment carries a format version this build of ringwal does not read."""
 
@@ -190,7 +236,7 @@ class CorruptRecordError(FormatError):
 
 
 class RecordsLostError(FormatError):
-    """Replay reached a range of seqs that ``ringwal repair`` recorded as lost to corruption.
+    """Replay reached a range of seqs recorded as lost (cut out by ``ringwal repair``, or lost to a failed fsync).
 
     ``first_seq``/``last_seq`` is the lost range, ``reason`` what was damaged. Replay with
     ``skip_holes=True`` to step over recorded holes (each is logged as a warning).

@@ -30,7 +30,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import datetime
 
 from .errors import LockTimeoutError
@@ -38,7 +38,7 @@ from .format import FRAME_HEADER_SIZE
 from .record import Record, check_seq
 from .replay import _HoleCheck, replay
 from .ring import RingView
-from .segment import CURRENT, LiveWriter, SegmentScan, read_header
+from .segment import CURRENT, LiveWriter, SegmentScan, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
 from .since import DEFAULT_CLOCK_SKEW, start_after, starting_at, to_ns
 
@@ -48,7 +48,7 @@ CHUNK = 1 << 16  # bytes read per look at current.wal (a larger frame is read wh
 
 
 def follow(
-    directory: str,
+    directory: str | os.PathLike[str],
     after_seq: int = 0,
     *,
     serializer: Serializer | None = None,
@@ -57,20 +57,21 @@ def follow(
     stop: threading.Event | None = None,
     since: int | datetime | str | None = None,
     clock_skew: float = DEFAULT_CLOCK_SKEW,
-) -> Iterator[Record]:
+) -> Generator[Record, None, None]:
     """Yield every record with ``seq > after_seq``, then new ones as they become durable.
 
     Runs until the caller stops iterating (``break``, ``close()`` on the generator) or
     ``stop`` is set; never wedges on a dead writer (every sleep is at most
     ``poll_interval``). Raises what ``replay`` raises (corruption, RecordsLostError unless
-    ``skip_holes``). ``since``/``clock_skew``: start at the first record with
-    ``time >= since`` and yield everything from there on, as ``replay`` does
-    (``ringwal/since.py``); until such a record is durable, nothing is yielded.
+    ``skip_holes``; NoLogError, at the first ``next``, when ``directory`` holds no log).
+    ``since``/``clock_skew``: start at the first record with ``time >= since`` and yield
+    everything from there on, as ``replay`` does (``ringwal/since.py``); until such a record
+    is durable, nothing is yielded.
     """
     check_seq(after_seq, "after_seq")
     if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
         raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
-    directory = os.path.abspath(directory)
+    directory = require_log(directory)
     since_ns = None
     if since is not None:
         since_ns = to_ns(since)

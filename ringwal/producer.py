@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from typing import NoReturn, SupportsIndex
 
 from ._launch import start_writer
 from .config import Config
@@ -37,6 +38,7 @@ from .errors import (
     ClosedError,
     InvalidRecordError,
     LanePoisonedError,
+    LogFailedError,
     RingFullError,
     SerializerMismatchError,
     WaitTimeoutError,
@@ -46,7 +48,7 @@ from .errors import (
 from .log import _as_record, _too_large
 from .record import Record, check_seq
 from .replay import replay_into
-from .ring import ProducerSide, Ring, check_machine
+from .ring import ProducerSide, Ring, check_platform
 from .serializers import with_batch_methods
 
 __all__ = ["BatchReceipt", "Handle", "Receipt", "open"]
@@ -123,10 +125,13 @@ class Handle:
     _closed = True
     _side: ProducerSide | None = None
     _poisoned: LanePoisonedError | None = None  # set once: the handle refuses all work after it
+    #: Set once records of this handle were lost to a writer's failed fsync (never durable,
+    #: never acknowledged): every later call raises it (docs/FORMAT.md, "When fsync fails").
+    _lost: LogFailedError | None = None
 
     def __init__(self, config: Config) -> None:
         config.validate_ring()
-        check_machine()
+        check_platform()
         self.config = config
         self._ser = with_batch_methods(config.serializer)
         self._frame = self._ser.frame
@@ -315,6 +320,11 @@ class Handle:
         deadline = time.monotonic() + self.config.sync_timeout
         try:
             seq = side.wait_progress(durable, count, deadline, self._writer_changed)
+        except LogFailedError as exc:
+            if self._lost is None:
+                self._lost = exc
+                self._publish = _no_room  # appends take the slow path, which raises it
+            raise
         except LanePoisonedError as exc:
             if locked:
                 raise self._lane_lost(exc) from None
@@ -356,7 +366,11 @@ class Handle:
                 self._wait(side, False, target)
 
     def sync(self) -> int:
-        """Return once every record appended here is durable; the seq of the last one (0: none)."""
+        """Return once every record appended here is durable; the seq of the last one (0: none).
+
+        Raises LogFailedError (with ``first_seq``/``last_seq``) when some of them were lost to
+        a writer's failed fsync instead: they are never acknowledged, and the handle refuses
+        all work from then on (open a new one). WaitTimeoutError after ``sync_timeout``."""
         with self._lock:
             side = self._usable_side()
             target = self._count = side.count
@@ -428,6 +442,8 @@ class Handle:
             raise ClosedError(f"this handle on {self.dir} is closed")
         if self._poisoned is not None:
             raise self._poisoned
+        if self._lost is not None:
+            raise self._lost
         if self._forked:
             self._reattach_after_fork()
         side = self._side
@@ -469,7 +485,8 @@ class Handle:
                 return
             failure: BaseException | None = None
             side = self._side
-            if sync and not self._forked and side is not None and side.count > side.base:
+            # A handle whose records were lost has said so already; nothing it holds can become durable.
+            if sync and not self._forked and side is not None and side.count > side.base and self._lost is None:
                 try:
                     self._wait(side, True, side.count, locked=True)
                 except WALError as exc:
@@ -486,6 +503,16 @@ class Handle:
             self._side = None
             if failure is not None:
                 raise failure
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        # multiprocessing's spawn and forkserver pickle a Process's arguments. A handle is this
+        # process's lane of the ring (its locks, its mapping), which cannot travel: say so
+        # instead of pickle's "cannot pickle '_thread.lock' object".
+        raise TypeError(
+            f"a ringwal.Handle cannot be sent to another process (pickled): it is this process's lane of the "
+            f"ring of {self.dir}. Pass the Config instead (it pickles) and open a handle in the child with "
+            "ringwal.open(config); a child made by fork may use an inherited handle"
+        )
 
     def __enter__(self) -> Handle:
         return self

@@ -32,12 +32,12 @@ from datetime import datetime
 from itertools import chain, islice
 from typing import NamedTuple
 
-from .errors import ConfigError, CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
+from .errors import CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
 from .format import FRAME_HEADER_SIZE, SegmentHeader
 from .holes import Holes, load_holes
 from .index import reconcile
 from .record import Record, check_seq
-from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header
+from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
 from .since import DEFAULT_CLOCK_SKEW, frames_starting_at, start_after, to_ns
 
@@ -56,7 +56,7 @@ class _Seg(NamedTuple):
 
 
 def replay(
-    directory: str,
+    directory: str | os.PathLike[str],
     after_seq: int = 0,
     serializer: Serializer | None = None,
     *,
@@ -69,7 +69,8 @@ def replay(
     ``serializer=None`` decodes with the serializer named in each segment header; passing one
     checks that the log was written with it (SerializerMismatchError otherwise).
     ``skip_holes=True`` steps over seq ranges that repair recorded as lost (with a warning)
-    instead of raising RecordsLostError.
+    instead of raising RecordsLostError. ``directory`` is a ``str`` or ``os.PathLike``; one
+    that is missing or holds no log raises NoLogError (at the call, not at the first ``next``).
 
     ``since`` (ns since the epoch, an aware datetime, or ISO 8601 text): start at the first
     of those records whose ``time >= since`` and yield every record from there on, in seq
@@ -79,9 +80,7 @@ def replay(
     ValueError for a bad ``since`` or ``clock_skew``.
     """
     check_seq(after_seq, "after_seq")
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
-        raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
+    directory = require_log(directory)
     if since is not None:
         since_ns = to_ns(since)
         start = start_after(directory, since_ns, after_seq, clock_skew=clock_skew)
@@ -151,14 +150,14 @@ class _HoleCheck:
         what = "; ".join(h.describe() for h in found)
         if not self.skip:
             raise RecordsLostError(
-                f"{path}: seqs {lo}-{hi} are not in the log: ringwal repair recorded them as lost ({what}); "
+                f"{path}: seqs {lo}-{hi} are not in the log: they are recorded as lost in wal_holes.json ({what}); "
                 "replay with skip_holes=True (ringwal dump/tail --skip-holes) to step over them",
                 path=path,
                 first_seq=lo,
                 last_seq=hi,
                 reason=what,
             )
-        log.warning("replay: stepping over seqs %d-%d, recorded as lost by ringwal repair (%s)", lo, hi, what)
+        log.warning("replay: stepping over seqs %d-%d, recorded as lost in wal_holes.json (%s)", lo, hi, what)
         return True
 
 
