@@ -397,3 +397,38 @@ def test_released_waiters_are_answered_a_slice_per_loop_iteration(wdir, served):
     worst = asyncio.run(main())
     assert worst <= 2 * ringwal.aio.RESOLVE_SLICE, worst
     wait_no_aio_threads()
+
+
+def test_records_lost_to_a_failed_fsync_are_never_reported_durable(wdir, tmp_path):
+    """A writer under libfiu whose fdatasync fails: the coroutines' sync raises
+    LogFailedError naming the lost seqs (never a seq), and the handle refuses more work, as
+    the sync handle does (tests/test_fsync_fail.py)."""
+    from .test_fsync_fail import FIU, serve_under_fiu
+
+    if not FIU:
+        pytest.skip("needs Debian's fiu-utils (fiu-run, fiu-ctrl); scripts/test installs it when it can")
+    w = serve_under_fiu(wdir, str(tmp_path / "fiu"), "posix/io/sync/fdatasync")
+
+    async def main() -> list[object]:
+        log = await ringwal.aio.open(cfg_for(wdir))
+        try:
+            for i in range(5):
+                await log.append(Record(1, i, b"lost%d" % i))
+            await log.flush()  # written to the OS: seqs 1-5
+            results = await asyncio.gather(*(log.sync() for _ in range(10)), return_exceptions=True)
+            with pytest.raises(ringwal.LogFailedError):
+                await log.append(Record(1, 9, b"refused"))
+            with pytest.raises(ringwal.LogFailedError):
+                await log.sync()
+        finally:
+            await log.close()
+        return results
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        w.kill()
+        w.wait(30)
+    assert all(isinstance(r, ringwal.LogFailedError) for r in results), results
+    assert (results[0].first_seq, results[0].last_seq) == (1, 5)
+    wait_no_aio_threads()
