@@ -4,7 +4,9 @@
 shared-memory ring, starting the writer process (the durability sidecar) when none runs.
 ``WAL`` is the same log used in-process by one writer (records over the segment-level
 ``seglog.SegmentLog``, which the writer process drives directly); ``replay``, ``follow`` and
-``verify`` read the segment files directly, with or without a writer.
+``verify`` read the segment files directly, with or without a writer (``since=`` starts
+them at a time: ``since.py``). ``import ringwal.aio`` gives the same log to asyncio programs
+(not imported here: it loads asyncio, which writers and most producers never need).
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 Commands (each has ``--help``; ``ringwal --version`` prints the version):
   stats     segments, seq range, bytes, records; the running writer's pid, uptime, ring fill,
             producers, durable seq, fsync latency percentiles and records/s (``--json``)
-  dump      records as JSON lines or text (``--after SEQ``, ``--limit N``, ``--format``)
-  tail      the last records (``-n``), or those after ``--after``; ``-f`` follows new ones
-            as they become durable, across rotations and writer restarts, until Ctrl-C
+  dump      records as JSON lines or text (``--after SEQ``, ``--since TIME``, ``--limit N``,
+            ``--format``)
+  tail      the last records (``-n``), or those after ``--after`` / from ``--since TIME``;
+            ``-f`` follows new ones as they become durable, across rotations and writer
+            restarts, until Ctrl-C
   verify    check every checksum, header, seq and the index; exit 0 when clean, 1 with one
             line per problem (file:offset: what) otherwise (``--json``)
   repair    salvage a damaged log: cut damaged bytes, keep ``.broken`` copies, record lost
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LockedError, WALError
 from .serializers import BaseSerializer
+from .since import DEFAULT_CLOCK_SKEW
 
 if TYPE_CHECKING:
     from .config import Config
@@ -103,7 +106,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     from .replay import replay
 
     d = _require_log(args.dir)
-    _print_records(replay(d, args.after, skip_holes=args.skip_holes), args.format, args.limit)
+    records = replay(d, args.after, skip_holes=args.skip_holes, since=args.since, clock_skew=args.clock_skew)
+    _print_records(records, args.format, args.limit)
     return 0
 
 
@@ -112,17 +116,18 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from .replay import replay
 
     d = _require_log(args.dir)
+    by_time = {"since": args.since, "clock_skew": args.clock_skew}
     if args.follow:
 
         def records(after: int) -> Iterator[Record]:
-            return follow(d, after, skip_holes=args.skip_holes, poll_interval=args.poll)
+            return follow(d, after, skip_holes=args.skip_holes, poll_interval=args.poll, **by_time)
     else:
 
         def records(after: int) -> Iterator[Record]:
-            return replay(d, after, skip_holes=args.skip_holes)
+            return replay(d, after, skip_holes=args.skip_holes, **by_time)
 
-    if args.after is not None:
-        it = records(args.after)
+    if args.after is not None or args.since is not None:
+        it = records(args.after or 0)
     else:
         # like tail(1): start at the last N records
         from .stats import log_stats
@@ -465,6 +470,15 @@ def _cmd_rings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_arg(text: str) -> int:
+    from .since import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from ._launch import add_serve_options
@@ -506,6 +520,22 @@ def build_parser() -> argparse.ArgumentParser:
             "--skip-holes",
             action="store_true",
             help="step over seqs recorded as lost (by repair, or a failed fsync) instead of failing",
+        )
+        c.add_argument(
+            "--since",
+            type=_time_arg,
+            default=None,
+            metavar="TIME",
+            help="start at the first record whose time is at or after TIME (ISO 8601 with a zone, e.g. "
+            "2026-11-30T10:00:00Z, or ns since the epoch), then print every record after it",
+        )
+        c.add_argument(
+            "--clock-skew",
+            type=float,
+            default=DEFAULT_CLOCK_SKEW,
+            metavar="S",
+            help="how far (s) a producer's clock may run ahead of the writer's for --since to be exact; "
+            f"segments closed before TIME - S are skipped unread ({DEFAULT_CLOCK_SKEW:g}; inf reads them all)",
         )
 
     c = cmd("stats", _cmd_stats, "segments, seq range, bytes and records; the running writer's figures")

@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from datetime import datetime
 
 from .errors import CorruptSegmentError, LockTimeoutError
 from .format import FRAME_HEADER_SIZE
@@ -39,6 +40,7 @@ from .replay import _HoleCheck, replay
 from .ring import RingView
 from .segment import CURRENT, LiveWriter, SegmentScan, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
+from .since import DEFAULT_CLOCK_SKEW, start_after, starting_at, to_ns
 
 __all__ = ["follow"]
 
@@ -53,6 +55,8 @@ def follow(
     poll_interval: float = 0.1,
     skip_holes: bool = False,
     stop: threading.Event | None = None,
+    since: int | datetime | str | None = None,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
 ) -> Generator[Record, None, None]:
     """Yield every record with ``seq > after_seq``, then new ones as they become durable.
 
@@ -67,13 +71,21 @@ def follow(
     has not opened yet is removed), after yielding every seq before the removed ones.
     Records are never skipped silently: ``follow(dir, e.first_available - 1)`` goes on
     from where the log now starts.
+    ``since``/``clock_skew``: start at the first record with ``time >= since`` and yield
+    everything from there on, as ``replay`` does (``ringwal/since.py``); until such a record
+    is durable, nothing is yielded.
     """
     check_seq(after_seq, "after_seq")
     if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
         raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
-    f = _Follower(require_log(directory), after_seq + 1, serializer, poll_interval, skip_holes, stop)
+    directory = require_log(directory)
+    since_ns = None
+    if since is not None:
+        since_ns = to_ns(since)
+        after_seq = start_after(directory, since_ns, after_seq, clock_skew=clock_skew)
+    f = _Follower(directory, after_seq + 1, serializer, poll_interval, skip_holes, stop)
     try:
-        yield from f.run()
+        yield from f.run() if since_ns is None else starting_at(f.run(), since_ns)
     finally:
         f.close()
 

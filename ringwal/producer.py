@@ -506,13 +506,18 @@ class Handle:
         Raises (after releasing everything) if the sync could not complete; the records then
         stay in the ring for the next writer.
         """
+        self._close(sync=True)
+
+    def _close(self, *, sync: bool) -> None:
+        """``close``; with ``sync=False`` the lane is given back without waiting for the
+        writer (``ringwal.aio`` has waited already, or gave up after its own deadline)."""
         with self._lock:
             if self._closed:
                 return
             failure: BaseException | None = None
             side = self._side
             # A handle whose records were lost has said so already; nothing it holds can become durable.
-            if not self._forked and side is not None and side.count > side.base and self._lost is None:
+            if sync and not self._forked and side is not None and side.count > side.base and self._lost is None:
                 try:
                     self._wait(side, True, side.count, locked=True)
                 except WALError as exc:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
+from datetime import datetime
 from itertools import chain, islice
 from typing import NamedTuple
 
@@ -51,6 +52,7 @@ from .index import reconcile
 from .record import Record, check_seq
 from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
+from .since import DEFAULT_CLOCK_SKEW, frames_starting_at, start_after, to_ns
 
 __all__ = ["replay"]
 
@@ -72,6 +74,8 @@ def replay(
     serializer: Serializer | None = None,
     *,
     skip_holes: bool = False,
+    since: int | datetime | str | None = None,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
 ) -> Iterator[Record]:
     """Yield every record with ``seq > after_seq``, in seq order.
 
@@ -86,9 +90,20 @@ def replay(
     RecordsRemovedError, at once or, when removed while replay runs, where replay reaches
     it (module docstring); nothing is ever skipped silently. Also raises CorruptRecordError,
     CorruptSegmentError, RecordsLostError and SerializerMismatchError (module docstring).
+    ``since`` (ns since the epoch, an aware datetime, or ISO 8601 text): start at the first
+    of those records whose ``time >= since`` and yield every record from there on, in seq
+    order, whatever its time. Completed segments the writer closed before
+    ``since - clock_skew`` seconds are skipped unread; the rule, and what a producer clock
+    running further ahead than ``clock_skew`` does to it, are in ``ringwal/since.py``.
+    ValueError for a bad ``since`` or ``clock_skew``.
     """
     check_seq(after_seq, "after_seq")
     directory = require_log(directory)
+    if since is not None:
+        since_ns = to_ns(since)
+        start = start_after(directory, since_ns, after_seq, clock_skew=clock_skew)
+        frames = _replay(directory, start + 1, serializer, _HoleCheck(directory, skip_holes))
+        return chain.from_iterable(frames_starting_at(frames, since_ns))
     # The generators below yield one iterable per frame; chain flattens them in C, so no
     # Python frame runs per record (the binary fast path decodes a frame in C as well).
     return chain.from_iterable(_replay(directory, after_seq + 1, serializer, _HoleCheck(directory, skip_holes)))

@@ -1530,14 +1530,33 @@ class ProducerSide:
                     return cnt, seq
         return -1, 0  # a writer died mid-update: not done; the liveness check takes over
 
-    def wait_progress(self, durable: bool, count: int, deadline: float, check_writer: Callable[[], bool]) -> int | None:
-        """Wait until the writer has written (or made durable) this lane's records up to
-        ``count``; return the seq of record ``count``, or None at ``deadline``.
+    def reached(self, durable: bool, count: int) -> int | None:
+        """The lane's last written (durable) seq if record ``count`` of this side is written
+        (durable) already, else None. Never waits; stores nothing (any thread may call it).
+        Raises LogFailedError, as ``wait_progress`` does, when records of this side were
+        lost to a failed fsync (a durable count past them is never a success)."""
+        cnt, seq = self._read_progress(durable)
+        if durable and self._ctl[L_LOST] >> 32:  # after the progress words: see wait_progress
+            lost = self.loss_error()
+            if lost is not None:
+                raise lost
+        if cnt >= 0 and ((cnt - (count & M32)) & M32) < _HALF:
+            return seq
+        return None
 
-        Polls (yielding the CPU) for about one fsync when recent waits were short, then
-        sleeps on the futex word (``_futex.py``). Every ``POLL`` seconds it calls
-        ``check_writer()``, which may start a new writer or raise; True means a new writer
-        took over, and the want is posted again.
+    def wait_progress(
+        self, durable: bool, count: int, deadline: float, check_writer: Callable[[], bool], *, spin: bool = True
+    ) -> int | None:
+        """Wait until the writer has written (or made durable) this lane's records up to
+        ``count``; return the lane's last written (durable) seq then (that of record
+        ``count`` or a later one), or None at ``deadline``.
+
+        Polls (yielding the CPU) for about one fsync when recent waits were short and
+        ``spin`` is true, then sleeps on the futex word (``_futex.py``). Every ``POLL``
+        seconds it calls ``check_writer()``, which may start a new writer or raise; True
+        means a new writer took over, and the want is posted again. ``ringwal.aio``'s
+        waiter thread passes ``spin=False``: polling there would hold the GIL that the
+        event loop's thread needs.
         """
         t32 = count & M32
         want_word = L_WANT_DURABLE if durable else L_WANT_WRITTEN
@@ -1577,7 +1596,7 @@ class ProducerSide:
                 began = now
                 # Poll only when recent waits were short: with a busy CPU and long waits
                 # (many producers syncing in bulk) polling would only steal their CPU.
-                spin_until = now + SPIN if self._recent_wait < SPIN else now
+                spin_until = now + SPIN if spin and self._recent_wait < SPIN else now
             if now < spin_until:
                 os.sched_yield()
                 continue
