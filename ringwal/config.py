@@ -81,6 +81,12 @@ class Config:
         Risk: both delete records for good; replay from a seq that retention removed starts
         at the first seq kept. ``Handle.truncate_before(seq)`` removes what a snapshot made
         obsolete explicitly instead.
+    keep_unshipped: make retention (by bytes, by age and ``truncate_before``) keep every
+        completed segment holding a record that the shipper (``ringwal ship``) has not yet seen
+        acknowledged by its JetStream stream (False). The writer reads the shipped seq from
+        ``wal_shipped.json``, which the shipper replaces atomically as acknowledgements come;
+        until a shipper has written it, nothing is removed. Risk: a shipper that stays down
+        lets the log grow without bound (``ringwal stats`` shows the lag).
     """
 
     dir: str = "./wal_data"
@@ -99,6 +105,7 @@ class Config:
     writer_linger: float = 2.0
     retention_max_bytes: int | None = None
     retention_max_age: float | None = None
+    keep_unshipped: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
@@ -127,6 +134,8 @@ class Config:
             _positive_int("retention_max_bytes", self.retention_max_bytes)
         if self.retention_max_age is not None:
             _positive_number("retention_max_age", self.retention_max_age)
+        if not isinstance(self.keep_unshipped, bool):
+            raise ConfigError(f"keep_unshipped must be True or False, got {self.keep_unshipped!r}")
         if not isinstance(self.start_writer, bool):
             raise ConfigError(f"start_writer must be True or False, got {self.start_writer!r}")
         name = getattr(self.serializer, "name", None)

@@ -24,6 +24,10 @@
     │                                     ring while a live writer did not drain it
     ├── WaitTimeoutError (TimeoutError)   ``flush``/``sync`` waited ``sync_timeout`` on a live
     │                                     writer that did not finish
+    ├── ShipError                         shipping to or restoring from NATS JetStream cannot go
+    │   │                                 on (no server, a stream that is not this log's, a gap);
+    │   │                                 names the stream, the seq and what to change
+    │   └── ShipLockedError               another shipper holds the log's ``wal.ship.lock``
     └── FormatError                       what is on disk cannot be read as a ringwal log
         ├── UnsupportedVersionError       a format version this build does not know
         ├── SerializerMismatchError       the log was written with another serializer
@@ -145,6 +149,30 @@ class RingFullError(WALError, TimeoutError):
 
 class WaitTimeoutError(WALError, TimeoutError):
     """``flush``/``sync`` waited ``sync_timeout`` seconds on a live writer that did not finish."""
+
+
+class ShipError(WALError):
+    """Shipping the log to NATS JetStream, or restoring one from it, cannot go on.
+
+    ``stream`` is the JetStream stream, ``seq`` the log seq concerned (None when none is),
+    ``path`` the log directory or file. The message says what was found and what to change
+    (a server list, a stream of its own for the log, ``max_payload``...). Transient failures
+    (a node restarting, a leader election) are retried and never raise this before
+    ``retry_timeout`` seconds without progress.
+    """
+
+    def __init__(
+        self, message: str, *, stream: str | None = None, seq: int | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.seq = seq
+        self.path = path
+
+
+class ShipLockedError(ShipError):
+    """Another shipper holds ``<dir>/wal.ship.lock`` past ``lock_timeout``: one shipper per log.
+    Stop the other one (``ringwal stats`` says whether one runs), or wait for it to exit."""
 
 
 class FormatError(WALError):
