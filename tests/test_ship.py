@@ -293,6 +293,42 @@ def test_exactly_once_100k_records(cluster, stream, tmp_path):
     _exactly_once(cluster, stream, tmp_path, per_producer=25_000)
 
 
+def test_a_message_lost_in_the_pipeline_is_sent_again_before_any_later_one_is_stored(cluster, stream, tmp_path):
+    """Seq 50 vanishes on the way (never reaches a server); 51..100, already published
+    behind it, must not be stored before it: the stream refuses them (expected last
+    sequence), the shipper resynchronises and sends 50 onwards again."""
+
+    class LosesOne(ringwal.ship.Shipper):
+        lost = False
+
+        async def _send(self, js, subject, data, headers):
+            if headers["Ringwal-Seq"] == "50" and not self.lost:
+                self.lost = True
+                return asyncio.get_running_loop().create_future()  # never acknowledged
+            return await super()._send(js, subject, data, headers)
+
+    d = str(tmp_path / "wal")
+    write_log(d, 100)
+    s = LosesOne(d, cluster.urls, stream, create_stream=True, ack_timeout=2.0)
+    assert s.run(until_seq=100) == 100
+    assert s.lost and s.resyncs >= 1
+    msgs = stream_messages(cluster.urls, stream)
+    assert [int(h["Ringwal-Seq"]) for _, h, _ in msgs] == list(range(1, 101))
+
+
+def test_the_resume_point_comes_from_the_stream_not_the_local_file(cluster, stream, tmp_path):
+    d = str(tmp_path / "wal")
+    write_log(d, 40)
+    assert ship(d, cluster, stream, until_seq=20) >= 20
+    at = shipped_seqs(cluster.urls, stream)[-1]
+    lid = ringwal.ship.log_id(d)
+    for claimed in (3, at + 10):  # behind the stream, then ahead of it
+        write_shipped(d, Shipped(lid, stream, f"ringwal.{lid}", claimed, claimed, 0))
+        assert ship(d, cluster, stream, until_seq=at + 5) == at + 5
+        at += 5
+    assert shipped_seqs(cluster.urls, stream) == list(range(1, at + 1))
+
+
 def test_a_second_shipper_of_the_same_log_is_refused(cluster, stream, tmp_path):
     d = str(tmp_path / "wal")
     write_log(d, 20)
@@ -384,7 +420,9 @@ def test_keep_unshipped_retention_waits_for_the_shipper(cluster, stream, tmp_pat
     truncate_before) while the shipper is down: no unshipped segment goes; shipped ones do."""
     d = str(tmp_path / "wal")
     os.makedirs(d)
-    writer = start_serve(d, "--segment-size", "16384", "--retention-max-bytes", "40000", "--keep-unshipped")
+    writer = start_serve(
+        d, "--segment-size", "16384", "--write-buffer-size", "4096", "--retention-max-bytes", "40000", "--keep-unshipped"
+    )
     try:
         with ringwal.open(Config(dir=d, start_writer=False)) as h:
             for i in range(1000):
