@@ -236,11 +236,9 @@ def test_a_log_whose_start_was_removed_ships_from_its_first_record(cluster, stre
 # --------------------------------------------------------------------------- exactly once
 
 
-def _exactly_once(cluster, stream, tmp_path, per_producer: int) -> None:
+def _exactly_once(cluster, stream, tmp_path, d, per_producer: int) -> None:
     """4 producers, the shipper SIGKILLed twice, one NATS node stopped and started meanwhile;
     every seq in the stream once, in order, and a restore whose dump equals the log's."""
-    d = str(tmp_path / "wal")
-    os.makedirs(d)
     writer = start_serve(d, "--segment-size", str(1 << 20))
     shipper = None
     try:
@@ -284,13 +282,13 @@ def _exactly_once(cluster, stream, tmp_path, per_producer: int) -> None:
     assert ringwal_cli("verify", "--dir", dst).returncode == 0
 
 
-def test_exactly_once_across_sigkills_and_a_node_restart(cluster, stream, tmp_path):
-    _exactly_once(cluster, stream, tmp_path, per_producer=4000)
+def test_exactly_once_across_sigkills_and_a_node_restart(cluster, stream, tmp_path, wdir):
+    _exactly_once(cluster, stream, tmp_path, wdir, per_producer=4000)
 
 
 @pytest.mark.soak
-def test_exactly_once_100k_records(cluster, stream, tmp_path):
-    _exactly_once(cluster, stream, tmp_path, per_producer=25_000)
+def test_exactly_once_100k_records(cluster, stream, tmp_path, wdir):
+    _exactly_once(cluster, stream, tmp_path, wdir, per_producer=25_000)
 
 
 def test_a_message_lost_in_the_pipeline_is_sent_again_before_any_later_one_is_stored(cluster, stream, tmp_path):
@@ -415,11 +413,10 @@ def test_restore_follow_keeps_a_read_replica_up_to_date(cluster, stream, tmp_pat
 # --------------------------------------------------------------------------- retention and lag
 
 
-def test_keep_unshipped_retention_waits_for_the_shipper(cluster, stream, tmp_path):
+def test_keep_unshipped_retention_waits_for_the_shipper(cluster, stream, wdir):
     """A real writer with --keep-unshipped rotates and applies retention (by bytes and
     truncate_before) while the shipper is down: no unshipped segment goes; shipped ones do."""
-    d = str(tmp_path / "wal")
-    os.makedirs(d)
+    d = wdir
     writer = start_serve(
         d, "--segment-size", "16384", "--write-buffer-size", "4096", "--retention-max-bytes", "40000", "--keep-unshipped"
     )
@@ -490,9 +487,8 @@ def test_serve_keep_unshipped_option_round_trips():
     assert "--keep-unshipped" in r.stdout
 
 
-def test_stats_shows_the_shipping_lag(cluster, stream, tmp_path):
-    d = str(tmp_path / "wal")
-    os.makedirs(d)
+def test_stats_shows_the_shipping_lag(cluster, stream, wdir):
+    d = wdir
     writer = start_serve(d)
     try:
         with ringwal.open(Config(dir=d, start_writer=False)) as h:
@@ -522,6 +518,42 @@ def test_stats_without_a_shipper_says_nothing_about_shipping(tmp_path):
     st = json.loads(ringwal_cli("stats", "--dir", d, "--json").stdout)
     assert st["shipping"] is None
     assert "shipping" not in ringwal_cli("stats", "--dir", d).stdout
+
+
+def test_wal_shipped_json_layout_is_pinned(tmp_path):
+    from ringwal import FormatError, UnsupportedVersionError
+    from ringwal.shipped import shipped_seq
+
+    d = str(tmp_path)
+    write_shipped(d, Shipped("ab" * 16, "ORDERS", "ringwal." + "ab" * 16, 81200, 81207, 1764000000000000000))
+    raw = open(os.path.join(d, SHIPPED_NAME), "rb").read()
+    assert raw == (
+        b'{"format": 1, "log_id": "abababababababababababababababab", "stream": "ORDERS", '
+        b'"subject": "ringwal.abababababababababababababababab", "shipped_seq": 81200, "stream_seq": 81207, '
+        b'"updated_ns": 1764000000000000000}\n'
+    )
+    assert read_shipped(d).shipped_seq == shipped_seq(d) == 81200
+    open(os.path.join(d, SHIPPED_NAME), "w").write('{"format": 2}')
+    with pytest.raises(UnsupportedVersionError):
+        read_shipped(d)
+    open(os.path.join(d, SHIPPED_NAME), "w").write("{not json")
+    with pytest.raises(FormatError, match=SHIPPED_NAME):
+        read_shipped(d)
+    assert shipped_seq(d) == 0  # retention then keeps everything
+    os.unlink(os.path.join(d, SHIPPED_NAME))
+    assert read_shipped(d) is None and shipped_seq(d) == 0
+
+
+def test_message_header_names_are_pinned():
+    from ringwal import ship as s
+
+    assert (s.H_MSG_ID, s.H_EXPECT, s.H_SEQ, s.H_TYPE, s.H_TIME, s.H_HOLE, s.H_HOLE_REASON) == (
+        "Nats-Msg-Id", "Nats-Expected-Last-Sequence", "Ringwal-Seq", "Ringwal-Type", "Ringwal-Time",
+        "Ringwal-Hole", "Ringwal-Hole-Reason",
+    )  # fmt: skip
+    assert s.default_subject("ab" * 16) == "ringwal." + "ab" * 16
+    assert s.subject_matches("ringwal.>", "ringwal.x") and s.subject_matches("a.*.c", "a.b.c")
+    assert not s.subject_matches("ringwal.*", "ringwal.x.y") and not s.subject_matches("a.b", "a.b.c")
 
 
 # --------------------------------------------------------------------------- SegmentLog.continue_at
