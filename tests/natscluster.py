@@ -82,7 +82,8 @@ class Cluster:
             f"listen: 127.0.0.1:{self.client_ports[i]}\n"
             f"http: 127.0.0.1:{self.http_ports[i]}\n"
             # sync_interval: always -- an acknowledged message is fsynced on every replica first.
-            f'jetstream {{ store_dir: "{store}", sync_interval: always, max_file_store: 4GB, max_memory_store: 256MB }}\n'
+            f'jetstream {{ store_dir: "{store}", sync_interval: always, max_file_store: 4GB, '
+            "max_memory_store: 256MB }\n"
             f"cluster {{ name: {CLUSTER_NAME}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}\n"
         )
 

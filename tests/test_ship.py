@@ -12,11 +12,9 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -175,8 +173,9 @@ def test_ship_then_restore_gives_the_same_log(cluster, stream, tmp_path):
     assert [int(h["Ringwal-Seq"]) for _, h, _ in msgs] == list(range(1, 301))
     lid = ringwal.ship.log_id(src)
     _, h, data = msgs[8]
-    assert h["Nats-Msg-Id"] == f"{lid}:9" and (int(h["Ringwal-Type"]), int(h["Ringwal-Time"])) == (2, 1_700_000_000_000_008_000)
-    assert data == list(replay(src, 8))[0].data
+    assert h["Nats-Msg-Id"] == f"{lid}:9"
+    assert (int(h["Ringwal-Type"]), int(h["Ringwal-Time"])) == (2, 1_700_000_000_000_008_000)
+    assert data == next(iter(replay(src, 8))).data
     st = read_shipped(src)
     assert (st.shipped_seq, st.stream, st.log_id) == (300, stream, lid)
 
@@ -259,7 +258,7 @@ def _exactly_once(cluster, stream, tmp_path, d, per_producer: int) -> None:
             if k == 1:
                 cluster.start_node(1)
         for p in producers:
-            top, lines = collect(p, timeout=300)
+            _, lines = collect(p, timeout=300)
             assert p.returncode == 0, lines
         wait_until(lambda: stream_state(cluster.urls, stream)["messages"] >= total, 300, "every record shipped")
         rc, _, err = stop_proc(shipper)
@@ -417,9 +416,8 @@ def test_keep_unshipped_retention_waits_for_the_shipper(cluster, stream, wdir):
     """A real writer with --keep-unshipped rotates and applies retention (by bytes and
     truncate_before) while the shipper is down: no unshipped segment goes; shipped ones do."""
     d = wdir
-    writer = start_serve(
-        d, "--segment-size", "16384", "--write-buffer-size", "4096", "--retention-max-bytes", "40000", "--keep-unshipped"
-    )
+    opts = ["--segment-size", "16384", "--write-buffer-size", "4096", "--retention-max-bytes", "40000"]
+    writer = start_serve(d, *opts, "--keep-unshipped")
     try:
         with ringwal.open(Config(dir=d, start_writer=False)) as h:
             for i in range(1000):
@@ -470,7 +468,7 @@ def test_keep_unshipped_in_process_retention_by_bytes_age_and_truncate(tmp_path,
         write_shipped(d, Shipped("x" * 32, "S", "ringwal.x", 150, 150, 0))
         removed, first = w.truncate_before(200)
         assert removed and first <= 151
-        assert [r.seq for r in replay(d, first - 1)][0] == first
+        assert next(iter(replay(d, first - 1))).seq == first
     # Without keep_unshipped the same calls remove everything completed.
     with WAL(Config(dir=d, segment_size=2048)) as w:
         _, first = w.truncate_before(200)
