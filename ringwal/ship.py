@@ -126,6 +126,8 @@ ERR_WRONG_LAST_SEQUENCE = 10071
 READ_AHEAD = 1 << 15
 #: Longest sleep of the publishing loop with nothing to do (bounds how late ``stop`` is seen).
 TICK = 0.2
+#: Seconds one attempt to connect may take (nats-py itself would retry forever).
+CONNECT_ATTEMPT = 5.0
 
 
 def _require_nats() -> None:
@@ -397,17 +399,22 @@ class Shipper:
         pause = 0.1
         while not stop.is_set():
             try:
-                return await nats.connect(
-                    servers=self.servers,
-                    name=f"ringwal-ship {self.log_id}",
-                    connect_timeout=2,
-                    reconnect_time_wait=0.25,  # seconds
-                    max_reconnect_attempts=-1,
-                    allow_reconnect=True,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnect,
+                # nats-py retries an initial connect forever with max_reconnect_attempts=-1:
+                # each attempt is bounded here, and retry_timeout decides when to give up.
+                return await asyncio.wait_for(
+                    nats.connect(
+                        servers=self.servers,
+                        name=f"ringwal-ship {self.log_id}",
+                        connect_timeout=2,
+                        reconnect_time_wait=0.25,  # seconds
+                        max_reconnect_attempts=-1,
+                        allow_reconnect=True,
+                        error_cb=on_error,
+                        disconnected_cb=on_disconnect,
+                    ),
+                    CONNECT_ATTEMPT,
                 )
-            except (TimeoutError, OSError, nats.errors.Error) as exc:
+            except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
                 if time.monotonic() > self._give_up_at():
                     raise ShipError(
                         f"no NATS server of {self.servers} answered for {self.retry_timeout:g}s ({exc!r}); "
@@ -775,10 +782,17 @@ class _Restore:
             pause = 0.1
             while nc is None:
                 try:
-                    nc = await nats.connect(
-                        servers=self.servers, name="ringwal-restore", connect_timeout=2, max_reconnect_attempts=-1,
-                        reconnect_time_wait=0.25,  # seconds
-                    )  # fmt: skip
+                    nc = await asyncio.wait_for(
+                        nats.connect(
+                            servers=self.servers,
+                            name="ringwal-restore",
+                            connect_timeout=2,
+                            max_reconnect_attempts=-1,
+                            reconnect_time_wait=0.25,  # seconds
+                            error_cb=_quiet,
+                        ),
+                        CONNECT_ATTEMPT,
+                    )
                 except Exception as exc:  # noqa: BLE001 - retried until retry_timeout
                     self._give_up("connecting", exc)
                     await asyncio.sleep(pause)
@@ -1004,6 +1018,10 @@ class _Restore:
         flush()
         seglog.sync()
         return next_stream
+
+
+async def _quiet(exc: Exception) -> None:
+    log.debug("nats: %r", exc)
 
 
 def _record(h: Any, data: bytes) -> Record:

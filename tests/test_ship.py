@@ -518,6 +518,19 @@ def test_stats_without_a_shipper_says_nothing_about_shipping(tmp_path):
     assert "shipping" not in ringwal_cli("stats", "--dir", d).stdout
 
 
+def test_no_server_is_a_ship_error_after_retry_timeout(tmp_path):
+    from .natscluster import free_ports
+
+    d = write_log(str(tmp_path / "wal"), 5).dir
+    url = f"nats://127.0.0.1:{free_ports(1)[0]}"  # nobody listens there
+    t0 = time.monotonic()
+    with pytest.raises(ShipError, match="no NATS server"):
+        ringwal.ship.Shipper(d, [url], "S", retry_timeout=1.0).run()
+    with pytest.raises(ShipError, match="connecting kept failing"):
+        ringwal.ship.restore(str(tmp_path / "dst"), [url], "S", retry_timeout=1.0)
+    assert time.monotonic() - t0 < 60
+
+
 def test_wal_shipped_json_layout_is_pinned(tmp_path):
     from ringwal import FormatError, UnsupportedVersionError
     from ringwal.shipped import shipped_seq
