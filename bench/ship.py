@@ -136,9 +136,7 @@ def throughput(c: Cluster, args: argparse.Namespace, tmp: str) -> dict:
     med = {k: statistics.median(x["records_per_s"] for x in rows if x["kind"] == k) for k in ("bare", "ship")}
     ratios = [
         s["records_per_s"] / b["records_per_s"]
-        for s, b in zip(
-            [x for x in rows if x["kind"] == "ship"], [x for x in rows if x["kind"] == "bare"], strict=True
-        )
+        for s, b in zip([x for x in rows if x["kind"] == "ship"], [x for x in rows if x["kind"] == "bare"], strict=True)
     ]
     return {"scenario": "throughput", "bare_median": round(med["bare"]), "ship_median": round(med["ship"]),
             "ratio_of_medians": round(med["ship"] / med["bare"], 3),
