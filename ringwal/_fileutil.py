@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 FsyncFn = Callable[[int], None]
+#: ``os.fdatasync``; ``os.fsync`` where the OS has none (macOS), so that ``import ringwal``
+#: works there and ``open``/``serve`` can refuse the platform with a typed error.
+fdatasync: FsyncFn = getattr(os, "fdatasync", os.fsync)
 
 LOCK_NAME = "wal.lock"
 
@@ -292,6 +295,28 @@ class ByteLocks:
             return self._fcntl(fcntl.F_OFD_GETLK, fcntl.F_WRLCK, start, length) != fcntl.F_UNLCK
         except FileNotFoundError:
             return False  # no lock file: nobody ever locked anything in it
+
+    def count_held_elsewhere(self, start: int, length: int) -> int:
+        """How many bytes of ``[start, start + length)`` other open file descriptions hold
+        right now. Takes nothing: ``F_OFD_GETLK`` reports one conflicting lock at a time, so
+        this asks again after each one it reports (one call per lock, plus one)."""
+        n = 0
+        end = start + length
+        pos = start
+        while pos < end:
+            try:
+                res = fcntl.fcntl(
+                    self._file(), fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, pos, end - pos, 0)
+                )
+            except FileNotFoundError:
+                return n
+            kind, _whence, at, size, _pid = _FLOCK.unpack(res)
+            if kind == fcntl.F_UNLCK:
+                break
+            stop = end if size == 0 else min(end, at + size)  # 0: to the end of the file
+            n += stop - max(at, pos)
+            pos = stop
+        return n
 
     def close(self) -> None:
         """Close the file: drops every lock held through this object. Idempotent."""

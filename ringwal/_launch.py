@@ -55,6 +55,14 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
         "S",
         "remove completed segments closed more than S seconds ago",
     ),
+    "log_level": ("--log-level", str, "LEVEL", "lowest level logged: debug, info, warning or error"),
+    "metrics_port": (
+        "--metrics-port",
+        int,
+        "PORT",
+        "serve Prometheus metrics on PORT (0: any free port; ringwal[metrics])",
+    ),
+    "metrics_address": ("--metrics-address", str, "ADDR", "address the metrics endpoint listens on"),
     # A flag (type bool): present means True.
     "keep_unshipped": (
         "--keep-unshipped",
@@ -145,10 +153,13 @@ def start_writer(config: Config, linger: float, deadline: float) -> bool:
     r, w = os.pipe()
     try:
         cmd += ["--ready-fd", str(w)]
+        # A producer run by systemd (Type=notify) passes NOTIFY_SOCKET on; its writer is not
+        # the service's main process and must not speak for it.
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         with open(os.path.join(directory, "writer.log"), "ab") as logf:
             proc = subprocess.Popen(
                 cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, env=env,
             )  # fmt: skip
         os.close(w)
         w = -1

@@ -4,6 +4,9 @@
 
     WALError
     ├── ConfigError (ValueError)          a Config value that cannot work; names the setting
+    ├── MissingExtraError (ImportError)   an optional feature's package is not installed; names
+    │                                     the extra that installs it (``ringwal[proto]``)
+    ├── UnsupportedPlatformError          not Linux on x86-64: ``open``/``serve`` refuse to run
     ├── InvalidRecordError (ValueError)   a record rejected at the call; nothing was written
     ├── LockedError                       another writer holds the directory; carries its pid
     ├── ClosedError                       the object was closed; open a new one
@@ -29,6 +32,8 @@
     │   │                                 names the stream, the seq and what to change
     │   └── ShipLockedError               another shipper holds the log's ``wal.ship.lock``
     └── FormatError                       what is on disk cannot be read as a ringwal log
+        ├── NoLogError                    the directory is missing or holds no ringwal log
+        │                                 (a wrong or unmounted path); carries the path
         ├── UnsupportedVersionError       a format version this build does not know
         ├── SerializerMismatchError       the log was written with another serializer
         ├── CorruptSegmentError           a bad segment header, a seq gap between segments,
@@ -51,6 +56,27 @@ class WALError(Exception):
 
 class ConfigError(WALError, ValueError):
     """A Config value (or the directory it names) cannot work. The message names the setting."""
+
+
+class MissingExtraError(WALError, ImportError):
+    """An optional feature needs a package that is not installed (or not in a version it works
+    with). ``extra`` names the extra that installs it: ``pip install 'ringwal[EXTRA]'``."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class UnsupportedPlatformError(WALError):
+    """``open``/``serve`` run only on Linux on x86-64 (64-bit Python): the ring relies on
+    x86-64's total store order and on Linux futexes and OFD locks. ``system`` and ``machine``
+    are what this process runs on (``platform.system()``, ``platform.machine()``).
+    Reading a log (``replay``, ``verify``, ``ringwal dump``) works anywhere."""
+
+    def __init__(self, message: str, *, system: str, machine: str) -> None:
+        super().__init__(message)
+        self.system = system
+        self.machine = machine
 
 
 class InvalidRecordError(WALError, ValueError):
@@ -182,6 +208,13 @@ class FormatError(WALError):
         super().__init__(message)
         self.path = path
         self.offset = offset
+
+
+class NoLogError(FormatError):
+    """The directory does not exist or holds no ringwal log (no segment file, no index): a
+    wrong or unmounted path. Raised by readers (``replay``, ``follow``, ``verify``, the CLI's
+    ``dump``/``tail``/``stats``/``verify``/``repair``/``truncate``), never by ``open`` or
+    ``WAL``, which create a log. ``path`` is the directory."""
 
 
 class UnsupportedVersionError(FormatError):

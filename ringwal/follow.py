@@ -30,14 +30,14 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 from .errors import LockTimeoutError
 from .format import FRAME_HEADER_SIZE
 from .record import Record, check_seq
 from .replay import _HoleCheck, replay
 from .ring import RingView
-from .segment import CURRENT, LiveWriter, SegmentScan, read_header
+from .segment import CURRENT, LiveWriter, SegmentScan, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
 
 __all__ = ["follow"]
@@ -46,25 +46,25 @@ CHUNK = 1 << 16  # bytes read per look at current.wal (a larger frame is read wh
 
 
 def follow(
-    directory: str,
+    directory: str | os.PathLike[str],
     after_seq: int = 0,
     *,
     serializer: Serializer | None = None,
     poll_interval: float = 0.1,
     skip_holes: bool = False,
     stop: threading.Event | None = None,
-) -> Iterator[Record]:
+) -> Generator[Record, None, None]:
     """Yield every record with ``seq > after_seq``, then new ones as they become durable.
 
     Runs until the caller stops iterating (``break``, ``close()`` on the generator) or
     ``stop`` is set; never wedges on a dead writer (every sleep is at most
     ``poll_interval``). Raises what ``replay`` raises (corruption, RecordsLostError unless
-    ``skip_holes``).
+    ``skip_holes``; NoLogError, at the first ``next``, when ``directory`` holds no log).
     """
     check_seq(after_seq, "after_seq")
     if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
         raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
-    f = _Follower(os.path.abspath(directory), after_seq + 1, serializer, poll_interval, skip_holes, stop)
+    f = _Follower(require_log(directory), after_seq + 1, serializer, poll_interval, skip_holes, stop)
     try:
         yield from f.run()
     finally:

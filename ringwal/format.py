@@ -394,14 +394,16 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     32 follow word: low 32 bits bumped after records become durable while followers are
 #        registered, and after a truncation; the futex ``follow`` and ``truncate_before``
 #        sleep on (W)         33 followers registered (C; a dead follower leaves it high,
-#        which only costs the writer one futex wake per fsync)
+#        which only costs the writer one futex wake per fsync; who is alive is told by the
+#        follower bytes of ``wal.ring.lock``, never by this word)
 #     40 records/s over the last second (W)  41 truncation requested: remove completed
 #        segments below this seq (C: raised, never lowered)   42 truncation served up to (W)
 #     43 first seq still in the log after the last truncation (W)
 #     44 fsync count in the histogram (W)    45 sum of fsync ns (W)
 #     46 pending resume lane + 1 (W)         47 pending resume head (W): words 22-23 as they
 #        become when the pending drain finishes
-#     64-127 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket)
+#     64-159 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket;
+#        96 buckets, 4 per power of two of microseconds, the last from about 16.8 s up)
 #
 # Lane control block, 32 words; each group on its own 64-byte line so that producer and
 # writer stores never share a cache line::
@@ -441,12 +443,16 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     byte 64 + k    lane k: held by its owner for as long as it owns the lane; the writer
 #                    takes it to free the lane of an owner that died, and takes all lanes'
 #                    bytes at once to decide that nobody uses the ring at shutdown
+#     byte 2048 + j  follower j (j < 1024): held by a registered follower (``follow``,
+#                    ``tail -f``) while it follows, the first free one taken without waiting;
+#                    ``stats`` counts the held ones: the live followers
 
 RING_MAGIC: Final = b"RWRING\x00\x00"
 #: 2: futex wake word (24) replaced the per-lane semaphores; 3: stats, follow, truncation words;
 #: 4: liveness by the locks in wal.ring.lock (pid words for display only, create-time words unused).
 #: 5: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
-RING_VERSION: Final = 5
+#: 6: the fsync histogram grows to 96 buckets (words 64-159, up to ~33 s), follower lock bytes.
+RING_VERSION: Final = 6
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -464,12 +470,13 @@ RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
 RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
 RH_PENDING_RESUME, RH_PENDING_RESUME_HEAD = 46, 47
 RH_FSYNC_HIST: Final = 64
-FSYNC_BUCKETS: Final = 64
+FSYNC_BUCKETS: Final = 96
 
 
 def fsync_bucket(us: int) -> int:
     """Histogram bucket of an fsync of ``us`` microseconds: 4 buckets per power of two
-    (about 19% wide), exact below 4 us, everything from about 115 ms up in bucket 63."""
+    (about 19% wide), exact below 4 us; bucket 95 holds 2**24 us (16.8 s) and everything
+    longer, so any fsync up to 16.8 s is placed within 19% (a 10 s fsync reads as <= 11.5 s)."""
     if us < 4:
         return max(us, 0)
     bl = us.bit_length()
@@ -502,6 +509,8 @@ RING_LOCK_NAME: Final = "wal.ring.lock"
 LOCK_CLAIM: Final = 0
 LOCK_WRITER: Final = 1
 LOCK_LANE0: Final = 64
+LOCK_FOLLOWER0: Final = 2048
+FOLLOWER_LOCKS: Final = 1024
 
 
 def _align4096(n: int) -> int:

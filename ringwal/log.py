@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from . import _fileutil
 from ._fileutil import FsyncFn
 from .config import Config
 from .errors import InvalidRecordError, LogFailedError
@@ -59,7 +60,7 @@ class WAL:
         clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
         fsync: FsyncFn = os.fsync,
-        fdatasync: FsyncFn = os.fdatasync,
+        fdatasync: FsyncFn = _fileutil.fdatasync,
     ) -> None:
         config = Config() if config is None else config
         config.validate()

@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from typing import NoReturn, SupportsIndex
 
 from ._launch import start_writer
 from .config import Config
@@ -46,7 +47,7 @@ from .errors import (
 from .log import _as_record, _too_large
 from .record import Record, check_seq
 from .replay import replay_into
-from .ring import ProducerSide, Ring, check_machine
+from .ring import ProducerSide, Ring, check_platform
 from .serializers import with_batch_methods
 
 __all__ = ["BatchReceipt", "Handle", "Receipt", "open"]
@@ -126,7 +127,7 @@ class Handle:
 
     def __init__(self, config: Config) -> None:
         config.validate_ring()
-        check_machine()
+        check_platform()
         self.config = config
         self._ser = with_batch_methods(config.serializer)
         self._frame = self._ser.frame
@@ -481,6 +482,16 @@ class Handle:
             self._side = None
             if failure is not None:
                 raise failure
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        # multiprocessing's spawn and forkserver pickle a Process's arguments. A handle is this
+        # process's lane of the ring (its locks, its mapping), which cannot travel: say so
+        # instead of pickle's "cannot pickle '_thread.lock' object".
+        raise TypeError(
+            f"a ringwal.Handle cannot be sent to another process (pickled): it is this process's lane of the "
+            f"ring of {self.dir}. Pass the Config instead (it pickles) and open a handle in the child with "
+            "ringwal.open(config); a child made by fork may use an inherited handle"
+        )
 
     def __enter__(self) -> Handle:
         return self

@@ -31,12 +31,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from itertools import chain, islice
 from typing import NamedTuple
 
-from .errors import ConfigError, CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
+from .errors import CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
 from .format import FRAME_HEADER_SIZE, SegmentHeader
 from .holes import Holes, load_holes
 from .index import reconcile
 from .record import Record, check_seq
-from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header
+from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
 
 __all__ = ["replay"]
@@ -54,19 +54,22 @@ class _Seg(NamedTuple):
 
 
 def replay(
-    directory: str, after_seq: int = 0, serializer: Serializer | None = None, *, skip_holes: bool = False
+    directory: str | os.PathLike[str],
+    after_seq: int = 0,
+    serializer: Serializer | None = None,
+    *,
+    skip_holes: bool = False,
 ) -> Iterator[Record]:
     """Yield every record with ``seq > after_seq``, in seq order.
 
     ``serializer=None`` decodes with the serializer named in each segment header; passing one
     checks that the log was written with it (SerializerMismatchError otherwise).
     ``skip_holes=True`` steps over seq ranges that repair recorded as lost (with a warning)
-    instead of raising RecordsLostError.
+    instead of raising RecordsLostError. ``directory`` is a ``str`` or ``os.PathLike``; one
+    that is missing or holds no log raises NoLogError (at the call, not at the first ``next``).
     """
     check_seq(after_seq, "after_seq")
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
-        raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
+    directory = require_log(directory)
     # The generators below yield one iterable per frame; chain flattens them in C, so no
     # Python frame runs per record (the binary fast path decodes a frame in C as well).
     return chain.from_iterable(_replay(directory, after_seq + 1, serializer, _HoleCheck(directory, skip_holes)))

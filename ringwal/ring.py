@@ -135,7 +135,8 @@ Memory ordering: what this relies on
       which is what makes the crash windows above the only ones.
 
     On a weakly ordered CPU (AArch64, POWER) the second point does not hold and the copy could
-    become visible after ``head``; ``open`` refuses such machines rather than risk it.
+    become visible after ``head``; ``open`` and ``serve`` refuse every platform but Linux on
+    x86-64 (``check_platform``: UnsupportedPlatformError) rather than risk it.
 
 Liveness and locks
     Pids decide nothing: they mean nothing across PID namespaces (a writer and producers in
@@ -169,6 +170,10 @@ Liveness and locks
     * **Fork.** A forked child shares its parent's locks; every ByteLocks is closed in the
       child at once (``_fileutil``), so a child never keeps its parent's lane or writer byte
       alive after the parent died. The child's handle claims a lane of its own.
+    * **Followers.** A registered follower holds one follower byte (``LOCK_FOLLOWER0 + j``,
+      the first free one, taken without waiting) until it closes or dies; ``stats`` and the
+      metrics count the held ones (``RingView.live_followers``), since the follower count
+      word stays high when a follower dies without unregistering.
     * **The claim lock** (byte 0) guards only the follower count and the truncation request,
       for a few word stores. It is taken with a deadline (``CLAIM_WAIT``), after which
       LockTimeoutError names the file. Neither ``open``, ``append``, ``flush``, ``sync`` nor
@@ -220,9 +225,11 @@ from .errors import (
     RingError,
     ShmTooSmallError,
     SlotsExhaustedError,
+    UnsupportedPlatformError,
     UnsupportedVersionError,
 )
 from .format import (
+    FOLLOWER_LOCKS,
     FSYNC_BUCKETS,
     L_DURABLE_COUNT,
     L_DURABLE_SEQ,
@@ -247,6 +254,7 @@ from .format import (
     LANE_CTL_SIZE,
     LANE_WORDS,
     LOCK_CLAIM,
+    LOCK_FOLLOWER0,
     LOCK_LANE0,
     LOCK_WRITER,
     RH_ATTACH_GEN,
@@ -309,7 +317,7 @@ __all__ = [
     "Ring",
     "RingView",
     "WriterSide",
-    "check_machine",
+    "check_platform",
     "claim_lock",
     "ring_names",
     "unlink_names",
@@ -338,17 +346,33 @@ SPIN = 0.0005
 SHUTDOWN_GRACE = 0.5
 #: Spans of the seq mapping a producer keeps for resolving old receipts.
 KEEP_SPANS = 1 << 16
-SUPPORTED_MACHINES = ("x86_64", "amd64", "AMD64", "i686", "i386")
+#: ``platform.machine()`` names of x86-64 on Linux. Nothing else is supported: the publication
+#: argument needs total store order, ``_futex`` calls syscall 202 (x86-64's number), and the
+#: ring's locks need Linux OFD locks.
+SUPPORTED_MACHINES = ("x86_64", "amd64")
 
 
-def check_machine() -> None:
-    """Refuse CPUs whose memory model the publication argument does not cover."""
-    m = platform.machine()
-    if m not in SUPPORTED_MACHINES and not os.environ.get("RINGWAL_ALLOW_WEAK_MEMORY"):
-        raise RingError(
-            f"the shared-memory ring relies on x86 total store order; this machine is {m!r}. "
-            "See ringwal/ring.py (set RINGWAL_ALLOW_WEAK_MEMORY=1 to override at your own risk)"
-        )
+def check_platform(system: str | None = None, machine: str | None = None, pointer_bits: int | None = None) -> None:
+    """Raise UnsupportedPlatformError unless this is Linux on x86-64 with a 64-bit Python.
+
+    Called by ``open`` and the writer (``serve``) before they touch shared memory. The
+    arguments are the seam tests use to fake another platform; None means this process's
+    ``platform.system()``, ``platform.machine()`` and pointer width (a 32-bit Python on an
+    x86-64 kernel makes i386 syscalls, whose futex number is not 202).
+    """
+    system = platform.system() if system is None else system
+    machine = platform.machine() if machine is None else machine
+    bits = struct.calcsize("P") * 8 if pointer_bits is None else pointer_bits
+    if system == "Linux" and machine.lower() in SUPPORTED_MACHINES and bits == 64:
+        return
+    seen = f"{system} on {machine!r}" + ("" if bits == 64 else f" with a {bits}-bit Python")
+    raise UnsupportedPlatformError(
+        f"ringwal's shared-memory ring runs only on Linux on x86-64 with a 64-bit Python; this is {seen}. "
+        "It relies on x86-64's total store order, x86-64's futex syscall and Linux OFD locks. Reading a log "
+        "(ringwal.replay, ringwal.verify, ringwal dump) works anywhere",
+        system=system,
+        machine=machine,
+    )
 
 
 def ring_names(directory: str) -> tuple[str, str]:
@@ -702,12 +726,24 @@ class RingView:
         _futex.wait(self.follow_addr, word, deadline, M32)
 
     def register_follower(self) -> None:
-        """Ask the writer to bump the follow word after each fsync (idempotent). Raises
-        LockTimeoutError when the claim lock stays held (then nothing changed: try again later)."""
+        """Ask the writer to bump the follow word after each fsync (idempotent), and hold a
+        follower byte of ``wal.ring.lock`` (the first free one, never waited for) so that
+        ``stats`` counts this follower exactly while it lives. Raises LockTimeoutError when
+        the claim lock stays held (then nothing changed: try again later)."""
         if not self._registered:
             with claim_lock(self.directory):
                 self._ring.words[RH_FOLLOWERS] += 1
             self._registered = True
+            locks = self._ring.locks
+            if locks is not None:  # more than FOLLOWER_LOCKS followers: the rest go uncounted
+                for j in range(FOLLOWER_LOCKS):
+                    if locks.try_lock(LOCK_FOLLOWER0 + j):
+                        break
+
+    def live_followers(self) -> int:
+        """Followers alive right now: the follower bytes of ``wal.ring.lock`` held by other
+        processes (a follower that died, however, holds none; the count word can stay high)."""
+        return self._ring._locks().count_held_elsewhere(LOCK_FOLLOWER0, FOLLOWER_LOCKS)
 
     def writer_stats(self) -> dict[str, Any] | None:
         """The running writer's figures (``ringwal stats``), or None when no writer is alive."""
@@ -717,12 +753,14 @@ class RingView:
             return None
         producers = []
         used = 0
+        lanes_used = []
         for k in range(ring.slots):
             base = ring.lane_base(k)
             head, tail = w[base + L_HEAD], w[base + L_TAIL]
             pid, token = ring.owner(k)
             fill = (head - tail) & M32
             used += fill
+            lanes_used.append(fill)
             if token:
                 alive = ring.lane_owner_alive(k)
                 producers.append({"lane": k, "pid": pid, "alive": alive, "ring_bytes_used": fill})
@@ -736,9 +774,11 @@ class RingView:
             "records_written": w[RH_RECORDS],
             "ring_bytes": ring.slots * ring.ring_size,
             "ring_bytes_used": used,
+            "lane_size": ring.ring_size,
+            "lane_bytes_used": lanes_used,
             "lanes": ring.slots,
             "producers": producers,
-            "followers": w[RH_FOLLOWERS],
+            "followers": self.live_followers(),
             "fsyncs": w[RH_FSYNC_COUNT],
             "fsync_ns": w[RH_FSYNC_NS],
             "fsync_histogram": [w[RH_FSYNC_HIST + b] for b in range(FSYNC_BUCKETS)],

@@ -66,6 +66,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
+from . import _fileutil
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
 from .config import Config
 from .errors import ClosedError, ConfigError, CorruptSegmentError, FormatError, LogFailedError, SerializerMismatchError
@@ -115,7 +116,7 @@ class SegmentLog:
         clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
         fsync: FsyncFn = os.fsync,
-        fdatasync: FsyncFn = os.fdatasync,
+        fdatasync: FsyncFn = _fileutil.fdatasync,
     ) -> None:
         config.validate()
         _check_name(serializer_name)

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._fileutil import FsyncFn, fsync_dir, preallocate, writer_holds_lock
-from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError
+from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError, NoLogError
 from .format import (
     FRAME_BAD,
     FRAME_END,
@@ -104,6 +104,7 @@ __all__ = [
     "read_fd",
     "read_file",
     "read_header",
+    "require_log",
     "scan_file",
     "segment_name",
     "segment_number",
@@ -160,6 +161,23 @@ def list_segments(directory: str) -> list[tuple[int, str]]:
             out.append((int(m.group(1)), name))
     out.sort()
     return out
+
+
+def require_log(directory: str | os.PathLike[str]) -> str:
+    """``directory`` as an absolute path, when it holds a ringwal log: a ``current.wal`` or a
+    completed segment (``NNNNNN.wal``). Raises NoLogError (with ``path``) when it does not
+    exist or holds neither: a wrong or unmounted path must fail a reader, not read as an
+    empty log. (``open`` and ``WAL`` create a log and never ask.)"""
+    path = os.path.abspath(directory)
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise NoLogError(f"{path} {what}; no ringwal log there (check the path, or RINGWAL_DIR)", path=path)
+    if not os.path.exists(os.path.join(path, CURRENT)) and not list_segments(path):
+        raise NoLogError(
+            f"{path} holds no ringwal log (no {CURRENT}, no NNNNNN.wal segment): a wrong or unmounted path?",
+            path=path,
+        )
+    return path
 
 
 def read_file(path: str) -> bytes:
@@ -337,6 +355,14 @@ class SegmentScan:
         else:
             self.fd = fd
             self.buf, self.base, self.eof, self.size = b"", start, False, start
+
+    @property
+    def log_bytes(self) -> int:
+        """What this segment adds to a log's ``bytes`` (``ringwal stats`` and ``ringwal
+        verify`` both count this, and nothing else): a completed segment's file size; for
+        ``current.wal``, the bytes up to the end of its last complete frame, since the
+        preallocated zeros after it (and a torn tail) hold no records. Read after ``frames``."""
+        return self.size if self.sealed else self.end
 
     @classmethod
     def open(cls, path: str, *, sealed: bool, holes: Holes | None = None, **kw: Any) -> SegmentScan:

@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._fileutil import ByteLocks
 from .config import Config
-from .errors import ConfigError, LockTimeoutError, ShipError, ShipLockedError, WALError
+from .errors import ConfigError, LockTimeoutError, MissingExtraError, ShipError, ShipLockedError, WALError
 from .follow import follow
 from .holes import Hole, load_holes, write_holes
 from .record import Record
@@ -105,13 +105,11 @@ except ImportError:  # pragma: no cover - TEMPORARY fallback until ringwal.log_i
 
         Derived from the directory's device and inode (as the ring's name is), not from the
         first segment header as first planned: retention removes that segment, which would
-        change the id under a running shipper. ConfigError when the directory holds no log.
+        change the id under a running shipper. NoLogError when the directory holds no log.
         """
-        from .segment import CURRENT, list_segments
+        from .segment import require_log
 
-        path = os.path.abspath(directory)
-        if not os.path.isdir(path) or (not list_segments(path) and not os.path.exists(os.path.join(path, CURRENT))):
-            raise ConfigError(f"{path}: holds no ringwal log (no segment files)")
+        path = require_log(directory)
         st = os.stat(path)
         return hashlib.sha256(f"ringwal-log:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:32]
 
@@ -133,9 +131,11 @@ CONNECT_ATTEMPT = 5.0
 def _require_nats() -> None:
     try:
         import nats  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "shipping needs the nats-py client: install the extra with pip install 'ringwal[ship]'"
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"ship and restore need the nats-py client, which is not installed ({exc}); "
+            "install it with: pip install 'ringwal[ship]'",
+            extra="ship",
         ) from None
 
 
@@ -414,7 +414,7 @@ class Shipper:
                     ),
                     CONNECT_ATTEMPT,
                 )
-            except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            except (TimeoutError, OSError, nats.errors.Error) as exc:
                 if time.monotonic() > self._give_up_at():
                     raise ShipError(
                         f"no NATS server of {self.servers} answered for {self.retry_timeout:g}s ({exc!r}); "

@@ -30,7 +30,7 @@ from .errors import FormatError
 from .format import MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments
+from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments, require_log
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -55,7 +55,7 @@ class VerifyReport:
     records: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
-    bytes: int = 0
+    bytes: int = 0  # SegmentScan.log_bytes summed: the same number ringwal stats reports
     holes: list[Hole] = field(default_factory=list)
 
     @property
@@ -80,12 +80,14 @@ class VerifyReport:
 REPLANS = 1000  # a writer rotating faster than verify reads could otherwise keep it busy forever
 
 
-def verify(directory: str, progress: Callable[[int, int], object] | None = None) -> VerifyReport:
-    directory = os.path.abspath(directory)
+def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], object] | None = None) -> VerifyReport:
+    """Check every byte of the log in ``directory``; the report lists each problem found.
+
+    Raises NoLogError when ``directory`` is missing or holds no log: a health check of a
+    wrong or unmounted path must fail, not pass as an empty log.
+    """
+    directory = require_log(directory)
     report = VerifyReport(directory)
-    if not os.path.isdir(directory):
-        report.problems.append(Problem(directory, None, "not a directory"))
-        return report
     try:
         holes = load_holes(directory)
     except FormatError as exc:
@@ -178,11 +180,11 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             except FormatError as exc:
                 report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
                 report.records += scan.records
-                report.bytes += scan.size
+                report.bytes += scan.log_bytes
                 expected = None
                 continue
             report.records += scan.records
-            report.bytes += scan.size
+            report.bytes += scan.log_bytes
             if scan.records:
                 report.last_seq = scan.next_seq - 1
             expected = scan.next_seq

@@ -44,11 +44,12 @@ import signal
 import time
 from collections.abc import Callable
 
+from . import _fileutil, _notify
 from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
 from .config import Config
 from .errors import WALError
-from .ring import Ring, WriterSide, check_machine
+from .ring import Ring, WriterSide, check_platform
 from .seglog import SegmentLog
 
 __all__ = ["Writer", "serve"]
@@ -87,10 +88,10 @@ class Writer:
         *,
         linger: float | None = None,
         fsync: FsyncFn = os.fsync,
-        fdatasync: FsyncFn = os.fdatasync,
+        fdatasync: FsyncFn = _fileutil.fdatasync,
     ) -> None:
         config.validate_ring()
-        check_machine()
+        check_platform()
         self.config = config
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
@@ -129,6 +130,11 @@ class Writer:
         self._tick_at = 0.0
         self._tick_records = 0
         self._retention = config.retention_max_bytes is not None or config.retention_max_age is not None
+        # Counters for the metrics endpoint (metrics.py reads them from its own thread; an
+        # int read or += is atomic under the GIL, and a scrape that sees one frame late is fine).
+        self.bytes_written = 0  # frame bodies written to current.wal (records, u32 lengths included)
+        self.retention_removed_segments = 0
+        self.retention_removed_bytes = 0
 
     @property
     def ring(self) -> Ring | None:
@@ -147,7 +153,7 @@ class Writer:
         cap = self._frame_cap
         room = wal.frame_room
         side = self.side
-        got = side.drain(wal.last_seq + 1, room if MIN_FRAME <= room < cap else cap, wal.write_body)
+        got = side.drain(wal.last_seq + 1, room if MIN_FRAME <= room < cap else cap, self._write_body)
         if got:
             self._unsynced = True
         if side.dropped:
@@ -155,6 +161,11 @@ class Writer:
                 log.error("%s: %s", self.dir, message)
             side.dropped.clear()
         return got
+
+    def _write_body(self, body: bytes, count: int) -> int:
+        first = self.wal.write_body(body, count)
+        self.bytes_written += len(body)
+        return first
 
     def _gather(self, waiting: int) -> None:
         """Commit delay: give the producers the last fsync woke a moment to queue again.
@@ -250,6 +261,8 @@ class Writer:
                 "%s: retention removed %s (seqs %d-%d, %d bytes)", self.dir, e.file, e.first_seq, e.last_seq, e.size
             )
         if removed:
+            self.retention_removed_segments += len(removed)
+            self.retention_removed_bytes += sum(e.size for e in removed)
             self.side.set_first_seq(first)
 
     def _reclaim_dead(self) -> None:
@@ -316,13 +329,27 @@ def serve(
     ready_fd: int | None = None,
     announce: Callable[[Writer], None] | None = None,
     writer_class: type[Writer] | None = None,
+    notify: bool = True,
 ) -> int:
     """Run a writer in this process until SIGTERM/SIGINT (or idle, with ``linger``); exit code.
 
-    ``ready_fd``: a pipe to report on, once, with the JSON line of ``_launch``.
+    ``ready_fd``: a pipe to report on, once, with the JSON line of ``_launch``. With
+    ``config.metrics_port`` set, Prometheus metrics are served (``metrics.py``; the
+    ``ringwal[metrics]`` extra) from before the ready report until the writer has shut down.
+    ``notify``: tell systemd ``READY=1`` once serving and ``STOPPING=1`` after the drain when
+    ``$NOTIFY_SOCKET`` is set (``_notify.py``); ``ringwal serve --detach`` passes False.
     """
+    endpoint = None
     try:
         writer = (writer_class or Writer)(config, linger=linger)
+        if config.metrics_port is not None:
+            from .metrics import start_metrics
+
+            try:
+                endpoint = start_metrics(writer, config.metrics_port, config.metrics_address)
+            except BaseException:
+                writer.shutdown()
+                raise
     except BaseException as exc:
         if ready_fd is not None:
             report_error(ready_fd, exc)
@@ -336,11 +363,19 @@ def serve(
         report_ready(ready_fd)
     if announce is not None:
         announce(writer)
+    if endpoint is not None:
+        log.info("%s: Prometheus metrics at %s", writer.dir, endpoint.url)
+    if notify:
+        _notify.notify(f"READY=1\nSTATUS=serving {writer.dir}\nMAINPID={os.getpid()}\n")
     try:
         writer.run()
     finally:
+        if notify:
+            _notify.notify("STOPPING=1\n")
         for s, h in old.items():
             signal.signal(s, h)
+        if endpoint is not None:
+            endpoint.close()
     return 0
 
 

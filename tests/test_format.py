@@ -242,3 +242,29 @@ def test_walk_records_fast_path_compares_every_byte_of_each_length(n):
     bad = bytearray(body)
     bad[2 * (n + 4) + 2] ^= 1  # the third length's high half: 65536 + n becomes n
     assert walk_records(bytes(bad), 3, 1 << 20)[:3] == (WALK_COUNT, 3, len(body) - 65536)
+
+
+def test_ring_layout_version_6_pins_the_histogram_and_the_follower_bytes():
+    from ringwal.config import MAX_PRODUCER_SLOTS
+    from ringwal.format import (
+        FOLLOWER_LOCKS,
+        FSYNC_BUCKETS,
+        LOCK_FOLLOWER0,
+        LOCK_LANE0,
+        RH_FSYNC_HIST,
+        RING_HEADER_SIZE,
+        RING_VERSION,
+        fsync_bucket,
+        fsync_bucket_upper,
+    )
+
+    assert RING_VERSION == 6
+    assert (RH_FSYNC_HIST, FSYNC_BUCKETS) == (64, 96)  # words 64-159 (docs/FORMAT.md)
+    assert (RH_FSYNC_HIST + FSYNC_BUCKETS) * 8 <= RING_HEADER_SIZE
+    assert [fsync_bucket(us) for us in (0, 3, 4, 5, 7, 8, 65535, 131071, 10_000_000, 1 << 24, 1 << 40)] == [
+        0, 3, 4, 5, 7, 8, 59, 63, 88, 92, 95
+    ]  # fmt: skip
+    assert fsync_bucket_upper(63) == 131071 and fsync_bucket_upper(95) == (1 << 25) - 1
+    for us in (100, 140, 9_999, 115_000, 1_000_000, 10_000_000, (1 << 24) - 1):  # up to 16.8 s: within 19%
+        assert us <= fsync_bucket_upper(fsync_bucket(us)) <= us * 1.19 + 1, us
+    assert LOCK_FOLLOWER0 >= LOCK_LANE0 + MAX_PRODUCER_SLOTS and (LOCK_FOLLOWER0, FOLLOWER_LOCKS) == (2048, 1024)

@@ -279,7 +279,7 @@ def test_cli_repair_then_verify_and_dump(log):
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["holes"][0]["first_seq"] == first and doc["records"] == N - 1
     r = ringwal_cli("dump", "--dir", log)
-    assert r.returncode == 2 and "recorded them as lost" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "recorded them as lost" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stdout.splitlines()) == first - 1  # everything before the hole was printed
     r = ringwal_cli("dump", "--dir", log, "--skip-holes")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == N - 1
@@ -339,7 +339,7 @@ def test_cli_verify_reports_each_kind_of_damage_and_repair_fixes_or_refuses_it(l
     before = sorted(os.listdir(log))
     r = ringwal_cli("repair", "--dir", log)
     if not fixable:
-        assert r.returncode == 2 and "error:" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert r.returncode == 1 and "error:" in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert sorted(os.listdir(log)) == before
         return
     assert r.returncode == 0, r.stderr
