@@ -537,6 +537,31 @@ def test_stats_shows_the_shipping_lag(cluster, stream, wdir):
         assert writer.wait(60) == 0
 
 
+def test_the_metrics_show_the_shipping_lag(wdir):
+    """The writer's Prometheus endpoint reads wal_shipped.json (the shipper is another process)."""
+    import re
+
+    pytest.importorskip("prometheus_client")
+    from .test_first_hour import _scrape
+
+    p = start_serve(wdir, "--metrics-port", "0")
+    try:
+        m = re.search(r"Prometheus metrics at (http://\S+)", read_line(p, stream="stderr"))
+        assert m, "serve logs where its metrics are"
+        url = m.group(1)
+        with ringwal.open(Config(dir=wdir, start_writer=False)) as h:
+            h.append_many([Record(1, time.time_ns() - 3_000_000_000, b"x") for _ in range(40)])
+            assert h.sync() == 40
+            assert "ringwal_ship_lag_records" not in _scrape(url)  # never shipped: nothing to say
+            write_shipped(wdir, Shipped("ab" * 16, "S", "ringwal.x", 25, 25, time.time_ns()))
+            got = _scrape(url)
+        assert got["ringwal_shipped_seq"] == 25 and got["ringwal_ship_lag_records"] == 15
+        assert got["ringwal_ship_lag_seconds"] >= 3.0 and got["ringwal_shipper_up"] == 0
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0
+
+
 def test_stats_without_a_shipper_says_nothing_about_shipping(tmp_path):
     d = write_log(str(tmp_path / "wal"), 10).dir
     st = json.loads(ringwal_cli("stats", "--dir", d, "--json").stdout)
