@@ -529,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
             "or tab-separated text",
         )
         c.add_argument(
-            "--skip-holes", action="store_true", help="step over seqs that repair recorded as lost instead of failing"
+            "--skip-holes",
+            action="store_true",
+            help="step over seqs recorded as lost (by repair, or a failed fsync) instead of failing",
         )
 
     c = cmd("stats", _cmd_stats, "segments, seq range, bytes and records; the running writer's figures")

@@ -11,7 +11,8 @@
     ├── LockedError                       another writer holds the directory; carries its pid
     ├── ClosedError                       the object was closed; open a new one
     ├── LogFailedError                    an earlier write or fsync failed; the log refuses
-    │                                     all work until reopened (the cause is chained)
+    │                                     all work until reopened (the cause is chained); after
+    │                                     a failed fsync, names the seqs lost (never durable)
     ├── WriterGoneError                   the writer process died or stopped and no new one
     │                                     took over in time (``start_writer=False`` or it failed)
     ├── RingError                         the shared-memory ring cannot be used: an unknown
@@ -104,7 +105,19 @@ class LogFailedError(WALError):
 
     fsync failures can drop dirty pages, so retrying and carrying on could silently lose
     records. Close the log and open it again: recovery finds what really reached the disk.
+
+    When records were lost to a failed fsync (written, never durable, never acknowledged;
+    recorded in ``wal_holes.json``), ``first_seq``/``last_seq`` is that seq range and
+    ``path`` the file whose fsync failed; all three are None otherwise.
     """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, first_seq: int | None = None, last_seq: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.first_seq = first_seq
+        self.last_seq = last_seq
 
 
 class WriterGoneError(WALError):
@@ -251,7 +264,7 @@ class CorruptRecordError(FormatError):
 
 
 class RecordsLostError(FormatError):
-    """Replay reached a range of seqs that ``ringwal repair`` recorded as lost to corruption.
+    """Replay reached a range of seqs recorded as lost (cut out by ``ringwal repair``, or lost to a failed fsync).
 
     ``first_seq``/``last_seq`` is the lost range, ``reason`` what was damaged. Replay with
     ``skip_holes=True`` to step over recorded holes (each is logged as a warning).

@@ -24,10 +24,16 @@ Frame (one checksummed batch of one or more records)::
 
      0        4        8                16       20       24
     +--------+--------+----------------+--------+--------+------------------+---------+
-    | length | count  | first_seq      | flags  | crc    | body (length B)  | pad 0-7 |
-    | u32    | u32    | u64            | u32 = 0| u32    | count records    | zeros   |
+    | length | count  | first_seq      | synced | crc    | body (length B)  | pad 0-7 |
+    | u32    | u32    | u64            | u32    | u32    | count records    | zeros   |
     +--------+--------+----------------+--------+--------+------------------+---------+
     crc = CRC32C(header bytes 0..20 ++ body ++ pad); next frame at 24 + align8(length)
+
+    synced (version 2): the segment's durable end when the frame was written, in units of
+    8 bytes: an fdatasync (or fsync) of this file had completed covering every byte below
+    ``synced * 8``. Always <= the frame's own offset / 8, and >= 8 (the header is fsynced
+    when the segment is created). Saturates at 2**32 - 1 (a lower bound stays true).
+    In version 1 files these bytes were ``flags`` and are always 0.
 
 Record inside a body: ``u32 payload_length`` then the serializer's payload. The record's seq
 is ``first_seq + position`` in the batch; it is never inside the payload.
@@ -51,8 +57,11 @@ __all__ = [
     "FORMAT_VERSION",
     "FRAME_HEADER",
     "FRAME_HEADER_SIZE",
+    "FRAME_SYNCED_OFFSET",
     "MAGIC",
     "MAX_FRAME_BODY",
+    "MAX_SYNCED",
+    "READ_VERSIONS",
     "RECORD_LENGTH",
     "SEGMENT_HEADER",
     "SEGMENT_HEADER_SIZE",
@@ -63,14 +72,18 @@ __all__ = [
     "describe_walk",
     "encode_frame",
     "frame_checksum",
+    "frame_durable_end",
     "same_length_run",
     "walk_records",
 ]
 
 #: Identifies a ringwal segment; the last byte is a NUL so `file` shows "RINGWAL".
 MAGIC: Final = b"RINGWAL\x00"
-#: The only version this build writes and reads. Bumped for any layout change.
-FORMAT_VERSION: Final = 1
+#: The version this build writes. Bumped for any layout change. 2: a frame's bytes 16-19
+#: carry the segment's durable end (``synced``) instead of a zero ``flags`` word.
+FORMAT_VERSION: Final = 2
+#: Versions this build reads: a version 1 segment is read (and continued) with version 1 rules.
+READ_VERSIONS: Final = (1, 2)
 
 SEGMENT_HEADER: Final = struct.Struct("<8sHHI16sQq12xI")
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 64
@@ -85,6 +98,11 @@ RECORD_LENGTH: Final = struct.Struct("<I")
 
 #: Largest body a frame may declare (u32). Readers also bound it by the bytes left in the file.
 MAX_FRAME_BODY: Final = 0xFFFF_FFFF
+#: Largest ``synced`` field (u32, units of 8 bytes): a larger durable end is stored as this.
+MAX_SYNCED: Final = 0xFFFF_FFFF
+#: The frame header's ``synced`` field (version 2): a little-endian u32 at this offset.
+FRAME_SYNCED_OFFSET: Final = 16
+_U32: Final = struct.Struct("<I")
 
 _ZERO_FRAME_HEADER: Final = bytes(FRAME_HEADER_SIZE)
 _PADS: Final = tuple(bytes(n) for n in range(8))
@@ -144,10 +162,10 @@ class SegmentHeader:
                 path=path,
                 offset=60,
             )
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise UnsupportedVersionError(
                 f"{path}: segment format version {version} is not supported by this ringwal "
-                f"(it reads version {FORMAT_VERSION}); upgrade ringwal to read this log",
+                f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade ringwal to read this log",
                 path=path,
                 offset=8,
             )
@@ -171,15 +189,22 @@ def frame_checksum(header_prefix: bytes, body: bytes, pad: bytes) -> int:
     return crc32c(pad, crc32c(body, crc32c(header_prefix)))
 
 
-def encode_frame(body: bytes, count: int, first_seq: int) -> tuple[bytes, bytes, bytes]:
-    """Frame ``body`` (``count`` length-prefixed records) as (header, body, pad) for ``os.writev``."""
+def encode_frame(body: bytes, count: int, first_seq: int, durable_end: int = 0) -> tuple[bytes, bytes, bytes]:
+    """Frame ``body`` (``count`` length-prefixed records) as (header, body, pad) for ``os.writev``.
+
+    ``durable_end``: for a version 2 segment, the byte offset below which an fdatasync of the
+    segment had completed (a multiple of 8, stored as ``synced``); 0 for a version 1 segment.
+    """
     n = len(body)
     if not 0 < n <= MAX_FRAME_BODY:
         raise ValueError(f"frame body of {n} bytes is outside 1..{MAX_FRAME_BODY}")
     if count < 1:
         raise ValueError("a frame holds at least one record")
+    if durable_end & 7 or durable_end < 0:
+        raise ValueError(f"durable_end must be a multiple of 8 >= 0, got {durable_end}")
     pad = _PADS[-n & 7]
-    prefix = FRAME_HEADER.pack(n, count, first_seq, 0, 0)[:FRAME_CRC_PREFIX]
+    synced = min(durable_end >> 3, MAX_SYNCED)
+    prefix = FRAME_HEADER.pack(n, count, first_seq, synced, 0)[:FRAME_CRC_PREFIX]
     crc = crc32c(pad, crc32c(body, crc32c(prefix)))
     return prefix + crc.to_bytes(4, "little"), body, pad
 
@@ -194,12 +219,14 @@ FrameInfo = tuple[int, int, int, int, int, int, int]
 """(outcome, length, count, first_seq, stored_crc, computed_crc, next_offset)"""
 
 
-def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> FrameInfo:
+def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int, version: int = FORMAT_VERSION) -> FrameInfo:
     """Look at the frame starting at ``pos`` of ``buf[:limit]`` without trusting any field.
 
     A length is used only after it has been checked against the bytes left, so a corrupt
     header never causes a large allocation. On FRAME_BAD with a checksum mismatch the
-    stored and computed checksums are set; for impossible fields both are -1.
+    stored and computed checksums are set; for impossible fields both are -1. ``version``
+    is the segment's: in version 1 bytes 16-19 must be 0; in version 2 they are ``synced``
+    (read it with :func:`frame_durable_end` once the frame is FRAME_OK).
     """
     if pos == limit:
         return (FRAME_END, 0, 0, 0, -1, -1, pos)
@@ -213,7 +240,7 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
             return (FRAME_END, 0, 0, 0, -1, -1, pos)
         return (FRAME_BAD, length, count, first_seq, -1, -1, pos)
     # Each record needs at least its 4-byte length and one payload byte.
-    if count == 0 or flags != 0 or count > length // 5 or first_seq == 0:
+    if count == 0 or (flags != 0 and version < 2) or count > length // 5 or first_seq == 0:
         return (FRAME_BAD, length, count, first_seq, -1, -1, pos)
     end = pos + FRAME_HEADER_SIZE + align8(length)
     if end > limit:
@@ -225,6 +252,11 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
     if computed != crc:
         return (FRAME_BAD, length, count, first_seq, crc, computed, pos)
     return (FRAME_OK, length, count, first_seq, crc, computed, end)
+
+
+def frame_durable_end(buf: bytes | bytearray | memoryview, pos: int) -> int:
+    """The durable end (bytes) a valid version 2 frame at ``pos`` claims: ``synced * 8``."""
+    return int(_U32.unpack_from(buf, pos + FRAME_SYNCED_OFFSET)[0]) << 3
 
 
 # Outcomes of walk_records: what is wrong with a run of records, 0 when nothing is.
@@ -402,6 +434,9 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     44 fsync count in the histogram (W)    45 sum of fsync ns (W)
 #     46 pending resume lane + 1 (W)         47 pending resume head (W): words 22-23 as they
 #        become when the pending drain finishes
+#     48 failed first seq  49 failed last seq  50 what failed (FSYNC_FAILURES) (W): a writer
+#        whose fsync failed records the seqs it had written but never made durable (48 last,
+#        non-zero = set); the next writer clears 48 once wal_holes.json holds the range
 #     64-159 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket;
 #        96 buckets, 4 per power of two of microseconds, the last from about 16.8 s up)
 #
@@ -416,6 +451,9 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     16 owner pid, in the owner's PID namespace: for display (O)  17 reserved (never written)
 #     18 owner token: random, odd; nonzero = the lane is owned (O)
 #     19 first seq of this lane's span in the pending drain (W)
+#     20 lost: 1 << 32 | count32 of this lane's last record lost to a failed fsync (W; 0 =
+#        none; stored after 21-23)   21 first seq   22 last seq of the range lost then
+#     23 what failed (FSYNC_FAILURES)
 #     24 poison (W): the owner token of a producer whose span the writer dropped as not
 #        records; its handle refuses work from then on (0 = never)
 #     25 count32 before the first record dropped   26 problem: outcome << 32 | record index
@@ -452,7 +490,8 @@ RING_MAGIC: Final = b"RWRING\x00\x00"
 #: 4: liveness by the locks in wal.ring.lock (pid words for display only, create-time words unused).
 #: 5: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
 #: 6: the fsync histogram grows to 96 buckets (words 64-159, up to ~33 s), follower lock bytes.
-RING_VERSION: Final = 6
+#: 7: fsync failure words (header 48-50, lane 20-23): records lost to a failed fsync.
+RING_VERSION: Final = 7
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -469,6 +508,7 @@ RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer
 RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
 RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
 RH_PENDING_RESUME, RH_PENDING_RESUME_HEAD = 46, 47
+RH_FAILED_FIRST, RH_FAILED_LAST, RH_FAILED_WHAT = 48, 49, 50
 RH_FSYNC_HIST: Final = 64
 FSYNC_BUCKETS: Final = 96
 
@@ -495,11 +535,21 @@ def fsync_bucket_upper(b: int) -> int:
 # ring states
 RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)
 
+#: What failed, as the ring's failure words (header 50, lane 23) say it; 0 = not known.
+FSYNC_DATASYNC, FSYNC_SEAL, FSYNC_OPEN = 1, 2, 3
+FSYNC_FAILURES: Final = {
+    0: "an fsync of current.wal",
+    FSYNC_DATASYNC: "the fdatasync of current.wal",
+    FSYNC_SEAL: "the fsync of current.wal while sealing it (rotation)",
+    FSYNC_OPEN: "the fdatasync at start-up of the frames a dead writer left in current.wal",
+}
+
 # lane control word indices (relative to the lane's block)
 L_HEAD, L_WANT_WRITTEN, L_WANT_DURABLE = 0, 1, 2
 L_TAIL, L_PENDING_TAIL, L_VERSION, L_WRITTEN_COUNT = range(8, 12)
 L_WRITTEN_SEQ, L_DURABLE_COUNT, L_DURABLE_SEQ, L_SPAN_HEAD = range(12, 16)
 L_OWNER_PID, L_OWNER_TOKEN, L_PENDING_SEQ = 16, 18, 19
+L_LOST, L_LOST_FIRST, L_LOST_LAST, L_LOST_WHAT = range(20, 24)
 L_POISON, L_POISON_FROM, L_POISON_WHY, L_POISON_AT, L_POISON_VALUE, L_POISON_SPAN = range(24, 30)
 LANE_WORDS: Final = LANE_CTL_SIZE // 8
 

@@ -40,13 +40,15 @@ from dataclasses import asdict, dataclass
 
 from ._fileutil import FsyncFn, atomic_write
 from .errors import CorruptSegmentError, FormatError
-from .format import FORMAT_VERSION, SegmentHeader
+from .format import SegmentHeader
 from .holes import Holes
 from .segment import CURRENT, list_segments, read_header, scan_file
 
 __all__ = ["INDEX_NAME", "IndexEntry", "load_index", "reconcile", "write_index"]
 
 INDEX_NAME = "wal_index.json"
+#: The layout of wal_index.json; apart from the segment format version (segments went to 2, this did not).
+INDEX_FORMAT = 1
 log = logging.getLogger("ringwal")
 
 
@@ -74,8 +76,8 @@ def load_index(directory: str) -> tuple[list[IndexEntry] | None, str]:
         return None, "missing"
     try:
         doc = json.loads(raw)
-        if doc.get("format") != FORMAT_VERSION:
-            return None, f"format {doc.get('format')!r} is not {FORMAT_VERSION}"
+        if doc.get("format") != INDEX_FORMAT:
+            return None, f"format {doc.get('format')!r} is not {INDEX_FORMAT}"
         entries = [IndexEntry(**{k: e[k] for k in IndexEntry.__dataclass_fields__}) for e in doc["segments"]]
         for e in entries:
             if not (
@@ -89,7 +91,7 @@ def load_index(directory: str) -> tuple[list[IndexEntry] | None, str]:
 
 
 def write_index(directory: str, serializer: str, entries: list[IndexEntry], fsync: FsyncFn) -> None:
-    doc = {"format": FORMAT_VERSION, "serializer": serializer, "segments": [asdict(e) for e in entries]}
+    doc = {"format": INDEX_FORMAT, "serializer": serializer, "segments": [asdict(e) for e in entries]}
     atomic_write(os.path.join(directory, INDEX_NAME), json.dumps(doc, indent=1).encode() + b"\n", fsync)
 
 

@@ -38,6 +38,7 @@ from .errors import (
     ClosedError,
     InvalidRecordError,
     LanePoisonedError,
+    LogFailedError,
     RingFullError,
     SerializerMismatchError,
     WaitTimeoutError,
@@ -124,6 +125,9 @@ class Handle:
     _closed = True
     _side: ProducerSide | None = None
     _poisoned: LanePoisonedError | None = None  # set once: the handle refuses all work after it
+    #: Set once records of this handle were lost to a writer's failed fsync (never durable,
+    #: never acknowledged): every later call raises it (docs/FORMAT.md, "When fsync fails").
+    _lost: LogFailedError | None = None
 
     def __init__(self, config: Config) -> None:
         config.validate_ring()
@@ -316,6 +320,11 @@ class Handle:
         deadline = time.monotonic() + self.config.sync_timeout
         try:
             seq = side.wait_progress(durable, count, deadline, self._writer_changed)
+        except LogFailedError as exc:
+            if self._lost is None:
+                self._lost = exc
+                self._publish = _no_room  # appends take the slow path, which raises it
+            raise
         except LanePoisonedError as exc:
             if locked:
                 raise self._lane_lost(exc) from None
@@ -357,7 +366,11 @@ class Handle:
                 self._wait(side, False, target)
 
     def sync(self) -> int:
-        """Return once every record appended here is durable; the seq of the last one (0: none)."""
+        """Return once every record appended here is durable; the seq of the last one (0: none).
+
+        Raises LogFailedError (with ``first_seq``/``last_seq``) when some of them were lost to
+        a writer's failed fsync instead: they are never acknowledged, and the handle refuses
+        all work from then on (open a new one). WaitTimeoutError after ``sync_timeout``."""
         with self._lock:
             side = self._usable_side()
             target = self._count = side.count
@@ -429,6 +442,8 @@ class Handle:
             raise ClosedError(f"this handle on {self.dir} is closed")
         if self._poisoned is not None:
             raise self._poisoned
+        if self._lost is not None:
+            raise self._lost
         if self._forked:
             self._reattach_after_fork()
         side = self._side
@@ -465,7 +480,8 @@ class Handle:
                 return
             failure: BaseException | None = None
             side = self._side
-            if not self._forked and side is not None and side.count > side.base:
+            # A handle whose records were lost has said so already; nothing it holds can become durable.
+            if not self._forked and side is not None and side.count > side.base and self._lost is None:
                 try:
                     self._wait(side, True, side.count, locked=True)
                 except WALError as exc:

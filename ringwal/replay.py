@@ -134,14 +134,14 @@ class _HoleCheck:
         what = "; ".join(h.describe() for h in found)
         if not self.skip:
             raise RecordsLostError(
-                f"{path}: seqs {lo}-{hi} are not in the log: ringwal repair recorded them as lost ({what}); "
+                f"{path}: seqs {lo}-{hi} are not in the log: they are recorded as lost in wal_holes.json ({what}); "
                 "replay with skip_holes=True (ringwal dump/tail --skip-holes) to step over them",
                 path=path,
                 first_seq=lo,
                 last_seq=hi,
                 reason=what,
             )
-        log.warning("replay: stepping over seqs %d-%d, recorded as lost by ringwal repair (%s)", lo, hi, what)
+        log.warning("replay: stepping over seqs %d-%d, recorded as lost in wal_holes.json (%s)", lo, hi, what)
         return True
 
 

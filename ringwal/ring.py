@@ -107,6 +107,24 @@ Progress words and the span log
     before ``span_head`` is advanced past it, and a reader checks ``span_head`` again after
     reading to know the entry was not overwritten meanwhile.
 
+Records lost to a failed fsync (docs/FORMAT.md, "When fsync fails")
+    A writer whose fsync failed declares the records it had written but not made durable
+    lost (``seglog.py``) and, before it exits, says so in the ring: in every lane holding
+    such records (written count != durable count, written seq in the range) it stores the
+    range and what failed (lane words 21-23), then the lane's ``lost`` word (20: the count32
+    of its last lost record), then the header's failure words (50, 49, then 48 last), then
+    STOPPED, and wakes every waiter. A producer waiting for durability loads its progress
+    words first and then ``lost``; a lost record of its own (count above the count it
+    claimed the lane at) raises LogFailedError naming the seqs, even once the durable count
+    has passed it (a later writer's durable count does pass it). So the lost word is stored
+    before any durable count that passes the record, which x86 keeps in that order.
+    The next writer's ``recover`` does the same for a range the log says it continued past
+    (``lost``: the failing writer may have died before its ring stores), then clears word
+    48: the hole is in ``wal_holes.json`` by then (``SegmentLog`` recorded it before).
+    Crash windows: a failing writer killed before its ring stores leaves the range in
+    ``wal_holes.json`` (or, if that failed too, nowhere but the page cache's truncation, see
+    ``seglog.py``); killed after them, the next writer finds word 48 set.
+
 Memory ordering: what this relies on
     CPython offers no atomics or fences on an mmap, so the argument is made at the machine
     level, for x86-64 (the platform this is built and tested on):
@@ -231,9 +249,14 @@ from .errors import (
 from .format import (
     FOLLOWER_LOCKS,
     FSYNC_BUCKETS,
+    FSYNC_FAILURES,
     L_DURABLE_COUNT,
     L_DURABLE_SEQ,
     L_HEAD,
+    L_LOST,
+    L_LOST_FIRST,
+    L_LOST_LAST,
+    L_LOST_WHAT,
     L_OWNER_PID,
     L_OWNER_TOKEN,
     L_PENDING_SEQ,
@@ -259,6 +282,9 @@ from .format import (
     LOCK_WRITER,
     RH_ATTACH_GEN,
     RH_DURABLE_SEQ,
+    RH_FAILED_FIRST,
+    RH_FAILED_LAST,
+    RH_FAILED_WHAT,
     RH_FIRST_SEQ,
     RH_FOLLOW_WAKE,
     RH_FOLLOWERS,
@@ -713,8 +739,16 @@ class RingView:
         return max(self._ring.words[RH_NEXT_SEQ] - 1, 0)
 
     def durable_seq(self) -> int:
-        """The last seq covered by a completed fdatasync."""
+        """The last seq covered by a completed fdatasync (stored before any producer is told:
+        no seq above it was acknowledged)."""
         return self._ring.words[RH_DURABLE_SEQ]
+
+    def failure(self) -> tuple[int, int, int] | None:
+        """(first seq, last seq, what) that a writer whose fsync failed declared lost and the
+        next writer has not yet recorded; None when there is none."""
+        w = self._ring.words
+        first = w[RH_FAILED_FIRST]
+        return (first, w[RH_FAILED_LAST], w[RH_FAILED_WHAT]) if first else None
 
     def follow_word(self) -> int:
         """Load before checking ``durable_seq``; pass to ``wait_follow`` (the _futex.py protocol)."""
@@ -983,6 +1017,13 @@ class ProducerSide:
         while True:
             wake = words[RH_WAKE]  # before the progress words: the order _futex.py relies on
             cnt, seq = self._read_progress(durable)
+            # After the progress words (the writer stores ``lost`` before any durable count
+            # that passes a lost record): a lost record of ours is never reported durable.
+            if durable and ctl[L_LOST] >> 32:
+                lost = self.loss_error()
+                if lost is not None:
+                    ctl[want_word] = 0
+                    raise lost
             if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
                 if posted:
                     ctl[want_word] = 0  # lets the writer skip this lane at a glance
@@ -1015,6 +1056,27 @@ class ProducerSide:
                 next_check = time.monotonic() + POLL
                 if check_writer():
                     posted = False
+
+    # ------------------------------------------------------------------ lost records
+
+    def loss_error(self) -> LogFailedError | None:
+        """The error to raise when records this side published were lost to a writer's failed
+        fsync (the lane's lost word names one after ``base``); None otherwise."""
+        c = self._ctl
+        word = c[L_LOST]
+        if not word >> 32 or self._count_of(word & M32) <= self.base:
+            return None
+        first, last, what = c[L_LOST_FIRST], c[L_LOST_LAST], c[L_LOST_WHAT]
+        d = self.ring.directory
+        return LogFailedError(
+            f"{d}: records appended by this handle were lost: {FSYNC_FAILURES.get(what, FSYNC_FAILURES[0])} "
+            f"failed after the writer had written seqs {first}-{last}, so they were never durable; they are "
+            f"recorded as lost in {d}/wal_holes.json and will never be acknowledged. This handle accepts no "
+            "more work: open a new one (records appended after them are written as usual)",
+            path=os.path.join(d, "current.wal"),
+            first_seq=first,
+            last_seq=last,
+        )
 
     # ------------------------------------------------------------------ poison
 
@@ -1289,11 +1351,14 @@ class WriterSide:
 
     # ------------------------------------------------------------------ start-up
 
-    def recover(self, last_on_disk: int, first_seq: int) -> str | None:
+    def recover(self, last_on_disk: int, first_seq: int, lost: tuple[int, int, int] | None = None) -> str | None:
         """Finish or undo a drain a dead writer left pending, then mark everything written as
         durable (the log fdatasynced it at open). Returns what was done, for the log, or None.
 
         ``last_on_disk`` is the last seq in the log after its recovery (a torn frame cut away).
+        ``lost`` = (first, last, what): seqs the log recorded as lost to a failed fsync and
+        continued after; the lanes holding them are told (``record_loss``) before anything
+        is marked durable, and the header's failure words are cleared (the log has the hole).
         """
         w = self._w
         done = None
@@ -1321,6 +1386,9 @@ class WriterSide:
             # pending tail; with no drain pending the pending tails mean nothing: realign them.
             for lane in self.lanes:
                 lane.ctl[L_PENDING_TAIL] = lane.ctl[L_TAIL]
+        if lost is not None:  # after a finished drain's written counts, before any durable count
+            self._mark_lost(*lost)
+        w[RH_FAILED_FIRST] = 0
         self._load_resume()
         for lane in self.lanes:
             self._publish_durable(lane)
@@ -1330,6 +1398,39 @@ class WriterSide:
         w[RH_FIRST_SEQ] = first_seq
         w[RH_TRUNC_DONE] = 0  # a request a dead writer left unserved is served (again) by this one
         return done
+
+    def _mark_lost(self, first: int, last: int, what: int) -> int:
+        """Store the lost words of every lane whose written but not durable records have seqs
+        in ``first``..``last`` (the range first, the lost word last); the lanes marked."""
+        n = 0
+        for lane in self.lanes:
+            c = lane.ctl
+            wc = c[L_WRITTEN_COUNT]
+            if c[L_DURABLE_COUNT] == wc or not first <= c[L_WRITTEN_SEQ] <= last:
+                continue
+            c[L_LOST_FIRST] = first
+            c[L_LOST_LAST] = last
+            c[L_LOST_WHAT] = what
+            c[L_LOST] = 1 << 32 | wc  # last: a producer reads the range once it sees this
+            n += 1
+        return n
+
+    def record_loss(self, first: int, last: int, what: int) -> int:
+        """This writer's fsync failed after it wrote seqs ``first``..``last`` (none of them is
+        durable): tell the lanes holding them, then store the header's failure words for the
+        next writer (48 last). Call before ``stop``. Returns how many lanes were told."""
+        n = self._mark_lost(first, last, what)
+        w = self._w
+        w[RH_FAILED_WHAT] = what
+        w[RH_FAILED_LAST] = last
+        w[RH_FAILED_FIRST] = first
+        return n
+
+    def stop(self) -> None:
+        """Stop serving without draining (the log failed): STOPPED, and every waiter woken to
+        look for a new writer (or to find its records lost)."""
+        self._w[RH_STATE] = RING_STOPPED
+        self.wake_all()
 
     def publish_ready(self) -> None:
         """Announce this process as the ring's writer (take the writer byte, then store READY);
@@ -1660,6 +1761,9 @@ class WriterSide:
         """An fdatasync covering every record written so far returned after ``fsync_ns``:
         publish durable progress of every lane written since the last one, and the stats."""
         w = self._w
+        # First: nothing above it is acknowledged (a next writer after an fsync failure at its
+        # start-up cuts only above what a previous writer acknowledged: seglog.Prior).
+        w[RH_DURABLE_SEQ] = durable_seq
         w[RH_FSYNCS] += 1
         self._hist[fsync_bucket(fsync_ns // 1000)] += 1
         w[RH_FSYNC_COUNT] += 1
@@ -1667,7 +1771,6 @@ class WriterSide:
         for lane in self._dirty:
             self._publish_durable(lane)
         self._dirty.clear()
-        w[RH_DURABLE_SEQ] = durable_seq
 
     # ------------------------------------------------------------------ waking
 

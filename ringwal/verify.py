@@ -30,7 +30,7 @@ from .errors import FormatError
 from .format import MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments, require_log
+from .segment import CURRENT, LOST, TORN, LiveWriter, SegmentScan, list_segments, require_log
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -199,9 +199,19 @@ def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], obj
                     )
                 found[name] = (header.first_seq, scan.next_seq - 1, scan.size)
             elif scan.outcome == TORN:
+                how = (
+                    "a crash mid-write"
+                    if scan.tail is None or scan.tail.later is None
+                    else "unsynced writes a power loss persisted out of order"
+                )
                 report.notes.append(
-                    f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); "
-                    "the next writer truncates it"
+                    f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes ({how}); "
+                    "the next writer truncates it and keeps the bytes beside the file"
+                )
+            elif scan.outcome == LOST:
+                report.notes.append(
+                    f"{path}:{scan.end}: frames from here on hold seqs recorded as lost (a writer's fsync failed "
+                    "after writing them; wal_holes.json); the next writer cuts them"
                 )
     if progress is not None:
         progress(total, total)

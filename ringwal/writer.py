@@ -30,6 +30,14 @@ dies: how producers in any PID namespace tell that it lives) and publish ``state
 The loop never waits for a lock a producer can hold: a dead producer's lane is found and
 freed by taking its lane lock without waiting (``ring.py``, "Liveness and locks").
 
+A failed fsync (docs/FORMAT.md, "When fsync fails"): the log declares what it had written
+but not made durable lost (``seglog.py``) and latches; the loop ends, and shutdown reports
+the range in the ring (``WriterSide.record_loss``: producers waiting on those records get
+LogFailedError, and the next writer reads the range even if the hole could not be written),
+sets STOPPED, wakes every waiter and exits with the error. The next writer reads what the
+ring says about its predecessors before recovering the log (``_prior``): the range to cut
+and record, and the last seq they acknowledged.
+
 Shutdown (SIGTERM/SIGINT, or an idle writer started by ``open``): drain, fsync, and holding
 every lane's lock either unlink the ring (no lane owned, all empty) or leave it ``STOPPED``
 for the next writer. Producers that are still attached see the writer gone and start another
@@ -48,9 +56,10 @@ from . import _fileutil, _notify
 from ._fileutil import FsyncFn
 from ._launch import report_error, report_ready
 from .config import Config
-from .errors import WALError
-from .ring import Ring, WriterSide, check_platform
-from .seglog import SegmentLog
+from .errors import LogFailedError, WALError
+from .format import FSYNC_FAILURES
+from .ring import Ring, RingView, WriterSide, check_platform
+from .seglog import Prior, SegmentLog
 
 __all__ = ["Writer", "serve"]
 
@@ -96,7 +105,7 @@ class Writer:
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
         name = config.serializer.name
-        self.wal = wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync)
+        self.wal = wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync, prior=self._prior)
         side: WriterSide | None = None
         try:
             self.dir = wal.dir
@@ -110,7 +119,8 @@ class Writer:
                     "the configured ring settings apply after a clean shutdown",
                     self.dir, ring.slots, ring.ring_size,
                 )  # fmt: skip
-            done = side.recover(wal.last_seq, wal.first_seq)
+            loss = wal.recovered_loss
+            done = side.recover(wal.last_seq, wal.first_seq, loss[:3] if loss is not None else None)
             if done:
                 log.warning("%s: %s", self.dir, done)
             side.publish_ready()
@@ -135,6 +145,17 @@ class Writer:
         self.bytes_written = 0  # frame bodies written to current.wal (records, u32 lengths included)
         self.retention_removed_segments = 0
         self.retention_removed_bytes = 0
+
+    def _prior(self) -> Prior | None:
+        """What the ring of the directory says about the writers before this one (called by
+        the log holding the directory lock, before it recovers): None when there is no ring."""
+        view = RingView.attach(self.config.dir)
+        if view is None:
+            return None
+        try:
+            return Prior(view.durable_seq(), view.failure())
+        finally:
+            view.close()
 
     @property
     def ring(self) -> Ring | None:
@@ -305,16 +326,36 @@ class Writer:
         """Drain, fsync, then unlink the ring if nobody uses it, else leave it for the next writer."""
         if self._closed:
             return
+        wal = self.wal
         try:
-            if not self.wal.closed:
-                while self.drain():
-                    pass
-                self.sync()
-                self.side.notify(durable=False)
-                if not self.side.shutdown():
-                    log.info("%s: producers are still attached; leaving the ring for the next writer", self.dir)
+            if wal.failed is None and not wal.closed:
+                try:
+                    while self.drain():
+                        pass
+                    self.sync()
+                except LogFailedError:
+                    if wal.failed is None:
+                        raise
+                else:
+                    self.side.notify(durable=False)
+                    if not self.side.shutdown():
+                        log.info("%s: producers are still attached; leaving the ring for the next writer", self.dir)
+            if wal.failed is not None:
+                self._report_failure()
         finally:
             self._close_resources()
+
+    def _report_failure(self) -> None:
+        """The log latched: say in the ring which records were lost (if any), stop serving."""
+        lost = self.wal.lost
+        if lost is not None:
+            n = self.side.record_loss(lost.first_seq, lost.last_seq, lost.what)
+            log.error(
+                "%s: seqs %d-%d were written but never made durable (%s failed); recorded as lost, never "
+                "acknowledged (%d producer lane(s) told)",
+                self.dir, lost.first_seq, lost.last_seq, FSYNC_FAILURES[lost.what], n,
+            )  # fmt: skip
+        self.side.stop()
 
     def _close_resources(self) -> None:
         self._closed = True

@@ -16,6 +16,9 @@ from ringwal.format import (
     FRAME_HEADER_SIZE,
     FRAME_INCOMPLETE,
     FRAME_OK,
+    FRAME_SYNCED_OFFSET,
+    MAX_SYNCED,
+    READ_VERSIONS,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     WALK_COUNT,
@@ -27,6 +30,7 @@ from ringwal.format import (
     align8,
     describe_walk,
     encode_frame,
+    frame_durable_end,
     parse_frame,
     walk_records,
 )
@@ -38,8 +42,8 @@ GOLDEN_RECORDS = [
     (2, 1_700_000_000_000_000_001, b"cancel-1"),
     (3, 1_700_000_000_000_000_002, b"match"),
 ]
-# The three records above as one frame with first_seq 1 (docs/FORMAT.md walks through it).
-GOLDEN_FRAME = bytes.fromhex(
+# The three records above as one version 1 frame with first_seq 1 (bytes 16-19 were flags, 0).
+GOLDEN_FRAME_V1 = bytes.fromhex(
     # frame header: length=62, count=3, first_seq=1, flags=0, crc
     "3e000000" "03000000" "0100000000000000" "00000000" "378bd2d4"
     # record: payload length 17, type 1, time, b"order-1"
@@ -51,9 +55,17 @@ GOLDEN_FRAME = bytes.fromhex(
     # padding to a multiple of 8
     "0000"
 )
-GOLDEN_HEADER = bytes.fromhex(
+# The same records as the version 2 frame a writer puts first in a new segment: synced = 8,
+# the durable end 64 (the segment header, fsynced when the segment was created), in 8-byte
+# units; only bytes 16-23 differ (docs/FORMAT.md walks through it).
+GOLDEN_FRAME = bytes.fromhex("3e000000" "03000000" "0100000000000000" "08000000" "efaa1b34") + GOLDEN_FRAME_V1[24:]
+GOLDEN_HEADER_V1 = bytes.fromhex(
     "52494e4757414c00" "0100" "4000" "00000000" "62696e61727900000000000000000000"
     "0100000000000000" "00002a36fe9c9717" + "00" * 12 + "eae8b922"
+)
+GOLDEN_HEADER = bytes.fromhex(
+    "52494e4757414c00" "0200" "4000" "00000000" "62696e61727900000000000000000000"
+    "0100000000000000" "00002a36fe9c9717" + "00" * 12 + "e583e6cb"
 )
 
 
@@ -65,30 +77,53 @@ def golden_body() -> bytes:
 def test_documented_sizes():
     assert SEGMENT_HEADER_SIZE == SEGMENT_HEADER.size == 64
     assert FRAME_HEADER_SIZE == FRAME_HEADER.size == 24
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2 and READ_VERSIONS == (1, 2)
     assert ringwal.FORMAT_VERSION == FORMAT_VERSION
+    assert FRAME_SYNCED_OFFSET == 16 and MAX_SYNCED == 0xFFFF_FFFF
 
 
 def test_golden_frame_bytes():
-    header, body, pad = encode_frame(golden_body(), 3, 1)
+    header, body, pad = encode_frame(golden_body(), 3, 1, durable_end=64)
     assert header + body + pad == GOLDEN_FRAME
     assert len(GOLDEN_FRAME) % 8 == 0
     assert len(GOLDEN_FRAME) == FRAME_HEADER_SIZE + align8(len(body))
+    header, body, pad = encode_frame(golden_body(), 3, 1)  # a frame continuing a version 1 segment
+    assert header + body + pad == GOLDEN_FRAME_V1
 
 
 def test_golden_frame_parses_back():
     outcome, length, count, first_seq, stored, computed, nxt = parse_frame(GOLDEN_FRAME, 0, len(GOLDEN_FRAME))
     assert (outcome, length, count, first_seq, nxt) == (FRAME_OK, 62, 3, 1, len(GOLDEN_FRAME))
-    assert stored == computed == 0xD4D28B37
+    assert stored == computed == 0x341BAAEF
+    assert frame_durable_end(GOLDEN_FRAME, 0) == 64
     recs = list(BinarySerializer().decode_batch(GOLDEN_FRAME[24 : 24 + length], count, first_seq))
     assert [(r.type, r.time, r.data, r.seq) for r in recs] == [(*g, i + 1) for i, g in enumerate(GOLDEN_RECORDS)]
+    v1 = parse_frame(GOLDEN_FRAME_V1, 0, len(GOLDEN_FRAME_V1), version=1)
+    assert (v1[0], v1[4]) == (FRAME_OK, 0xD4D28B37)
+
+
+def test_version_1_frames_must_have_zero_flags():
+    """Bytes 16-19 are a durable end only in version 2; a version 1 reader keeps its old rule."""
+    assert parse_frame(GOLDEN_FRAME, 0, len(GOLDEN_FRAME), version=1)[0] == FRAME_BAD
+    assert parse_frame(GOLDEN_FRAME, 0, len(GOLDEN_FRAME), version=2)[0] == FRAME_OK
+
+
+def test_durable_end_is_stored_in_8_byte_units_and_saturates():
+    body = golden_body()
+    for end in (64, 4096, 8 * MAX_SYNCED, 8 * MAX_SYNCED + 8 * 1000):
+        header = encode_frame(body, 3, 1, durable_end=end)[0]
+        assert frame_durable_end(header, 0) == min(end, 8 * MAX_SYNCED)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        encode_frame(body, 3, 1, durable_end=65)
 
 
 def test_golden_segment_header_bytes():
     h = SegmentHeader("binary", 1, 1_700_000_000_000_000_000)
     assert h.encode() == GOLDEN_HEADER
     back = SegmentHeader.decode(GOLDEN_HEADER, "x.wal")
-    assert (back.serializer, back.first_seq, back.created_ns, back.version) == ("binary", 1, 1_700_000_000_000_000_000, 1)
+    assert (back.serializer, back.first_seq, back.created_ns, back.version) == ("binary", 1, 1_700_000_000_000_000_000, 2)
+    old = SegmentHeader.decode(GOLDEN_HEADER_V1, "x.wal")  # version 1 logs stay readable
+    assert old.version == 1 and SegmentHeader("binary", 1, 1_700_000_000_000_000_000, version=1).encode() == GOLDEN_HEADER_V1
 
 
 def test_zero_header_is_end_and_zero_length_never_valid():
@@ -120,8 +155,8 @@ def test_huge_claimed_length_does_not_allocate():
 
 
 def test_unknown_version_is_a_clear_error():
-    h = SegmentHeader("binary", 1, 0, version=2).encode()
-    with pytest.raises(UnsupportedVersionError, match=r"version 2 is not supported.*reads version 1"):
+    h = SegmentHeader("binary", 1, 0, version=3).encode()
+    with pytest.raises(UnsupportedVersionError, match=r"version 3 is not supported.*reads versions 1, 2"):
         SegmentHeader.decode(h, "/d/current.wal")
 
 
@@ -150,16 +185,18 @@ def test_golden_segments_of_the_format_doc_example(tmp_path):
     with WAL(Config(dir=d, segment_size=176), clock=FakeClock()) as w:
         for r in GOLDEN_RECORDS:
             w.append(Record(*r))
-            w.flush()
+            w.sync()
     seg1 = open(f"{d}/000001.wal", "rb").read()
     cur = open(f"{d}/current.wal", "rb").read()
+    # synced: 08 (durable end 64, the header) in the first frame of each segment; 0e (112) in
+    # the second, written after the first frame's fdatasync.
     assert seg1 == GOLDEN_HEADER + bytes.fromhex(
-        "150000000100000001000000000000000000000" "01ff3686711000000010000002a36fe9c97176f726465722d31000000"
-        "16000000010000000200000000000000" "00000000e62549bb12000000020001002a36fe9c971763616e63656c2d310000"
+        "15000000010000000100000000000000" "080000008a07996511000000010000002a36fe9c97176f726465722d31000000"
+        "16000000010000000200000000000000" "0e000000d870f17b12000000020001002a36fe9c971763616e63656c2d310000"
     )
     assert len(cur) == 176 and cur[:32] == GOLDEN_HEADER[:32]
     assert cur[64:112] == bytes.fromhex(
-        "13000000010000000300000000000000" "00000000bf0bdf720f000000030002002a36fe9c97176d61746368" + "00" * 5
+        "13000000010000000300000000000000" "080000002aff2e700f000000030002002a36fe9c97176d61746368" + "00" * 5
     )
     assert cur[112:] == bytes(64)
 
@@ -258,7 +295,7 @@ def test_ring_layout_version_6_pins_the_histogram_and_the_follower_bytes():
         fsync_bucket_upper,
     )
 
-    assert RING_VERSION == 6
+    assert RING_VERSION == 7
     assert (RH_FSYNC_HIST, FSYNC_BUCKETS) == (64, 96)  # words 64-159 (docs/FORMAT.md)
     assert (RH_FSYNC_HIST + FSYNC_BUCKETS) * 8 <= RING_HEADER_SIZE
     assert [fsync_bucket(us) for us in (0, 3, 4, 5, 7, 8, 65535, 131071, 10_000_000, 1 << 24, 1 << 40)] == [

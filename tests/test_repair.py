@@ -279,7 +279,7 @@ def test_cli_repair_then_verify_and_dump(log):
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["holes"][0]["first_seq"] == first and doc["records"] == N - 1
     r = ringwal_cli("dump", "--dir", log)
-    assert r.returncode == 1 and "recorded them as lost" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "recorded as lost" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stdout.splitlines()) == first - 1  # everything before the hole was printed
     r = ringwal_cli("dump", "--dir", log, "--skip-holes")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == N - 1
