@@ -641,6 +641,11 @@ class Shipper:
                     left = head.deadline - time.monotonic()
                     if left <= 0:
                         raise _Doubt(f"no acknowledgement of seq {head.seq} within {ack_timeout:g}s")
+                    # A later message already refused (the one before it was lost on the way):
+                    # no need to wait for the head's deadline.
+                    for p in inflight:
+                        if p.future.done() and not p.future.cancelled() and p.future.exception() is not None:
+                            raise _Doubt(f"seq {p.seq} was refused while seq {head.seq} is unacknowledged")
                     waits.add(head.future)
                     timeout = min(timeout, left)
                 if waits:
