@@ -65,6 +65,13 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
     ),
     "metrics_address": ("--metrics-address", str, "ADDR", "address the metrics endpoint listens on"),
     "group": ("--group", str, "NAME", "let this group's members append and read: directory 2770, files 0660"),
+    # A flag (type bool): present means True.
+    "keep_unshipped": (
+        "--keep-unshipped",
+        bool,
+        "",
+        "retention keeps every segment the shipper (ringwal ship) has not seen acknowledged",
+    ),
 }
 
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
@@ -79,6 +86,9 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     defaults = Config()
     for field, (flag, typ, metavar, text) in SERVE_OPTIONS.items():
         default = getattr(defaults, field)
+        if typ is bool:
+            parser.add_argument(flag, action="store_true", default=None, dest=field, help=text)
+            continue
         shown = "none" if default is None else default
         parser.add_argument(flag, type=typ, default=None, metavar=metavar, dest=field, help=f"{text} (default {shown})")
 
@@ -88,7 +98,10 @@ def serve_argv(config: Config) -> list[str]:
     argv = ["--dir", config.dir, "--serializer", config.serializer.name]
     for field, (flag, typ, _m, _h) in SERVE_OPTIONS.items():
         value = getattr(config, field)
-        if value is not None:
+        if typ is bool:
+            if value:
+                argv.append(flag)
+        elif value is not None:
             argv += [flag, repr(value) if typ is float else str(value)]
     return argv
 

@@ -21,6 +21,9 @@ Commands (each has ``--help``; ``ringwal --version`` prints the version):
   rings     list the shared-memory rings in /dev/shm and whether their logs are still there
             (``--dir`` only that log's); ``--clean`` removes those of logs that are gone and
             hold no records (``--force``: also those that do), ``--remove NAME`` one by name
+  ship      publish every durable record to a NATS JetStream stream, exactly once, in seq
+            order, until SIGTERM/SIGINT (``--until-caught-up``: what is durable now, then exit)
+  restore   rebuild a log directory from such a stream (``--follow``: keep it up to date)
 
 Every command takes ``--dir``; without it, ``$RINGWAL_DIR``. A directory that is missing or
 holds no log is an error for every command but ``append`` and ``serve`` (which create one).
@@ -479,6 +482,107 @@ def _time_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# ---------------------------------------------------------------------- ship, restore (issue 16)
+
+
+def _stop_on_signals() -> tuple[Any, dict[int, Any]]:
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    return stop, {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(old: dict[int, Any]) -> None:
+    import signal
+
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _cmd_ship(args: argparse.Namespace) -> int:
+    from .ship import Shipper
+    from .shipped import _durable_seq
+
+    d = _require_log(args.dir)
+    shipper = Shipper(
+        d,
+        args.server,
+        args.stream,
+        subject=args.subject,
+        window=args.window,
+        create_stream=args.create_stream,
+        replicas=args.replicas,
+        ack_timeout=args.ack_timeout,
+        retry_timeout=args.retry_timeout,
+        lock_timeout=args.lock_timeout,
+    )
+    until = _durable_seq(d) if args.until_caught_up else None
+    stop, old = _stop_on_signals()
+    print(f"ringwal ship: pid {os.getpid()} shipping {d} to stream {args.stream} ({shipper.subject})",
+          file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        last = shipper.run(stop, until_seq=until)
+    finally:
+        _restore_signals(old)
+    print(f"shipped up to seq {last} to stream {args.stream}", file=sys.stderr)
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from .ship import restore
+
+    stop, old = _stop_on_signals()
+    try:
+        last = restore(
+            args.dir,
+            args.server,
+            args.stream,
+            subject=args.subject,
+            follow=args.follow,
+            serializer=args.serializer,
+            segment_size=args.segment_size,
+            stop=stop,
+            retry_timeout=args.retry_timeout,
+        )
+    finally:
+        _restore_signals(old)
+    print(f"restored {os.path.abspath(args.dir)} from stream {args.stream} up to seq {last}", file=sys.stderr)
+    return 0
+
+
+def _ship_parsers(cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    def nats_opts(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--server", action="append", required=True, metavar="URL",
+                       help="a NATS server (nats://host:4222); repeat for more of the cluster")  # fmt: skip
+        c.add_argument("--stream", required=True, metavar="NAME", help="the JetStream stream (one per log)")
+        c.add_argument("--subject", default=None, metavar="SUBJ",
+                       help="the log's subject (ship: ringwal.<log id>; restore: the stream's only one)")  # fmt: skip
+        c.add_argument("--retry-timeout", type=float, default=120.0, metavar="S",
+                       help="give up after S seconds without progress (120)")  # fmt: skip
+
+    c = cmd("ship", _cmd_ship, "publish durable records to a NATS JetStream stream, exactly once, in seq order")
+    nats_opts(c)
+    c.add_argument("--create-stream", action="store_true", help="create the stream (file storage) if it is missing")
+    c.add_argument("--replicas", type=int, default=3, metavar="N", help="replicas of a stream it creates (3)")
+    c.add_argument("--window", type=int, default=1024, metavar="N", help="most publishes awaiting acknowledgement")
+    c.add_argument("--ack-timeout", type=float, default=10.0, metavar="S",
+                   help="resynchronise with the stream when an acknowledgement takes longer (10)")  # fmt: skip
+    c.add_argument("--lock-timeout", type=float, default=10.0, metavar="S",
+                   help="wait this long for another shipper of the log to exit (10)")  # fmt: skip
+    c.add_argument("--until-caught-up", action="store_true",
+                   help="ship what is durable now, then exit (default: run until SIGTERM/SIGINT)")  # fmt: skip
+    c = cmd("restore", _cmd_restore, "rebuild a log directory (--dir) from a stream that ringwal ship filled")
+    nats_opts(c)
+    c.add_argument("--follow", action="store_true", help="keep applying new messages until SIGTERM/SIGINT")
+    c.add_argument("--serializer", default=None, metavar="NAME", help="serializer of a new log (binary)")
+    c.add_argument("--segment-size", type=int, default=None, metavar="B", help="segment size of a new log")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from ._launch import add_serve_options
@@ -584,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--linger", type=float, default=None, help=argparse.SUPPRESS)
     s.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    _ship_parsers(cmd)
     return p
 
 

@@ -175,6 +175,12 @@ class Config:
         Risk: both delete records for good; replay from a seq that retention removed starts
         at the first seq kept. ``Handle.truncate_before(seq)`` removes what a snapshot made
         obsolete explicitly instead.
+    keep_unshipped: make retention (by bytes, by age and ``truncate_before``) keep every
+        completed segment holding a record that the shipper (``ringwal ship``) has not yet seen
+        acknowledged by its JetStream stream (False). The writer reads the shipped seq from
+        ``wal_shipped.json``, which the shipper replaces atomically as acknowledgements come;
+        until a shipper has written it, nothing is removed. Risk: a shipper that stays down
+        lets the log grow without bound (``ringwal stats`` shows the lag).
 
     The writer process (``ringwal serve``, or the writer ``open`` starts):
 
@@ -210,6 +216,7 @@ class Config:
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     group: str | None = None
+    keep_unshipped: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -250,6 +257,8 @@ class Config:
             _positive_number("retention_max_age", self.retention_max_age)
         if self.group is not None and (not isinstance(self.group, str) or not self.group):
             raise ConfigError(f"group must be a group name (or gid) or None, got {self.group!r}")
+        if not isinstance(self.keep_unshipped, bool):
+            raise ConfigError(f"keep_unshipped must be True or False, got {self.keep_unshipped!r}")
         if not isinstance(self.start_writer, bool):
             raise ConfigError(f"start_writer must be True or False, got {self.start_writer!r}")
         name = getattr(self.serializer, "name", None)

@@ -38,6 +38,10 @@
     ├── RecordsRemovedError               a reader needs seqs that retention or ``truncate_before``
     │                                     removed (before it started or while it read); carries
     │                                     the first seq gone and the first still in the log
+    ├── ShipError                         shipping to or restoring from NATS JetStream cannot go
+    │   │                                 on (no server, a stream that is not this log's, a gap);
+    │   │                                 names the stream, the seq and what to change
+    │   └── ShipLockedError               another shipper holds the log's ``wal.ship.lock``
     └── FormatError                       what is on disk cannot be read as a ringwal log
         ├── NoLogError                    the directory is missing or holds no ringwal log
         │                                 (a wrong or unmounted path); carries the path
@@ -269,6 +273,30 @@ class RecordsRemovedError(WALError):
             first_gone=first_gone,
             first_available=first_available,
         )
+
+
+class ShipError(WALError):
+    """Shipping the log to NATS JetStream, or restoring one from it, cannot go on.
+
+    ``stream`` is the JetStream stream, ``seq`` the log seq concerned (None when none is),
+    ``path`` the log directory or file. The message says what was found and what to change
+    (a server list, a stream of its own for the log, ``max_payload``...). Transient failures
+    (a node restarting, a leader election) are retried and never raise this before
+    ``retry_timeout`` seconds without progress.
+    """
+
+    def __init__(
+        self, message: str, *, stream: str | None = None, seq: int | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.seq = seq
+        self.path = path
+
+
+class ShipLockedError(ShipError):
+    """Another shipper holds ``<dir>/wal.ship.lock`` past ``lock_timeout``: one shipper per log.
+    Stop the other one (``ringwal stats`` says whether one runs), or wait for it to exit."""
 
 
 class FormatError(WALError):

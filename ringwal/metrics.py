@@ -34,10 +34,18 @@ name                                 type       what
 ``retention_removed_bytes_total``    counter    their bytes
 ===================================  =========  ==============================================
 
-Shipping lag (issue 16, the NATS shipper) belongs here too: a component that knows it
-registers a source with :func:`add_source`, a callable returning metric families (for
-example ``ringwal_ship_lag_records`` and ``ringwal_ship_lag_seconds``), collected at each
-scrape after the ones above.
+Shipping (issue 16), once ``ringwal ship`` has written ``wal_shipped.json`` (the shipper is
+another process; these come from that file and the durable seq, ``shipped.shipping_lag``):
+
+===================================  =========  ==============================================
+``shipped_seq``                      gauge      last seq the NATS stream acknowledged
+``ship_lag_records``                 gauge      durable records the stream has not acknowledged
+``ship_lag_seconds``                 gauge      age of the oldest of them, by its record time
+``shipper_up``                       gauge      1 while a shipper holds ``wal.ship.lock``
+===================================  =========  ==============================================
+
+Other components with figures of their own register a source with :func:`add_source`, a
+callable returning metric families, collected at each scrape after the ones above.
 """
 
 from __future__ import annotations
@@ -72,6 +80,30 @@ def add_source(source: Callable[[], Iterable[Any]]) -> None:
     writer's own. For components of the writer process that have figures of their own:
     the shipper's lag (issue 16) goes here."""
     _sources.append(source)
+
+
+def _shipping(core: Any, directory: str, durable_seq: int) -> Iterator[Any]:
+    """The shipping lag (issue 16): from ``wal_shipped.json``, which ``ringwal ship`` (another
+    process) keeps; nothing when the log was never shipped."""
+    from .shipped import shipping_lag
+
+    lag = shipping_lag(directory, durable_seq=durable_seq)
+    if lag is None:
+        return
+    yield core.GaugeMetricFamily(
+        "ringwal_shipped_seq", "last seq the NATS stream acknowledged (ringwal ship)", value=lag["shipped_seq"]
+    )
+    yield core.GaugeMetricFamily(
+        "ringwal_ship_lag_records", "durable records the stream has not acknowledged", value=lag["records"]
+    )
+    if lag["seconds"] is not None:
+        yield core.GaugeMetricFamily(
+            "ringwal_ship_lag_seconds", "age of the oldest of them, by its record time", value=lag["seconds"]
+        )
+    yield core.GaugeMetricFamily(
+        "ringwal_shipper_up", "1 while a ringwal ship process holds the log's wal.ship.lock",
+        value=int(lag["shipper_running"]),
+    )  # fmt: skip
 
 
 def _prometheus() -> Any:
@@ -179,6 +211,7 @@ class _Collector:
         alive = sum(1 for p in stats["producers"] if p["alive"])
         yield core.GaugeMetricFamily("ringwal_producers", "producer processes attached", value=alive)
         yield core.GaugeMetricFamily("ringwal_followers", "followers alive (follow, tail -f)", value=stats["followers"])
+        yield from _shipping(core, self.dir, stats["durable_seq"])
         for source in list(_sources):
             yield from source()
 

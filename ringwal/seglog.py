@@ -144,6 +144,7 @@ from .segment import (
     segment_name,
     segment_number,
 )
+from .shipped import shipped_seq
 
 __all__ = ["LostRange", "Prior", "SegmentLog"]
 
@@ -600,6 +601,57 @@ class SegmentLog:
             self._durable_seq = seg.next_seq - 1
         return self._durable_seq
 
+    def continue_at(self, seq: int) -> None:
+        """Make ``seq`` the seq of the next record: the log goes on after a gap (restore uses
+        it to reproduce a source log's holes, and to start a log at a source's first seq).
+
+        A log that holds no record yet simply starts at ``seq``. Otherwise every seq from
+        ``last_seq + 1`` to ``seq - 1`` must already be recorded in ``wal_holes.json`` (read
+        again here): seqs are gap-free except over recorded holes, so a gap is written down
+        before it is made. ValueError (nothing changed) when it is not, or ``seq`` is not
+        after ``last_seq``.
+
+        Steps and crash windows: with records in ``current.wal`` it is a rotation whose new
+        ``current.wal`` starts at ``seq`` (the windows of ``_rotate``: a crash leaves the old
+        ``current.wal`` to continue, or a completed segment and none, or both segments; the
+        index and the segment headers then join over the recorded holes). Without records,
+        the empty ``current.wal`` is replaced by a new one built aside (``current.wal.tmp``,
+        fsynced, renamed over it, directory fsynced): a crash leaves the old or the new one.
+        Afterwards everything before ``seq`` is durable (sealed or in completed segments).
+        """
+        check_seq(seq, "continue_at's seq")
+        self.check_open()
+        nxt = self._seg.next_seq
+        if seq == nxt:
+            return
+        if seq < nxt:
+            raise ValueError(f"{self.dir}: continue_at({seq}) would reuse seqs; the log is at seq {nxt - 1}")
+        if self._entries or self._seg.records:
+            holes = load_holes(self.dir)
+            if not holes.bridging(nxt, seq):
+                raise ValueError(
+                    f"{self.dir}: seqs {nxt}-{seq - 1} are not recorded as holes in wal_holes.json; "
+                    f"record them (holes.write_holes) before continuing the log at seq {seq}"
+                )
+        try:
+            if self._seg.records:
+                self._rotate(next_first=seq)
+            else:
+                old = self._seg
+                # Crash before the rename: the old empty current.wal and a stray .tmp (deleted
+                # at the next open); after it: the new one. Both are complete.
+                self._seg = ActiveSegment.create(
+                    self.dir,
+                    SegmentHeader(self.serializer_name, seq, self._clock()),
+                    self._segment_size,
+                    self._fsync,
+                )
+                old.close()
+                self._seg_born = self._mono()
+        except BaseException as exc:
+            raise self._fail(exc, f"continuing the log at seq {seq}") from exc
+        self._durable_seq = seq - 1
+
     # ----------------------------------------------------------------- rotation
 
     def _segment_expired(self) -> bool:
@@ -613,7 +665,9 @@ class SegmentLog:
             except BaseException as exc:
                 raise self._fail(exc, "rotating current.wal") from exc
 
-    def _rotate(self) -> None:
+    def _rotate(self, next_first: int | None = None) -> None:
+        """Seal current.wal and start a new one at ``next_first`` (default: the next seq; a
+        larger one only over recorded holes, see ``continue_at``)."""
         d = self.dir
         seg = self._seg
         # 1. Crash after this: a complete, fsynced current.wal that the next open continues.
@@ -635,11 +689,9 @@ class SegmentLog:
         self._closed_at[name] = self._mono()
         seg.close()
         # 3. Crash here: no current.wal, maybe a current.wal.tmp; the next open recreates it.
+        first = seg.next_seq if next_first is None else next_first
         self._seg = ActiveSegment.create(
-            d,
-            SegmentHeader(self.serializer_name, seg.next_seq, self._clock(), self.log_id),
-            self._segment_size,
-            self._fsync,
+            d, SegmentHeader(self.serializer_name, first, self._clock(), self.log_id), self._segment_size, self._fsync
         )
         self._seg_born = self._mono()
         # 4. Crash before this completes: a stale index, rebuilt on the next open.
@@ -655,7 +707,8 @@ class SegmentLog:
         unlinked oldest first, then the directory is fsynced, then the index is replaced.
         A crash in between leaves a contiguous suffix of the log (never a gap) and an index
         that names files which are gone: stale, rebuilt by the next writer with a warning;
-        readers only ever look at files that exist.
+        readers only ever look at files that exist. With ``config.keep_unshipped`` no segment
+        holding a seq above the shipped seq (``wal_shipped.json``) goes.
         """
         check_seq(seq, "truncate_before's seq")
         self.check_open()
@@ -670,6 +723,8 @@ class SegmentLog:
 
         The age is monotonic within this writer's life (module docstring, "Clocks"): a
         wall-clock step while the log is open neither removes young segments nor keeps old ones.
+        With ``config.keep_unshipped`` no segment holding a seq above the shipped seq
+        (``wal_shipped.json``, read at each call) goes, whatever the limits say.
         """
         self.check_open()
         entries = self._entries
@@ -687,6 +742,11 @@ class SegmentLog:
         return self._remove_oldest(n)
 
     def _remove_oldest(self, n: int) -> tuple[list[IndexEntry], int]:
+        if n and self.config.keep_unshipped:
+            # Keep every segment holding a record the stream has not acknowledged (shipped.py).
+            shipped = shipped_seq(self.dir)
+            while n and self._entries[n - 1].last_seq > shipped:
+                n -= 1
         victims = self._entries[:n]
         if victims:
             try:

@@ -26,6 +26,7 @@ from .holes import load_holes
 from .index import reconcile
 from .ring import RingView
 from .segment import CURRENT, LiveWriter, SegmentScan, read_log_id, require_log
+from .shipped import shipping_lag
 
 __all__ = ["format_stats", "log_stats"]
 
@@ -71,6 +72,7 @@ def log_stats(directory: str | os.PathLike[str]) -> dict[str, Any]:
             first = header.first_seq
         if scan.records:
             last = scan.next_seq - 1
+    writer = writer_stats(directory)
     if first is not None and last is not None and last >= first:
         lost = sum(min(h.last_seq, last) - max(h.first_seq, first) + 1 for h in holes.overlapping(first, last))
         records = last - first + 1 - lost
@@ -87,7 +89,8 @@ def log_stats(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "bytes": total,
         "holes": [{"first_seq": h.first_seq, "last_seq": h.last_seq, "reason": h.reason} for h in holes],
         "segment_files": segs,
-        "writer": writer_stats(directory),
+        "writer": writer,
+        "shipping": shipping_lag(directory, durable_seq=writer["durable_seq"] if writer else (last or 0)),
     }
 
 
@@ -140,6 +143,14 @@ def format_stats(st: dict[str, Any]) -> str:
     lines.append(f"  {st['records']} record(s), {span}, {st['segments']} segment(s), {st['bytes']} bytes")
     for h in st["holes"]:
         lines.append(f"  hole: seqs {h['first_seq']}-{h['last_seq']} lost ({h['reason']})")
+    sh = st.get("shipping")
+    if sh is not None:
+        behind = "" if sh["seconds"] is None else f", {sh['seconds']:.1f}s"
+        running = "running" if sh["shipper_running"] else "not running"
+        lines.append(
+            f"  shipping: {sh['records']} record(s){behind} behind durable seq {sh['durable_seq']} "
+            f"(shipped up to seq {sh['shipped_seq']} to stream {sh['stream']}; shipper {running})"
+        )
     w = st["writer"]
     if w is None:
         lines.append("  writer: none running")
