@@ -36,6 +36,7 @@ def child(piece: str, n: int) -> None:
     from ringwal.ring import WriterSide, unlink_names
 
     d = tempfile.mkdtemp(prefix="ringwal-instr-")
+    ringwal.WAL(Config(dir=d)).close()  # a log (its first segment names the log id the ring carries)
     w = WriterSide.open(d, 1, 1 << 24, 1 << 20, "binary", lambda name: None)
     w.recover(0, 1)
     w.publish_ready()
