@@ -331,8 +331,9 @@ CLAIM_PATIENCE = 0.25
 #: Seconds a new writer tries to take the writer byte. Only a process that kept a dead
 #: writer's lock file open can hold it (the writer holds wal.lock, so no other writer runs).
 WRITER_BYTE_PATIENCE = 2.0
-#: Seconds a waiter polls (yielding the CPU) before it sleeps on the futex, when recent waits were short.
-SPIN = 0.0005
+#: ``Config.wait_strategy`` -> how ``ProducerSide.wait_progress`` passes the time between looks.
+_SLEEP, _YIELD, _SPIN = 0, 1, 2
+WAIT_MODES = {"blocking": _SLEEP, "yielding": _YIELD, "busy-spin": _SPIN}
 #: Seconds a stopping writer waits for attached producers to release their lanes (or die)
 #: before it leaves the ring for the next writer instead of removing it.
 SHUTDOWN_GRACE = 0.5
@@ -785,8 +786,9 @@ class ProducerSide:
 
     _closed = False
 
-    def __init__(self, ring: Ring, lane: int, token: int, count: int) -> None:
+    def __init__(self, ring: Ring, lane: int, token: int, count: int, wait: str = "blocking") -> None:
         self.ring = ring
+        self._wait_mode = WAIT_MODES[wait]
         self.lane = lane
         self._token = token
         self._words = ring.words
@@ -808,13 +810,13 @@ class ProducerSide:
         self._spans_end = array("q")
         self._spans_start = array("q")
         self._spans_seq = array("q")
-        self._recent_wait = 0.0  # moving average of recent waits that slept or polled, seconds
         self._room = 0
         self._refresh_room()
 
     @classmethod
-    def claim(cls, ring: Ring, count: int) -> ProducerSide | None:
-        """Take a free lane of a READY ring (or one whose owner died) for this process.
+    def claim(cls, ring: Ring, count: int, wait: str = "blocking") -> ProducerSide | None:
+        """Take a free lane of a READY ring (or one whose owner died) for this process;
+        ``wait`` is its ``Config.wait_strategy``.
 
         None when the ring is not READY (its writer is starting or stopping). Raises
         SlotsExhaustedError when every lane's byte stays held (by live owners) for
@@ -842,7 +844,7 @@ class ProducerSide:
                 w[base + L_OWNER_PID] = os.getpid()
                 w[base + L_OWNER_TOKEN] = token  # last: a lane with a token is fully claimed
                 w[RH_ATTACH_GEN] += 1
-                return cls(ring, k, token, count)
+                return cls(ring, k, token, count, wait)
             now = time.monotonic()
             if not deadline:
                 deadline = now + CLAIM_PATIENCE
@@ -928,26 +930,27 @@ class ProducerSide:
         """Wait until the writer has written (or made durable) this lane's records up to
         ``count``; return the seq of record ``count``, or None at ``deadline``.
 
-        Polls (yielding the CPU) for about one fsync when recent waits were short, then
-        sleeps on the futex word (``_futex.py``). Every ``POLL`` seconds it calls
-        ``check_writer()``, which may start a new writer or raise; True means a new writer
-        took over, and the want is posted again.
+        The wait is posted once (the want word, then the writer's semaphore); between looks
+        at the progress words it passes the time as ``Config.wait_strategy`` says: asleep on
+        the futex word until the writer's wake (``blocking``, the _futex.py protocol), giving
+        the CPU away (``yielding``), or not at all (``busy-spin``). Every ``POLL`` seconds it
+        calls ``check_writer()``, which may start a new writer or raise; True means a new
+        writer took over, and the want is posted again.
         """
         t32 = count & M32
         want_word = L_WANT_DURABLE if durable else L_WANT_WRITTEN
-        posted = False
-        spin_until = began = 0.0
         words = self._words
         ctl = self._ctl
-        next_check = time.monotonic() + POLL
+        mode = self._wait_mode
+        monotonic = time.monotonic
+        posted = False
+        next_check = 0.0
         while True:
             wake = words[RH_WAKE]  # before the progress words: the order _futex.py relies on
             cnt, seq = self._read_progress(durable)
             if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
                 if posted:
                     ctl[want_word] = 0  # lets the writer skip this lane at a glance
-                if spin_until:
-                    self._recent_wait = 0.75 * self._recent_wait + 0.25 * (time.monotonic() - began)
                 return seq
             # Record ``count`` was dropped (it comes after the first dropped one): it never
             # gets a seq. Records before it still do, and are waited for as usual.
@@ -955,26 +958,23 @@ class ProducerSide:
                 ctl[want_word] = 0
                 raise self.poison_error()
             if not posted:
-                self._ctl[want_word] = _WANT | t32
+                ctl[want_word] = _WANT | t32
                 self._wsem.release()  # a locked instruction: our want is visible before it
                 posted = True
+                next_check = monotonic() + POLL
                 continue  # re-check: the writer may have finished before seeing the want
-            now = time.monotonic()
-            if not spin_until:
-                began = now
-                # Poll only when recent waits were short: with a busy CPU and long waits
-                # (many producers syncing in bulk) polling would only steal their CPU.
-                spin_until = now + SPIN if self._recent_wait < SPIN else now
-            if now < spin_until:
-                os.sched_yield()
-                continue
+            now = monotonic()
             if now >= deadline:
                 return None
-            _futex.wait(self._wake_addr, wake, min(next_check, deadline), self._bit)
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + POLL
+            if now >= next_check:
+                next_check = now + POLL
                 if check_writer():
                     posted = False
+                continue
+            if mode == _SLEEP:
+                _futex.wait(self._wake_addr, wake, min(next_check, deadline), self._bit)
+            elif mode == _YIELD:
+                os.sched_yield()
 
     # ------------------------------------------------------------------ poison
 
