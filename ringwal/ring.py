@@ -207,6 +207,7 @@ import struct
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from itertools import compress
 from typing import Any
 
 import posix_ipc
@@ -962,7 +963,10 @@ class ProducerSide:
                 self._wsem.release()  # a locked instruction: our want is visible before it
                 posted = True
                 next_check = monotonic() + POLL
-                continue  # re-check: the writer may have finished before seeing the want
+                # Look again before waiting: a writer that stored its progress and read the wants
+                # in the moment before ours was visible did not wake us, but (its stores are
+                # visible a few ns after it makes them) its progress is there for this look.
+                continue
             now = monotonic()
             if now >= deadline:
                 return None
@@ -1156,10 +1160,13 @@ def _nth(n: int) -> str:
 
 
 class _WriterLane:
-    """The writer's view of one lane, with local mirrors of the words only it writes."""
+    """The writer's view of one lane, with local mirrors of the words only it writes (loaded
+    once, when the writer side is made; from then on only this writer stores those words, so
+    the mirror is what the word holds and the hot path never loads it from the ring)."""
 
     __slots__ = (
-        "k", "bit", "ctl", "data", "spans", "tail", "written_count", "durable_count", "posted_w", "posted_d", "poison"
+        "k", "bit", "ctl", "data", "spans", "tail", "written_count", "written_seq", "durable_count", "version",
+        "span_head", "posted_w", "posted_d", "poison",
     )  # fmt: skip
 
     def __init__(self, ring: Ring, k: int) -> None:
@@ -1171,7 +1178,10 @@ class _WriterLane:
         c = self.ctl
         self.tail = c[L_TAIL]
         self.written_count = c[L_WRITTEN_COUNT]
+        self.written_seq = c[L_WRITTEN_SEQ]
         self.durable_count = c[L_DURABLE_COUNT]
+        self.version = c[L_VERSION]  # odd if a dead writer stopped mid-update: the next update evens it
+        self.span_head = c[L_SPAN_HEAD]
         self.posted_w = 0
         self.posted_d = 0
         self.poison = c[L_POISON]  # the token of an owner whose span was dropped (0: none)
@@ -1216,7 +1226,7 @@ class WriterSide:
         self._load_resume()
         self.dropped: list[tuple[int, int, str]] = []
         self._attach_gen = -1
-        self.expect = 0  # producers the last durable notify woke (the commit delay gathers them)
+        self.more = False  # the last drain stopped at its budget: more is published already
 
     @classmethod
     def open(
@@ -1331,6 +1341,7 @@ class WriterSide:
         heads = self._heads.tolist()
         tails = self._tails
         if heads == tails:
+            self.more = False
             return 0
         size = self.ring.ring_size
         mask = size - 1
@@ -1346,6 +1357,7 @@ class WriterSide:
         cut: tuple[int, int] | None = None  # (lane, head): a span cut at a record boundary
         checked = 0  # took[-1] was checked as it was cut (1) or not (0)
         total = count = 0
+        more = True  # unless the loop visits every span (its else below)
         for k, head in visit:
             lane = lanes[k]
             tail = tails[k]
@@ -1400,6 +1412,9 @@ class WriterSide:
                 if new_tail != head and not res[0]:
                     cut = (k, head)
             break
+        else:
+            more = False  # every published span was visited: one drain took all there was
+        self.more = more
         body = b"".join(pieces)
         del pieces
         if len(took) > checked:
@@ -1581,53 +1596,59 @@ class WriterSide:
     def _finish_lane(self, lane: _WriterLane, head: int, first_seq: int, *, redo: bool) -> None:
         """Log the span, publish written progress, advance the tail (step 5)."""
         c = lane.ctl
-        tail = c[L_TAIL]
         end32 = head >> 32
-        start32 = tail >> 32
+        start32 = lane.tail >> 32
         last_seq = first_seq + ((end32 - start32) & M32) - 1
         sl = lane.spans
-        h = c[L_SPAN_HEAD]
+        h = lane.span_head
         entry = (start32 << 32) | end32
         # A redo after a crash between the span entry and the tail store must not log it twice.
         if not (redo and h and sl[((h - 1) % SPAN_LOG) * 2] == entry and sl[((h - 1) % SPAN_LOG) * 2 + 1] == first_seq):
             j = (h % SPAN_LOG) * 2
             sl[j] = entry
             sl[j + 1] = first_seq
-            c[L_SPAN_HEAD] = h + 1
-        v = c[L_VERSION] | 1  # odd: changing
+            lane.span_head = h = h + 1
+            c[L_SPAN_HEAD] = h
+        v = lane.version | 1  # odd: changing
         c[L_VERSION] = v
         c[L_WRITTEN_COUNT] = end32
         c[L_WRITTEN_SEQ] = last_seq
-        c[L_VERSION] = v + 1
+        c[L_VERSION] = lane.version = v + 1
         c[L_TAIL] = head
         lane.tail = head
         self._tails[lane.k] = head
         lane.written_count = end32
+        lane.written_seq = last_seq
 
-    def _publish_durable(self, lane: _WriterLane) -> None:
-        c = lane.ctl
-        wc = c[L_WRITTEN_COUNT]
-        if c[L_DURABLE_COUNT] == wc and lane.durable_count == wc:
+    @staticmethod
+    def _publish_durable(lane: _WriterLane) -> None:
+        wc = lane.written_count
+        if lane.durable_count == wc:
             return
-        v = c[L_VERSION] | 1
+        c = lane.ctl
+        v = lane.version | 1
         c[L_VERSION] = v
         c[L_DURABLE_COUNT] = wc
-        c[L_DURABLE_SEQ] = c[L_WRITTEN_SEQ]
-        c[L_VERSION] = v + 1
+        c[L_DURABLE_SEQ] = lane.written_seq
+        c[L_VERSION] = lane.version = v + 1
         lane.durable_count = wc
 
-    def mark_durable(self, durable_seq: int, fsync_ns: int) -> None:
-        """An fdatasync covering every record written so far returned after ``fsync_ns``:
-        publish durable progress of every lane written since the last one, and the stats."""
+    def mark_durable(self, durable_seq: int) -> None:
+        """An fdatasync covering every record written so far returned: publish durable
+        progress of every lane written since the last one. (Call ``notify`` next, then
+        ``count_fsync``: the waiters' wake comes before the statistics.)"""
+        for lane in self._dirty:
+            self._publish_durable(lane)
+        self._dirty.clear()
+        self._w[RH_DURABLE_SEQ] = durable_seq
+
+    def count_fsync(self, fsync_ns: int) -> None:
+        """Count an fdatasync that took ``fsync_ns`` in the stats words (``ringwal stats``)."""
         w = self._w
         w[RH_FSYNCS] += 1
         self._hist[fsync_bucket(fsync_ns // 1000)] += 1
         w[RH_FSYNC_COUNT] += 1
         w[RH_FSYNC_NS] += fsync_ns
-        for lane in self._dirty:
-            self._publish_durable(lane)
-        self._dirty.clear()
-        w[RH_DURABLE_SEQ] = durable_seq
 
     # ------------------------------------------------------------------ waking
 
@@ -1638,8 +1659,8 @@ class WriterSide:
             return 0
         lanes = self.lanes
         n = 0
-        for k, want in enumerate(wants):
-            if want and ((lanes[k].durable_count - want) & M32) >= _HALF:
+        for k in compress(range(len(wants)), wants):  # the lanes with a want, found in C
+            if ((lanes[k].durable_count - wants[k]) & M32) >= _HALF:
                 n += 1
         return n
 
@@ -1649,10 +1670,7 @@ class WriterSide:
         The progress words were stored before this; the wake word is bumped after them and
         before the futex wake (the protocol in ``_futex.py``).
         """
-        bits = 0
-        if durable:
-            bits = self._satisfied(self._wants_d.tolist(), True)
-            self.expect = bits.bit_count()
+        bits = self._satisfied(self._wants_d.tolist(), True) if durable else 0
         bits |= self._satisfied(self._wants_w.tolist(), False)
         w = self._w
         w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
@@ -1666,9 +1684,8 @@ class WriterSide:
             return 0
         bits = 0
         lanes = self.lanes
-        for k, want in enumerate(wants):
-            if not want:
-                continue
+        for k in compress(range(len(wants)), wants):
+            want = wants[k]
             lane = lanes[k]
             if durable:
                 if want != lane.posted_d and ((lane.durable_count - want) & M32) < _HALF:
@@ -1697,11 +1714,13 @@ class WriterSide:
             self._wsem.acquire(timeout)
 
     def clear_posts(self) -> None:
-        """Swallow posts already made (the pass that follows serves them), without a syscall each."""
+        """Swallow posts already made (the pass that follows serves them): one read of the
+        value (no syscall) when there are none, as after most passes."""
         sem = self._wsem
-        with contextlib.suppress(posix_ipc.BusyError):
-            while True:
-                sem.acquire(0)
+        if sem.value:
+            with contextlib.suppress(posix_ipc.BusyError):
+                while True:
+                    sem.acquire(0)
 
     # ------------------------------------------------------------------ lanes and owners
 
