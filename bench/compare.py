@@ -445,6 +445,9 @@ class Setup:
             getattr(self, "_start_" + system.replace("-pipe16", "").replace("-", "_"))(producers)
 
     def _start_ringwal(self, producers, wait=None):
+        from ringwal.ring import unlink_names
+
+        unlink_names(self.dir)  # a ring left by a deleted directory that had this one's inode (a killed run)
         self.server = subprocess.Popen(
             [sys.executable, "-m", "ringwal", "serve", "--dir", self.dir, "--segment-size", str(self.segment_size),
              "--producer-slots", str(max(16, producers))],  # the default (16) is sized for a 64 MiB /dev/shm

@@ -89,8 +89,9 @@ class Config:
           waiting producer even when others need it. Only with producers pinned to cores
           of their own, fewer than the cores less one (the writer's).
 
-        A per-process choice (each handle's Config rules its own waits); the writer is the
-        same for all.
+        Each handle's Config rules its own waits; the writer's own wait for work is the same
+        whatever the producers chose (``writer.py`` says why), so ``ringwal serve`` has no
+        such option.
 
     Retention (applied by the writer about once a second; None, the default, keeps everything):
 

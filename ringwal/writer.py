@@ -13,10 +13,12 @@ One writer per directory, decided by the ``wal.lock`` flock that ``SegmentLog`` 
 2. tell producers waiting in ``flush`` that their records reached the OS;
 3. if any producer waits in ``sync`` (or ``flush_interval`` is due), one ``fdatasync``
    covers every record written so far: group commit. Records that arrive while it runs are
-   drained and covered by the next one, at once: no commit delay, since the producers an
-   fsync satisfies need the CPU to publish again, and on a machine with few cores a writer
-   that waits for them (even yielding) only delays them (measured: 2 cores, 16 producers
-   syncing every record, 20-40% fewer records/s with a 100 us gather than without);
+   drained and covered by the next one, at once. There is no commit delay (waiting, yielding
+   the CPU, for the producers the last fsync woke to publish again): measured on 2 cores
+   with 16 producers syncing every record it made no difference to records/s (8 interleaved
+   pairs, median ratio 1.05 without it, either side ahead by up to 1.8x in single pairs),
+   while each ``sched_yield`` on a busy machine can give the CPU away for a whole time slice
+   (a 100 us delay averaged 150-600 us), and the ceiling (``bench/ceiling.py``) has none;
 4. with nothing to do, sleep on the writer semaphore (producers post it when they wait or
    their lane is half full; a timeout bounds every sleep). The writer's own wait is always
    this one, whatever ``Config.wait_strategy`` the producers chose: a polling writer would
