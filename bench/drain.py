@@ -40,7 +40,7 @@ import psutil
 ROOT = os.getcwd()
 sys.path.insert(0, ROOT)
 
-from ringwal import BinarySerializer, Record  # noqa: E402
+from ringwal import WAL, BinarySerializer, Config, Record  # noqa: E402
 from ringwal.ring import ProducerSide, Ring, WriterSide, unlink_names  # noqa: E402
 
 SER = BinarySerializer()
@@ -56,6 +56,7 @@ class _InProcRing:
 
     def __init__(self, producers: int, ring_size: int) -> None:
         self.dir = tempfile.mkdtemp(prefix="ringwal-drain-")
+        WAL(Config(dir=self.dir)).close()  # the log whose id names the ring (frames are discarded)
         self.writer = WriterSide.open(self.dir, producers, ring_size, 1 << 20, SER.name, lambda name: None)
         self.writer.recover(0, 1)
         self.writer.publish_ready()

@@ -4,29 +4,40 @@
 shared-memory ring, starting the writer process (the durability sidecar) when none runs.
 ``WAL`` is the same log used in-process by one writer (records over the segment-level
 ``seglog.SegmentLog``, which the writer process drives directly); ``replay``, ``follow`` and
-``verify`` read the segment files directly, with or without a writer.
+``verify`` read the segment files directly, with or without a writer (``since=`` starts
+them at a time: ``since.py``). ``import ringwal.aio`` gives the same log to asyncio programs
+(not imported here: it loads asyncio, which writers and most producers never need).
 """
 
 from __future__ import annotations
 
 from .config import Config
 from .errors import (
+    AccessError,
     ClosedError,
     ConfigError,
     CorruptRecordError,
     CorruptSegmentError,
+    ForeignRingError,
     FormatError,
     InvalidRecordError,
     LanePoisonedError,
     LockedError,
     LockTimeoutError,
     LogFailedError,
+    LogGoneError,
+    MissingExtraError,
+    NoLogError,
     RecordsLostError,
+    RecordsRemovedError,
     RingError,
     RingFullError,
     SerializerMismatchError,
+    ShipError,
+    ShipLockedError,
     ShmTooSmallError,
     SlotsExhaustedError,
+    UnsupportedPlatformError,
     UnsupportedVersionError,
     WaitTimeoutError,
     WALError,
@@ -38,6 +49,7 @@ from .log import WAL
 from .producer import BatchReceipt, Handle, Receipt, open  # noqa: A004 - ringwal.open is the API
 from .record import Record, RecordType
 from .replay import replay
+from .segment import log_id
 from .serializers import (
     BaseSerializer,
     BinarySerializer,
@@ -52,6 +64,7 @@ from .verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessError",
     "BaseSerializer",
     "BatchReceipt",
     "BinarySerializer",
@@ -61,6 +74,7 @@ __all__ = [
     "CorruptRecordError",
     "CorruptSegmentError",
     "FORMAT_VERSION",
+    "ForeignRingError",
     "FormatError",
     "Handle",
     "InvalidRecordError",
@@ -69,17 +83,24 @@ __all__ = [
     "LockTimeoutError",
     "LockedError",
     "LogFailedError",
+    "LogGoneError",
+    "MissingExtraError",
+    "NoLogError",
     "ProtoSerializer",
     "Receipt",
     "Record",
     "RecordType",
     "RecordsLostError",
+    "RecordsRemovedError",
     "RingError",
     "RingFullError",
     "Serializer",
     "SerializerMismatchError",
+    "ShipError",
+    "ShipLockedError",
     "ShmTooSmallError",
     "SlotsExhaustedError",
+    "UnsupportedPlatformError",
     "UnsupportedVersionError",
     "WAL",
     "WALError",
@@ -87,6 +108,7 @@ __all__ = [
     "WriterGoneError",
     "follow",
     "get_serializer",
+    "log_id",
     "open",
     "register_serializer",
     "replay",

@@ -20,25 +20,40 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
+import logging
 import os
+import pwd
+import stat
 import struct
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from .errors import ConfigError, LockedError, LockTimeoutError
+from .errors import AccessError, ConfigError, LockedError, LockTimeoutError
 
 __all__ = [
+    "Access",
     "ByteLocks",
     "DirLock",
     "FsyncFn",
     "atomic_write",
+    "check_directory",
+    "create_file",
+    "describe_owner",
     "fsync_dir",
+    "group_id",
     "preallocate",
     "writer_holds_lock",
 ]
 
 FsyncFn = Callable[[int], None]
+#: ``os.fdatasync``; ``os.fsync`` where the OS has none (macOS), so that ``import ringwal``
+#: works there and ``open``/``serve`` can refuse the platform with a typed error.
+fdatasync: FsyncFn = getattr(os, "fdatasync", os.fsync)
+
+log = logging.getLogger("ringwal")
 
 LOCK_NAME = "wal.lock"
 
@@ -67,7 +82,7 @@ def atomic_write(path: str, data: bytes, fsync: FsyncFn = os.fsync) -> None:
     """
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = create_file(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         view = memoryview(data)
         while view:
@@ -92,23 +107,221 @@ def preallocate(fd: int, size: int) -> None:
             os.ftruncate(fd, size)
 
 
-def check_directory(path: str, *, create: bool) -> str:
-    """Resolve ``path`` to an absolute directory, creating it if asked; ConfigError otherwise."""
+# --------------------------------------------------------------------------- who may use a log
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use a log directory, read from the directory itself (the one source of truth,
+    so that every process, whatever its Config, agrees; README "Trust model"):
+
+    * its owner and root always (they control the directory anyway);
+    * its group too when the directory is group-writable (``Config.group`` makes it so:
+      ``2770``); a group-readable one (``750``) lets the group read the files, not append.
+
+    ``file_mode`` is the mode of every file ringwal creates in it: owner read-write, the
+    directory's group bits (no execute), never anything for others. ``shm_mode`` is the mode
+    of the shared-memory ring and semaphore: ``0660`` when the group may append, else
+    ``0600``. New files and shared objects are given the directory's group when a group bit
+    is set (a directory without the setgid bit would give them the creator's group).
+    """
+
+    directory: str
+    uid: int
+    gid: int
+    mode: int
+
+    @classmethod
+    def of(cls, directory: str, st: os.stat_result | None = None) -> Access:
+        st = os.stat(directory) if st is None else st
+        return cls(directory, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+
+    @property
+    def shared(self) -> bool:
+        """The directory's group may append (it is group-writable)."""
+        return bool(self.mode & 0o020)
+
+    @property
+    def file_mode(self) -> int:
+        return 0o600 | (self.mode & 0o060)
+
+    @property
+    def shm_mode(self) -> int:
+        return 0o660 if self.shared else 0o600
+
+    def trusted_users(self) -> set[int]:
+        return {os.geteuid(), 0, self.uid}
+
+    def apply(self, fd: int, mode: int) -> None:
+        """Give a file (or shared object) this process just created exactly ``mode`` (the
+        umask narrowed what ``open`` gave it) and, when ``mode`` has group bits, the
+        directory's group. A group this process may not give (not a member) leaves the
+        object private (0600) rather than readable by the creator's own group."""
+        if mode & 0o070 and os.fstat(fd).st_gid != self.gid:
+            try:
+                os.fchown(fd, -1, self.gid)
+            except PermissionError:
+                log.warning(
+                    "%s: this process (uid %d) may not give files the directory's group %s; "
+                    "creating them private (0600): its group cannot use them",
+                    self.directory, os.geteuid(), _group_name(self.gid),
+                )  # fmt: skip
+                mode = 0o600
+        os.fchmod(fd, mode)
+
+    def problem(self, st: os.stat_result) -> str:
+        """Why a shared object (the ring, its semaphore) with this owner and mode must not be
+        trusted by processes of this log, or "" when it may be.
+
+        Trusted: an object owned by a trusted user (us, root, the directory's owner), or one
+        whose group is the directory's group while that group may append (only a member or
+        root can give an object that group). Never: any permission for others, or group
+        write for a group that may not append here.
+        """
+        mode = stat.S_IMODE(st.st_mode)
+        why = []
+        group_ok = self.shared and st.st_gid == self.gid
+        if st.st_uid not in self.trusted_users() and not group_ok:
+            why.append(
+                f"it belongs to {_user_name(st.st_uid)}, who is not this process's user, root, or the owner of "
+                f"{self.directory}" + ("" if self.shared else " (the directory gives no group access)")
+            )
+        if mode & 0o007:
+            why.append(f"it is open to every local user (mode {mode:04o})")
+        elif mode & 0o020 and not group_ok:
+            why.append(f"its group {_group_name(st.st_gid)} may write it (mode {mode:04o}) but may not append here")
+        return "; ".join(why)
+
+
+def describe_owner(st: os.stat_result) -> str:
+    """``owner alice (uid 1000), group staff (gid 50), mode 0660`` for error messages."""
+    return f"owner {_user_name(st.st_uid)}, group {_group_name(st.st_gid)}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
+
+
+def group_id(group: str) -> int:
+    """The gid of ``Config.group`` (a group name, or a number); ConfigError when unknown."""
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise ConfigError(f"group={group!r} is not a group on this machine (getent group {group})") from None
+
+
+def create_file(path: str, flags: int) -> int:
+    """Open ``path`` with ``flags`` (never following a symbolic link), creating it when it is
+    missing with the mode and group its directory gives (``Access.file_mode``), whatever
+    the umask. Returns the descriptor.
+
+    Created with O_EXCL, then given its mode with fchmod: an existing file is opened as it
+    is. A process opening it in the microseconds between the create and the fchmod sees the
+    bits the umask left, never more.
+    """
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    access = Access.of(os.path.dirname(path) or ".")
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, access.file_mode)
+    except FileExistsError:
+        return os.open(path, flags & ~os.O_CREAT)
+    try:
+        access.apply(fd, access.file_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_warned: set[str] = set()
+
+
+def check_directory(path: str, *, create: bool, group: str | None = None) -> str:
+    """Resolve ``path`` to an absolute directory, creating it if asked; ConfigError otherwise.
+
+    A directory it creates is private, ``0700``, whatever the umask; with ``group`` (a group
+    name, ``Config.group``) it is ``2770`` and belongs to that group, so that the group's
+    members may append and read (and files made in it inherit the group). The parents it
+    creates get the usual mode (umask).
+
+    An existing directory is checked: writable by others (any local user could plant or
+    replace files) is refused with AccessError; readable or searchable by others is
+    warned about once (logs made by ringwal before 0.2 were ``0755`` with ``0644`` files);
+    with ``group``, a directory not of that group or without group read-write-search is a
+    ConfigError that names the commands that fix it.
+    """
     path = os.path.abspath(path)
+    gid = group_id(group) if group is not None else None
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"dir={path!r} exists and is not a directory; point Config.dir at a directory")
     if not os.path.isdir(path):
         if not create:
             raise ConfigError(f"dir={path!r} does not exist")
+        parent = os.path.dirname(path)
+        made = False
         try:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
+            try:
+                os.mkdir(path, 0o700)
+                made = True
+            except FileExistsError:
+                pass  # another process made it first: checked below like any existing directory
         except OSError as exc:
             raise ConfigError(f"dir={path!r} cannot be created: {exc.strerror}") from exc
-        parent = os.path.dirname(path)
+        if made:
+            try:
+                # Crash window: a directory left 0700 (private) by a crash here, which a
+                # ``group`` open then reports with the commands that finish the job.
+                if gid is not None:
+                    os.chown(path, -1, gid)
+                os.chmod(path, 0o2770 if gid is not None else 0o700)
+            except OSError as exc:
+                raise ConfigError(
+                    f"dir={path!r}: cannot give it group {group!r} (this process must be a member): {exc.strerror}"
+                ) from exc
         fsync_dir(parent)
+    _check_existing(path, group, gid)
     if create and not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"dir={path!r} is not writable by this process")
     return path
+
+
+def _check_existing(path: str, group: str | None, gid: int | None) -> None:
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o002:
+        raise AccessError(
+            f"{path}: the log directory is writable by every local user ({describe_owner(st)}), so anyone could "
+            f"replace its files; make it private: chmod 700 {path} (or share it with a group: Config.group)",
+            path=path,
+            uid=st.st_uid,
+            mode=mode,
+        )
+    if gid is not None and (st.st_gid != gid or mode & 0o070 != 0o070):
+        raise ConfigError(
+            f"{path}: Config.group={group!r} but the directory has {describe_owner(st)}: the group's members could "
+            f"not append. Share it: chgrp -R {group} {path} && chmod 2770 {path} && chmod 660 {path}/*, "
+            "or drop the group setting"
+        )
+    if mode & 0o005 and path not in _warned:
+        _warned.add(path)
+        log.warning(
+            "%s: the log directory is readable by every local user (%s); files ringwal made before it made them "
+            "private may be too: chmod 700 %s (or 750 / 2770 for a group), and chmod 600 its files",
+            path, describe_owner(st), path,
+        )  # fmt: skip
 
 
 class DirLock:
@@ -123,7 +336,7 @@ class DirLock:
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, LOCK_NAME)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = create_file(self.path, os.O_RDWR)
         try:
             _flock_exclusive(fd)
         except BlockingIOError:
@@ -224,25 +437,36 @@ class ByteLocks:
 
     The file is opened read-write (an exclusive lock needs it); when that is refused (a
     read-only mount, another user's file) it is opened read-only, which still serves
-    ``held_elsewhere``. ``close`` drops every lock this object holds; idempotent.
+    ``held_elsewhere``. With ``create`` (the default) a missing file is created with the mode
+    its directory gives (``create_file``); without, a missing file is FileNotFoundError (a shared-memory object is never
+    created by locking it). A symbolic link is never followed. ``close`` drops every lock
+    this object holds; idempotent.
     """
 
     _fd = -1
 
-    def __init__(self, path: str, mode: int = 0o644) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = path
-        self._mode = mode
+        self._create = create
         _open_byte_locks.add(self)
 
     def _file(self) -> int:
         if self._fd < 0:
+            flags = os.O_CLOEXEC | os.O_NOFOLLOW
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._mode)
+                if self._create:
+                    self._fd = create_file(self.path, os.O_RDWR)
+                else:
+                    self._fd = os.open(self.path, os.O_RDWR | flags)
             except OSError as exc:
                 if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._fd = os.open(self.path, os.O_RDONLY | flags)
         return self._fd
+
+    def fileno(self) -> int:
+        """The descriptor the locks are taken through (opened on first use)."""
+        return self._file()
 
     def _fcntl(self, cmd: int, kind: int, start: int, length: int) -> int:
         res = fcntl.fcntl(self._file(), cmd, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
@@ -292,6 +516,28 @@ class ByteLocks:
             return self._fcntl(fcntl.F_OFD_GETLK, fcntl.F_WRLCK, start, length) != fcntl.F_UNLCK
         except FileNotFoundError:
             return False  # no lock file: nobody ever locked anything in it
+
+    def count_held_elsewhere(self, start: int, length: int) -> int:
+        """How many bytes of ``[start, start + length)`` other open file descriptions hold
+        right now. Takes nothing: ``F_OFD_GETLK`` reports one conflicting lock at a time, so
+        this asks again after each one it reports (one call per lock, plus one)."""
+        n = 0
+        end = start + length
+        pos = start
+        while pos < end:
+            try:
+                res = fcntl.fcntl(
+                    self._file(), fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, pos, end - pos, 0)
+                )
+            except FileNotFoundError:
+                return n
+            kind, _whence, at, size, _pid = _FLOCK.unpack(res)
+            if kind == fcntl.F_UNLCK:
+                break
+            stop = end if size == 0 else min(end, at + size)  # 0: to the end of the file
+            n += stop - max(at, pos)
+            pos = stop
+        return n
 
     def close(self) -> None:
         """Close the file: drops every lock held through this object. Idempotent."""

@@ -31,7 +31,7 @@ import errno
 import mmap
 import os
 
-_SYS_FUTEX = 202  # x86-64; ring.check_machine refuses other machines
+_SYS_FUTEX = 202  # x86-64; ring.check_platform refuses other machines
 _FUTEX_WAIT_BITSET = 9
 _FUTEX_WAKE_BITSET = 10
 _WAKE_ALL = 0x7FFFFFFF

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from . import errors as _errors
+from ._fileutil import create_file
 from .config import Config
 from .errors import LockedError, WALError, WriterGoneError
 
@@ -55,10 +56,29 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
         "S",
         "remove completed segments closed more than S seconds ago",
     ),
+    "log_level": ("--log-level", str, "LEVEL", "lowest level logged: debug, info, warning or error"),
+    "metrics_port": (
+        "--metrics-port",
+        int,
+        "PORT",
+        "serve Prometheus metrics on PORT (0: any free port; ringwal[metrics])",
+    ),
+    "metrics_address": ("--metrics-address", str, "ADDR", "address the metrics endpoint listens on"),
+    "group": ("--group", str, "NAME", "let this group's members append and read: directory 2770, files 0660"),
+    # A flag (type bool): present means True.
+    "keep_unshipped": (
+        "--keep-unshipped",
+        bool,
+        "",
+        "retention keeps every segment the shipper (ringwal ship) has not seen acknowledged",
+    ),
 }
 
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
-_ATTRS = ("path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available")
+_ATTRS = (
+    "path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available",
+    "uid", "mode",
+)  # fmt: skip
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +86,9 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     defaults = Config()
     for field, (flag, typ, metavar, text) in SERVE_OPTIONS.items():
         default = getattr(defaults, field)
+        if typ is bool:
+            parser.add_argument(flag, action="store_true", default=None, dest=field, help=text)
+            continue
         shown = "none" if default is None else default
         parser.add_argument(flag, type=typ, default=None, metavar=metavar, dest=field, help=f"{text} (default {shown})")
 
@@ -75,7 +98,10 @@ def serve_argv(config: Config) -> list[str]:
     argv = ["--dir", config.dir, "--serializer", config.serializer.name]
     for field, (flag, typ, _m, _h) in SERVE_OPTIONS.items():
         value = getattr(config, field)
-        if value is not None:
+        if typ is bool:
+            if value:
+                argv.append(flag)
+        elif value is not None:
             argv += [flag, repr(value) if typ is float else str(value)]
     return argv
 
@@ -125,17 +151,23 @@ def _rebuild(message: dict[str, Any], directory: str) -> BaseException:
 
 def start_writer(config: Config, linger: float, deadline: float) -> bool:
     """Start a detached writer for ``config.dir``; True once it serves or another writer won
-    the start race. Raises the writer's own error (rebuilt) when it failed to start, and
-    WriterGoneError when it said nothing before ``deadline`` (time.monotonic)."""
+    the start race, False when it died before saying anything (killed while starting, as a
+    writer can be at any moment: the caller may start another while its deadline lasts).
+    Raises the writer's own error (rebuilt) when it reported one, and WriterGoneError when
+    its launcher did not return or it said something else before ``deadline``
+    (time.monotonic)."""
     directory = config.dir
     cmd = [sys.executable, "-m", "ringwal", "serve", *serve_argv(config), "--linger", repr(linger), "--detach"]
     r, w = os.pipe()
     try:
         cmd += ["--ready-fd", str(w)]
-        with open(os.path.join(directory, "writer.log"), "ab") as logf:
+        # A producer run by systemd (Type=notify) passes NOTIFY_SOCKET on; its writer is not
+        # the service's main process and must not speak for it.
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        with os.fdopen(create_file(os.path.join(directory, "writer.log"), os.O_WRONLY | os.O_APPEND), "ab") as logf:
             proc = subprocess.Popen(
                 cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, env=env,
             )  # fmt: skip
         os.close(w)
         w = -1
@@ -165,8 +197,9 @@ def start_writer(config: Config, linger: float, deadline: float) -> bool:
         if isinstance(exc, LockedError):
             return True  # another writer won the lock: attach to it
         raise exc
-    said = line or "it exited without a word"
-    raise WriterGoneError(f"could not start a writer for {directory}: {said}; see {directory}/writer.log")
+    if not line:
+        return False  # the ready pipe closed unwritten: the writer died (or it said nothing by the deadline)
+    raise WriterGoneError(f"could not start a writer for {directory}: {line}; see {directory}/writer.log")
 
 
 def detach() -> None:

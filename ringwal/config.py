@@ -3,15 +3,90 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Generic, TypeVar, overload
 
 from .errors import ConfigError
 from .format import MAX_FRAME_BODY
-from .serializers import BinarySerializer, Serializer
+from .serializers import BinarySerializer, Serializer, get_serializer
 
 __all__ = ["Config"]
 
 MiB = 1 << 20
+#: Longest duration any setting accepts, seconds (100 years). Deadlines are computed as
+#: ``time.monotonic() + setting`` and handed to the kernel (futex, select) as C longs, and
+#: segment ages in i64 nanoseconds: 1e300 would overflow them inside a running writer.
+MAX_SECONDS = 100 * 365.25 * 86400
+#: Largest ``segment_size`` (1 TiB): a segment is preallocated whole (``posix_fallocate``
+#: takes an ``off_t``, so 2**63 overflows) and a completed one is read whole by replay.
+MAX_SEGMENT_SIZE = 1 << 40
+#: ``log_level`` names (the writer's ``writer.log`` / stderr), lowest first.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+class _Converted(Generic[_In, _Out]):
+    """A dataclass field that accepts the wider type ``_In`` and stores (and reads back) ``_Out``.
+
+    ``convert`` turns what it recognises (a ``Path``, a ``timedelta``, a serializer name) into
+    the stored form and leaves anything else as given; ``Config.validate`` then names what
+    cannot work. So a value assigned after construction is converted as well, and checked
+    at the next ``open``.
+    """
+
+    def __init__(self, default: _Out, convert: Callable[[_In], _Out]) -> None:
+        self.default = default
+        self.convert = convert
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = "_" + name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Out: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> _Out: ...
+    def __get__(self, obj: object | None, owner: type) -> _Out:
+        if obj is None:
+            return self.default  # the dataclass reads the field's default here
+        value: _Out = getattr(obj, self.attr, self.default)
+        return value
+
+    def __set__(self, obj: object, value: _In) -> None:
+        setattr(obj, self.attr, self.convert(value))
+
+
+def _path(value: str | os.PathLike[str]) -> str:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _seconds_or_none(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _serializer(value: Serializer | type[Serializer] | str) -> Serializer:
+    """An instance as given; a class instantiated; a registered name looked up."""
+    if isinstance(value, str):
+        try:
+            return get_serializer(value)
+        except KeyError as exc:
+            raise ConfigError(f"serializer={value!r}: {exc.args[0]}") from None
+    if isinstance(value, type):
+        try:
+            return value()
+        except TypeError as exc:
+            raise ConfigError(f"serializer={value!r} is a class that cannot be made without arguments: {exc}") from None
+    return value
+
+
 #: The values of ``Config.wait_strategy``, named after the LMAX Disruptor's wait strategies.
 WAIT_STRATEGIES = ("blocking", "yielding", "busy-spin")
 
@@ -20,14 +95,23 @@ WAIT_STRATEGIES = ("blocking", "yielding", "busy-spin")
 class Config:
     """Settings of a log. Names follow the Go original (``SegmentSize`` -> ``segment_size``).
 
-    dir: where the segment files live. Default ``./wal_data`` (relative to the working dir).
+    Every setting is checked when the Config is made (ConfigError names the first that cannot
+    work, and its limit) and again at ``open``/``WAL``/``serve``. Durations are seconds as an
+    int or float, or a ``datetime.timedelta`` (the Go original's ``time.Duration``); read back
+    they are float seconds. Each is at most ``MAX_SECONDS`` (100 years).
+
+    dir: where the segment files live: a ``str`` or any ``os.PathLike`` (read back as ``str``).
+        Default ``./wal_data`` (relative to the working dir).
     segment_size: bytes after which ``current.wal`` is closed and a new one starts (2 MiB).
         Each segment is preallocated to this size. A single record larger than this gets a
         segment of its own. Larger segments mean fewer files but coarser retention.
     segment_duration: seconds after which a non-empty ``current.wal`` is rotated (300).
         Measured on the monotonic clock while a writer runs, so a wall-clock step neither
         holds rotation back nor hurries it (docs/FORMAT.md, "Clocks").
-    serializer: payload encoding (``BinarySerializer()``). Fixed for the life of a log: the
+    serializer: payload encoding (``BinarySerializer()``): an instance, a class (made with no
+        arguments) or a registered name (``"binary"``, ``"json"``, ``"proto"``, or one given to
+        ``register_serializer``); read back it is an instance. ``"proto"`` needs the
+        ``ringwal[proto]`` extra (MissingExtraError names it). Fixed for the life of a log: the
         segment headers name it and opening with another raises SerializerMismatchError.
     flush_interval: seconds between background flush+fsync passes; None (default) disables
         them, and records reach the OS only when the buffer fills or on ``flush()``/``sync()``.
@@ -97,6 +181,18 @@ class Config:
         whatever the producers chose (``writer.py`` says why), so ``ringwal serve`` has no
         such option.
 
+    Who may use the log (README, "Trust model"):
+
+    group: None (default): the log is private to the user that creates it: the directory
+        is made ``0700`` and every file ``0600``, the shared-memory ring ``0600``, whatever
+        the umask. A group name (or gid), e.g. ``"wal-users"``: its members may append and
+        read: the directory is made ``2770`` and given the group, files ``0660``, the ring
+        ``0660`` (``ringwal serve --group NAME``). Producers and the writer may then run as
+        different users of the group. For a directory that exists already, the setting is
+        checked, not applied (ConfigError names the chgrp/chmod that share it). What a
+        process trusts is read from the directory itself: its owner, root and, when the
+        directory is group-writable, its group.
+
     Retention (applied by the writer about once a second; None, the default, keeps everything):
 
     retention_max_bytes: remove the oldest completed segments while the log's files hold
@@ -108,35 +204,66 @@ class Config:
         Risk: both delete records for good; replay from a seq that retention removed starts
         at the first seq kept. ``Handle.truncate_before(seq)`` removes what a snapshot made
         obsolete explicitly instead.
+    keep_unshipped: make retention (by bytes, by age and ``truncate_before``) keep every
+        completed segment holding a record that the shipper (``ringwal ship``) has not yet seen
+        acknowledged by its JetStream stream (False). The writer reads the shipped seq from
+        ``wal_shipped.json``, which the shipper replaces atomically as acknowledgements come;
+        until a shipper has written it, nothing is removed. Risk: a shipper that stays down
+        lets the log grow without bound (``ringwal stats`` shows the lag).
+
+    The writer process (``ringwal serve``, or the writer ``open`` starts):
+
+    log_level: the lowest level the writer logs, ``"debug"``, ``"info"`` (default),
+        ``"warning"`` or ``"error"``; lines carry a UTC timestamp and the level, on stderr
+        (``writer.log`` for a writer started by ``open``). A lost start race is at debug.
+    metrics_port: serve Prometheus metrics at ``http://metrics_address:PORT/metrics`` (None,
+        the default: no endpoint; 0: any free port, logged at start). Needs the
+        ``ringwal[metrics]`` extra (``prometheus_client``). See ``ringwal/metrics.py``.
+    metrics_address: the address the metrics endpoint listens on (``127.0.0.1``: this
+        machine only; ``0.0.0.0`` for a scraper in another container or pod).
     """
 
-    dir: str = "./wal_data"
+    dir: _Converted[str | os.PathLike[str], str] = _Converted("./wal_data", _path)
     segment_size: int = 2 * MiB
-    segment_duration: float = 300.0
-    serializer: Serializer = field(default_factory=BinarySerializer)
-    flush_interval: float | None = None
+    segment_duration: _Converted[float | timedelta, float] = _Converted(300.0, _seconds)
+    serializer: _Converted[Serializer | type[Serializer] | str, Serializer] = _Converted(
+        BinarySerializer(), _serializer
+    )
+    flush_interval: _Converted[float | timedelta | None, float | None] = _Converted(None, _seconds_or_none)
     write_buffer_size: int = 1 * MiB
     max_record_size: int = 1 * MiB
     ring_size: int = 2 * MiB
     producer_slots: int = 16
-    append_timeout: float = 10.0
-    sync_timeout: float = 30.0
+    append_timeout: _Converted[float | timedelta, float] = _Converted(10.0, _seconds)
+    sync_timeout: _Converted[float | timedelta, float] = _Converted(30.0, _seconds)
     start_writer: bool = True
-    writer_wait: float = 10.0
-    writer_linger: float = 2.0
+    writer_wait: _Converted[float | timedelta, float] = _Converted(10.0, _seconds)
+    writer_linger: _Converted[float | timedelta, float] = _Converted(2.0, _seconds)
     wait_strategy: str = "blocking"
     retention_max_bytes: int | None = None
-    retention_max_age: float | None = None
+    retention_max_age: _Converted[float | timedelta | None, float | None] = _Converted(None, _seconds_or_none)
+    log_level: str = "info"
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    group: str | None = None
+    keep_unshipped: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first setting that cannot work."""
+        """Raise ConfigError naming the first setting that cannot work.
+
+        Runs when a Config is made and again at ``open``/``WAL``/``serve`` (a field may have
+        been assigned since). Ring settings are checked against each other by ``validate_ring``.
+        """
         if not isinstance(self.dir, str) or not self.dir:
-            raise ConfigError(f"dir must be a non-empty path string, got {self.dir!r}")
-        _positive_int("segment_size", self.segment_size)
+            raise ConfigError(f"dir must be a non-empty path (str or os.PathLike), got {self.dir!r}")
+        _positive_int("segment_size", self.segment_size, MAX_SEGMENT_SIZE)
         _positive_number("segment_duration", self.segment_duration)
         if self.flush_interval is not None:
             _positive_number("flush_interval", self.flush_interval)
-        _positive_int("write_buffer_size", self.write_buffer_size)
+        _positive_int("write_buffer_size", self.write_buffer_size, MAX_FRAME_BODY)
         _positive_int("max_record_size", self.max_record_size)
         if self.max_record_size > MAX_FRAME_BODY - 4:
             raise ConfigError(
@@ -148,9 +275,12 @@ class Config:
         if (
             isinstance(self.writer_linger, bool)
             or not isinstance(self.writer_linger, (int, float))
-            or not 0 <= self.writer_linger < math.inf
+            or not 0 <= self.writer_linger <= MAX_SECONDS
         ):
-            raise ConfigError(f"writer_linger must be a number of seconds >= 0, got {self.writer_linger!r}")
+            raise ConfigError(
+                f"writer_linger must be a number of seconds (or a timedelta) from 0 to {MAX_SECONDS:.0f}, "
+                f"got {self.writer_linger!r}"
+            )
         if self.retention_max_bytes is not None:
             _positive_int("retention_max_bytes", self.retention_max_bytes)
         if self.retention_max_age is not None:
@@ -158,6 +288,10 @@ class Config:
         if self.wait_strategy not in WAIT_STRATEGIES:
             choices = ", ".join(repr(w) for w in WAIT_STRATEGIES)
             raise ConfigError(f"wait_strategy must be one of {choices}, got {self.wait_strategy!r}")
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise ConfigError(f"group must be a group name (or gid) or None, got {self.group!r}")
+        if not isinstance(self.keep_unshipped, bool):
+            raise ConfigError(f"keep_unshipped must be True or False, got {self.keep_unshipped!r}")
         if not isinstance(self.start_writer, bool):
             raise ConfigError(f"start_writer must be True or False, got {self.start_writer!r}")
         name = getattr(self.serializer, "name", None)
@@ -166,7 +300,19 @@ class Config:
             and callable(getattr(self.serializer, "encode", None))
             and callable(getattr(self.serializer, "decode", None))
         ):
-            raise ConfigError(f"serializer={self.serializer!r} is not a Serializer (needs name, encode, decode)")
+            raise ConfigError(
+                f"serializer={self.serializer!r} is not a Serializer (needs name, encode, decode); give an "
+                "instance, a class, or a registered name such as 'binary', 'json' or 'proto'"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.metrics_port is not None:
+            if isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int):
+                raise ConfigError(f"metrics_port must be an int from 0 to 65535 or None, got {self.metrics_port!r}")
+            if not 0 <= self.metrics_port <= 65535:
+                raise ConfigError(f"metrics_port must be from 0 to 65535 (0: any free port), got {self.metrics_port}")
+        if not isinstance(self.metrics_address, str) or not self.metrics_address:
+            raise ConfigError(f"metrics_address must be a host name or IP address, got {self.metrics_address!r}")
 
     def validate_ring(self) -> None:
         """Also check the ring settings (``ringwal.open`` and the writer call this)."""
@@ -192,11 +338,15 @@ MAX_RING_SIZE = 1 << 30
 MAX_PRODUCER_SLOTS = 1024
 
 
-def _positive_int(name: str, value: object) -> None:
+def _positive_int(name: str, value: object, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    if most is not None and value > most:
+        raise ConfigError(f"{name}={value} is more than the largest that can work, {most} bytes")
 
 
 def _positive_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        raise ConfigError(f"{name} must be a positive number of seconds (or a timedelta), got {value!r}")
+    if value > MAX_SECONDS:
+        raise ConfigError(f"{name}={value!r} seconds is more than the longest that can work, {MAX_SECONDS:.0f} (100 y)")

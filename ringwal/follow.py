@@ -30,15 +30,17 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from datetime import datetime
 
-from .errors import LockTimeoutError
+from .errors import CorruptSegmentError, LockTimeoutError
 from .format import FRAME_HEADER_SIZE
 from .record import Record, check_seq
 from .replay import _HoleCheck, replay
 from .ring import RingView
-from .segment import CURRENT, LiveWriter, SegmentScan, read_header
+from .segment import CURRENT, LiveWriter, SegmentScan, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
+from .since import DEFAULT_CLOCK_SKEW, start_after, starting_at, to_ns
 
 __all__ = ["follow"]
 
@@ -46,27 +48,44 @@ CHUNK = 1 << 16  # bytes read per look at current.wal (a larger frame is read wh
 
 
 def follow(
-    directory: str,
+    directory: str | os.PathLike[str],
     after_seq: int = 0,
     *,
     serializer: Serializer | None = None,
     poll_interval: float = 0.1,
     skip_holes: bool = False,
     stop: threading.Event | None = None,
-) -> Iterator[Record]:
+    since: int | datetime | str | None = None,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
+) -> Generator[Record, None, None]:
     """Yield every record with ``seq > after_seq``, then new ones as they become durable.
 
     Runs until the caller stops iterating (``break``, ``close()`` on the generator) or
     ``stop`` is set; never wedges on a dead writer (every sleep is at most
     ``poll_interval``). Raises what ``replay`` raises (corruption, RecordsLostError unless
-    ``skip_holes``).
+    ``skip_holes``; NoLogError, at the first ``next``, when ``directory`` holds no log).
+
+    Retention, as in ``replay``: ``after_seq=0`` starts at the first record still in the
+    log; a larger ``after_seq`` below the log's first seq - 1 raises RecordsRemovedError,
+    and so does a follower that falls behind the writer's retention (a completed segment it
+    has not opened yet is removed), after yielding every seq before the removed ones.
+    Records are never skipped silently: ``follow(dir, e.first_available - 1)`` goes on
+    from where the log now starts.
+    ``since``/``clock_skew``: start at the first record with ``time >= since`` and yield
+    everything from there on, as ``replay`` does (``ringwal/since.py``); until such a record
+    is durable, nothing is yielded.
     """
     check_seq(after_seq, "after_seq")
     if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
         raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
-    f = _Follower(os.path.abspath(directory), after_seq + 1, serializer, poll_interval, skip_holes, stop)
+    directory = require_log(directory)
+    since_ns = None
+    if since is not None:
+        since_ns = to_ns(since)
+        after_seq = start_after(directory, since_ns, after_seq, clock_skew=clock_skew)
+    f = _Follower(directory, after_seq + 1, serializer, poll_interval, skip_holes, stop)
     try:
-        yield from f.run()
+        yield from f.run() if since_ns is None else starting_at(f.run(), since_ns)
     finally:
         f.close()
 
@@ -175,7 +194,18 @@ class _Follower:
             self.want = rec.seq + 1
             yield rec
         if start is not None and self.want < start:
-            # replay skipped what is gone (retention, or recorded holes with skip_holes)
+            # replay stopped at current.wal's first seq without yielding what is below it. It
+            # raises on anything removed under a reader that has a position, so this is "from
+            # the start" (after_seq=0, nothing yielded: the log starts later) or a recorded
+            # hole that skip_holes stepped over; anything else would be a silent skip.
+            gap = self.holes.holes.explains(self.want, start - 1)
+            if self.want != 1 and (gap is None or not self.skip_holes):
+                raise CorruptSegmentError(
+                    f"{self.dir}/{CURRENT}: starts at seq {start} but seqs {self.want}-{start - 1} are in no "
+                    "segment and not recorded as lost",
+                    path=os.path.join(self.dir, CURRENT),
+                    offset=32,
+                )
             self.want = start
 
     def _open_current(self) -> bool:

@@ -11,23 +11,34 @@ Segment file (``current.wal`` or ``NNNNNN.wal``)::
     | 64 bytes          | 8-aligned frames start at offset 64       |
     +-------------------+--------+--------+--------+--------+-- ... --+
 
-Segment header, 64 bytes::
+Segment header, version 2 (written by this build), 80 bytes::
 
-     0       8    10   12       16               32       40       48         60    64
-    +--------+----+----+--------+----------------+--------+--------+----------+-----+
-    | magic  |ver |hlen| flags  | serializer     |first   |created |reserved  |crc  |
-    | 8s     |u16 |u16 | u32    | 16s, NUL-padded|seq u64 |ns i64  |12 x 0    |u32  |
-    +--------+----+----+--------+----------------+--------+--------+----------+-----+
-    crc = CRC32C(bytes 0..60)
+     0       8    10   12       16               32       40       48               64         76    80
+    +--------+----+----+--------+----------------+--------+--------+----------------+----------+-----+
+    | magic  |ver |hlen| flags  | serializer     |first   |created | log id         |reserved  |crc  |
+    | 8s     |u16 |u16 | u32    | 16s, NUL-padded|seq u64 |ns i64  | 16 random bytes|12 x 0    |u32  |
+    +--------+----+----+--------+----------------+--------+--------+----------------+----------+-----+
+    ver = 2, hlen = 80, crc = CRC32C(bytes 0..76); frames start at offset hlen = 80
+
+Segment header, version 1 (still read; never written), 64 bytes: bytes 0..47 as above
+(ver = 1, hlen = 64), then 12 reserved zeros and the crc of bytes 0..60 at 60; no log id;
+frames start at 64. In every version the header is ``hlen`` bytes and ends with the CRC32C
+of the bytes before it.
 
 Frame (one checksummed batch of one or more records)::
 
      0        4        8                16       20       24
     +--------+--------+----------------+--------+--------+------------------+---------+
-    | length | count  | first_seq      | flags  | crc    | body (length B)  | pad 0-7 |
-    | u32    | u32    | u64            | u32 = 0| u32    | count records    | zeros   |
+    | length | count  | first_seq      | synced | crc    | body (length B)  | pad 0-7 |
+    | u32    | u32    | u64            | u32    | u32    | count records    | zeros   |
     +--------+--------+----------------+--------+--------+------------------+---------+
     crc = CRC32C(header bytes 0..20 ++ body ++ pad); next frame at 24 + align8(length)
+
+    synced (version 2): the segment's durable end when the frame was written, in units of
+    8 bytes: an fdatasync (or fsync) of this file had completed covering every byte below
+    ``synced * 8``. Always <= the frame's own offset / 8, and >= 8 (the header is fsynced
+    when the segment is created). Saturates at 2**32 - 1 (a lower bound stays true).
+    In version 1 files these bytes were ``flags`` and are always 0.
 
 Record inside a body: ``u32 payload_length`` then the serializer's payload. The record's seq
 is ``first_seq + position`` in the batch; it is never inside the payload.
@@ -51,11 +62,17 @@ __all__ = [
     "FORMAT_VERSION",
     "FRAME_HEADER",
     "FRAME_HEADER_SIZE",
+    "FRAME_SYNCED_OFFSET",
+    "LOG_ID_SIZE",
     "MAGIC",
     "MAX_FRAME_BODY",
+    "MAX_SYNCED",
+    "READ_VERSIONS",
     "RECORD_LENGTH",
     "SEGMENT_HEADER",
     "SEGMENT_HEADER_SIZE",
+    "SEGMENT_HEADER_V1",
+    "SEGMENT_HEADER_V1_SIZE",
     "SERIALIZER_NAME_SIZE",
     "SegmentHeader",
     "align8",
@@ -63,18 +80,30 @@ __all__ = [
     "describe_walk",
     "encode_frame",
     "frame_checksum",
+    "frame_durable_end",
     "same_length_run",
     "walk_records",
 ]
 
 #: Identifies a ringwal segment; the last byte is a NUL so `file` shows "RINGWAL".
 MAGIC: Final = b"RINGWAL\x00"
-#: The only version this build writes and reads. Bumped for any layout change.
-FORMAT_VERSION: Final = 1
+#: The version this build writes. It reads this one and every earlier one (READ_VERSIONS).
+#: 2: the segment header grew to 80 bytes to carry the log id, and a frame's bytes 16-19 carry
+#: the segment's durable end (``synced``) instead of a zero ``flags`` word (docs/FORMAT.md,
+#: "Format version history"). A version 1 segment is read (and continued) with version 1 rules.
+FORMAT_VERSION: Final = 2
+READ_VERSIONS: Final = (1, 2)
 
-SEGMENT_HEADER: Final = struct.Struct("<8sHHI16sQq12xI")
-SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 64
+#: The version 2 header (this build writes it): frames start at SEGMENT_HEADER_SIZE.
+SEGMENT_HEADER: Final = struct.Struct("<8sHHI16sQq16s12xI")
+SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 80
+#: The version 1 header (no log id), read in logs written before version 2.
+SEGMENT_HEADER_V1: Final = struct.Struct("<8sHHI16sQq12xI")
+SEGMENT_HEADER_V1_SIZE: Final = SEGMENT_HEADER_V1.size  # 64
 SERIALIZER_NAME_SIZE: Final = 16
+#: A log's identity: random bytes chosen once, when its first segment is created.
+LOG_ID_SIZE: Final = 16
+_HEADER_SIZES: Final = {1: SEGMENT_HEADER_V1_SIZE, 2: SEGMENT_HEADER_SIZE}
 
 FRAME_HEADER: Final = struct.Struct("<IIQII")
 FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 24
@@ -85,6 +114,11 @@ RECORD_LENGTH: Final = struct.Struct("<I")
 
 #: Largest body a frame may declare (u32). Readers also bound it by the bytes left in the file.
 MAX_FRAME_BODY: Final = 0xFFFF_FFFF
+#: Largest ``synced`` field (u32, units of 8 bytes): a larger durable end is stored as this.
+MAX_SYNCED: Final = 0xFFFF_FFFF
+#: The frame header's ``synced`` field (version 2): a little-endian u32 at this offset.
+FRAME_SYNCED_OFFSET: Final = 16
+_U32: Final = struct.Struct("<I")
 
 _ZERO_FRAME_HEADER: Final = bytes(FRAME_HEADER_SIZE)
 _PADS: Final = tuple(bytes(n) for n in range(8))
@@ -100,58 +134,112 @@ def align8(n: int) -> int:
 
 
 class SegmentHeader:
-    """The decoded 64-byte segment header."""
+    """The decoded segment header (version 1 or 2; ``size`` is its length, where frames start).
 
-    __slots__ = ("created_ns", "first_seq", "serializer", "version")
+    ``log_id`` is the log's 16-byte identity (``LOG_ID_SIZE``), None in a version 1 header.
+    """
 
-    def __init__(self, serializer: str, first_seq: int, created_ns: int, version: int = FORMAT_VERSION):
+    __slots__ = ("created_ns", "first_seq", "log_id", "serializer", "version")
+
+    def __init__(
+        self,
+        serializer: str,
+        first_seq: int,
+        created_ns: int,
+        log_id: bytes | None = None,
+        version: int = FORMAT_VERSION,
+    ):
         self.serializer = serializer
         self.first_seq = first_seq
         self.created_ns = created_ns
+        self.log_id = log_id
         self.version = version
 
+    @property
+    def size(self) -> int:
+        """The header's length in bytes (its ``hlen``): where the first frame starts."""
+        return _HEADER_SIZES.get(self.version, SEGMENT_HEADER_SIZE)
+
     def __repr__(self) -> str:
+        lid = self.log_id.hex() if self.log_id is not None else None
         return (
             f"SegmentHeader(serializer={self.serializer!r}, first_seq={self.first_seq}, "
-            f"created_ns={self.created_ns}, version={self.version})"
+            f"created_ns={self.created_ns}, log_id={lid!r}, version={self.version})"
         )
 
     def encode(self) -> bytes:
+        """The header's bytes: version 2 (needs a ``log_id``), or version 1 (needs none; for
+        tools and tests that make old logs). Other versions are ValueError."""
         name = self.serializer.encode("ascii")
         if not 0 < len(name) <= SERIALIZER_NAME_SIZE:
             raise ValueError(f"serializer name {self.serializer!r} must be 1-{SERIALIZER_NAME_SIZE} ASCII bytes")
         if self.first_seq < 1:
             raise ValueError(f"first_seq must be >= 1, got {self.first_seq}")
-        body = SEGMENT_HEADER.pack(
-            MAGIC, self.version, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns, 0
-        )
+        if self.version == 1:
+            if self.log_id is not None:
+                raise ValueError("a version 1 segment header has no log id")
+            body = SEGMENT_HEADER_V1.pack(MAGIC, 1, SEGMENT_HEADER_V1_SIZE, 0, name, self.first_seq, self.created_ns, 0)
+        elif self.version == 2:
+            if self.log_id is None or len(self.log_id) != LOG_ID_SIZE:
+                raise ValueError(f"a version 2 segment header needs a log id of {LOG_ID_SIZE} bytes")
+            body = SEGMENT_HEADER.pack(
+                MAGIC, 2, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns, self.log_id, 0
+            )
+        else:
+            # Tests make headers of versions this build cannot read: the layout of 2, another number.
+            body = SEGMENT_HEADER.pack(
+                MAGIC, self.version, SEGMENT_HEADER_SIZE, 0, name, self.first_seq, self.created_ns,
+                self.log_id or bytes(LOG_ID_SIZE), 0,
+            )  # fmt: skip
         return body[:-4] + crc32c(body[:-4]).to_bytes(4, "little")
 
     @classmethod
     def decode(cls, buf: bytes, path: str) -> SegmentHeader:
-        """Parse and check a segment header; raise a FormatError naming ``path`` when it is bad."""
-        if len(buf) < SEGMENT_HEADER_SIZE:
+        """Parse and check a segment header of any version this build reads (``buf`` holds at
+        least its ``hlen`` bytes; more is ignored); raise a FormatError naming ``path`` when it
+        is bad, UnsupportedVersionError for a version this build does not read."""
+        if len(buf) < SEGMENT_HEADER_V1_SIZE:
             raise CorruptSegmentError(
-                f"{path}: segment header is {len(buf)} bytes, expected {SEGMENT_HEADER_SIZE}", path=path, offset=0
+                f"{path}: segment header is {len(buf)} bytes, expected at least {SEGMENT_HEADER_V1_SIZE}",
+                path=path,
+                offset=0,
             )
-        magic, version, hlen, flags, name, first_seq, created, crc = SEGMENT_HEADER.unpack_from(buf, 0)
+        magic, version, hlen = struct.unpack_from("<8sHH", buf, 0)
         if magic != MAGIC:
             raise CorruptSegmentError(f"{path}: not a ringwal segment (magic {magic!r})", path=path, offset=0)
-        computed = crc32c(buf[: SEGMENT_HEADER_SIZE - 4])
-        if computed != crc:
-            raise CorruptSegmentError(
-                f"{path}: segment header checksum mismatch at offset 60: stored {crc:#010x}, computed {computed:#010x}",
-                path=path,
-                offset=60,
-            )
-        if version != FORMAT_VERSION:
+        want = _HEADER_SIZES.get(version)
+        # Every version ends its hlen-byte header with the CRC32C of the bytes before it, so
+        # the checksum is checked first whenever hlen can be trusted that far.
+        size = want if want is not None else hlen
+        if SEGMENT_HEADER_V1_SIZE <= size <= len(buf):
+            crc = int.from_bytes(buf[size - 4 : size], "little")
+            computed = crc32c(buf[: size - 4])
+            if computed != crc:
+                raise CorruptSegmentError(
+                    f"{path}: segment header checksum mismatch at offset {size - 4}: stored {crc:#010x}, "
+                    f"computed {computed:#010x}",
+                    path=path,
+                    offset=size - 4,
+                )
+        if want is None:
             raise UnsupportedVersionError(
                 f"{path}: segment format version {version} is not supported by this ringwal "
-                f"(it reads version {FORMAT_VERSION}); upgrade ringwal to read this log",
+                f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade ringwal to read this log",
                 path=path,
                 offset=8,
             )
-        if hlen != SEGMENT_HEADER_SIZE or flags != 0 or first_seq < 1:
+        if len(buf) < want:
+            raise CorruptSegmentError(
+                f"{path}: segment header of version {version} is {want} bytes, only {len(buf)} are there",
+                path=path,
+                offset=0,
+            )
+        log_id: bytes | None = None
+        if version == 1:
+            _m, _v, hlen, flags, name, first_seq, created, _crc = SEGMENT_HEADER_V1.unpack_from(buf, 0)
+        else:
+            _m, _v, hlen, flags, name, first_seq, created, log_id, _crc = SEGMENT_HEADER.unpack_from(buf, 0)
+        if hlen != want or flags != 0 or first_seq < 1:
             raise CorruptSegmentError(
                 f"{path}: segment header fields invalid (header_size={hlen}, flags={flags:#x}, first_seq={first_seq})",
                 path=path,
@@ -163,7 +251,7 @@ class SegmentHeader:
             serializer = ""
         if not serializer:
             raise CorruptSegmentError(f"{path}: segment header names no serializer", path=path, offset=16)
-        return cls(serializer, first_seq, created, version)
+        return cls(serializer, first_seq, created, log_id, version)
 
 
 def frame_checksum(header_prefix: bytes, body: bytes, pad: bytes) -> int:
@@ -171,15 +259,22 @@ def frame_checksum(header_prefix: bytes, body: bytes, pad: bytes) -> int:
     return crc32c(pad, crc32c(body, crc32c(header_prefix)))
 
 
-def encode_frame(body: bytes, count: int, first_seq: int) -> tuple[bytes, bytes, bytes]:
-    """Frame ``body`` (``count`` length-prefixed records) as (header, body, pad) for ``os.writev``."""
+def encode_frame(body: bytes, count: int, first_seq: int, durable_end: int = 0) -> tuple[bytes, bytes, bytes]:
+    """Frame ``body`` (``count`` length-prefixed records) as (header, body, pad) for ``os.writev``.
+
+    ``durable_end``: for a version 2 segment, the byte offset below which an fdatasync of the
+    segment had completed (a multiple of 8, stored as ``synced``); 0 for a version 1 segment.
+    """
     n = len(body)
     if not 0 < n <= MAX_FRAME_BODY:
         raise ValueError(f"frame body of {n} bytes is outside 1..{MAX_FRAME_BODY}")
     if count < 1:
         raise ValueError("a frame holds at least one record")
+    if durable_end & 7 or durable_end < 0:
+        raise ValueError(f"durable_end must be a multiple of 8 >= 0, got {durable_end}")
     pad = _PADS[-n & 7]
-    prefix = FRAME_HEADER.pack(n, count, first_seq, 0, 0)[:FRAME_CRC_PREFIX]
+    synced = min(durable_end >> 3, MAX_SYNCED)
+    prefix = FRAME_HEADER.pack(n, count, first_seq, synced, 0)[:FRAME_CRC_PREFIX]
     crc = crc32c(pad, crc32c(body, crc32c(prefix)))
     return prefix + crc.to_bytes(4, "little"), body, pad
 
@@ -194,12 +289,14 @@ FrameInfo = tuple[int, int, int, int, int, int, int]
 """(outcome, length, count, first_seq, stored_crc, computed_crc, next_offset)"""
 
 
-def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> FrameInfo:
+def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int, version: int = FORMAT_VERSION) -> FrameInfo:
     """Look at the frame starting at ``pos`` of ``buf[:limit]`` without trusting any field.
 
     A length is used only after it has been checked against the bytes left, so a corrupt
     header never causes a large allocation. On FRAME_BAD with a checksum mismatch the
-    stored and computed checksums are set; for impossible fields both are -1.
+    stored and computed checksums are set; for impossible fields both are -1. ``version``
+    is the segment's: in version 1 bytes 16-19 must be 0; in version 2 they are ``synced``
+    (read it with :func:`frame_durable_end` once the frame is FRAME_OK).
     """
     if pos == limit:
         return (FRAME_END, 0, 0, 0, -1, -1, pos)
@@ -213,7 +310,7 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
             return (FRAME_END, 0, 0, 0, -1, -1, pos)
         return (FRAME_BAD, length, count, first_seq, -1, -1, pos)
     # Each record needs at least its 4-byte length and one payload byte.
-    if count == 0 or flags != 0 or count > length // 5 or first_seq == 0:
+    if count == 0 or (flags != 0 and version < 2) or count > length // 5 or first_seq == 0:
         return (FRAME_BAD, length, count, first_seq, -1, -1, pos)
     end = pos + FRAME_HEADER_SIZE + align8(length)
     if end > limit:
@@ -225,6 +322,11 @@ def parse_frame(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> Fr
     if computed != crc:
         return (FRAME_BAD, length, count, first_seq, crc, computed, pos)
     return (FRAME_OK, length, count, first_seq, crc, computed, end)
+
+
+def frame_durable_end(buf: bytes | bytearray | memoryview, pos: int) -> int:
+    """The durable end (bytes) a valid version 2 frame at ``pos`` claims: ``synced * 8``."""
+    return int(_U32.unpack_from(buf, pos + FRAME_SYNCED_OFFSET)[0]) << 3
 
 
 # Outcomes of walk_records: what is wrong with a run of records, 0 when nothing is.
@@ -359,7 +461,9 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 
 # --------------------------------------------------------------------------- the ring
 #
-# The shared-memory ring (``/dev/shm/ringwal.<id>``) is not stored on disk, but it outlives
+# The shared-memory ring (``/dev/shm/ringwal.<log id>.<place>``: the 32 hex digits of the log
+# id, then the first 12 hex digits of SHA-256 of "<st_dev>:<st_ino>" of the log directory) is
+# not stored on disk, but it outlives
 # processes (a writer that dies leaves it for the next one), so its layout is versioned like
 # the segments'. ``ringwal/ring.py`` holds the algorithms and the memory-ordering argument;
 # the layout lives here. Every field is a little-endian 64-bit word at an 8-aligned offset,
@@ -394,14 +498,26 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     32 follow word: low 32 bits bumped after records become durable while followers are
 #        registered, and after a truncation; the futex ``follow`` and ``truncate_before``
 #        sleep on (W)         33 followers registered (C; a dead follower leaves it high,
-#        which only costs the writer one futex wake per fsync)
+#        which only costs the writer one futex wake per fsync; who is alive is told by the
+#        follower bytes of ``wal.ring.lock``, never by this word)
 #     40 records/s over the last second (W)  41 truncation requested: remove completed
 #        segments below this seq (C: raised, never lowered)   42 truncation served up to (W)
 #     43 first seq still in the log after the last truncation (W)
 #     44 fsync count in the histogram (W)    45 sum of fsync ns (W)
 #     46 pending resume lane + 1 (W)         47 pending resume head (W): words 22-23 as they
 #        become when the pending drain finishes
-#     64-127 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket)
+#     48 failed first seq  49 failed last seq  50 what failed (FSYNC_FAILURES) (W): a writer
+#        whose fsync failed records the seqs it had written but never made durable (48 last,
+#        non-zero = set); the next writer clears 48 once wal_holes.json holds the range
+#     52-53 log id (16 bytes, C at creation): the log this ring belongs to; producers and
+#        writers refuse a ring whose id is not their directory's
+#     54 st_dev, 55 st_ino of the log directory (C at creation): the place it belongs to
+#     56 length in bytes of the directory's path (W: the creator, then each writer as it
+#        starts, since a directory may be moved); the path itself (os.fsencode) in bytes
+#        1280..4095, right after the histogram, cut at 2816 bytes. For ``ringwal rings``:
+#        which log a ring is, and whether that log is gone (an orphan)
+#     64-159 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket;
+#        96 buckets, 4 per power of two of microseconds, the last from about 16.8 s up)
 #
 # Lane control block, 32 words; each group on its own 64-byte line so that producer and
 # writer stores never share a cache line::
@@ -414,6 +530,9 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     16 owner pid, in the owner's PID namespace: for display (O)  17 reserved (never written)
 #     18 owner token: random, odd; nonzero = the lane is owned (O)
 #     19 first seq of this lane's span in the pending drain (W)
+#     20 lost: 1 << 32 | count32 of this lane's last record lost to a failed fsync (W; 0 =
+#        none; stored after 21-23)   21 first seq   22 last seq of the range lost then
+#     23 what failed (FSYNC_FAILURES)
 #     24 poison (W): the owner token of a producer whose span the writer dropped as not
 #        records; its handle refuses work from then on (0 = never)
 #     25 count32 before the first record dropped   26 problem: outcome << 32 | record index
@@ -441,12 +560,19 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #     byte 64 + k    lane k: held by its owner for as long as it owns the lane; the writer
 #                    takes it to free the lane of an owner that died, and takes all lanes'
 #                    bytes at once to decide that nobody uses the ring at shutdown
+#     byte 2048 + j  follower j (j < 1024): held by a registered follower (``follow``,
+#                    ``tail -f``) while it follows, the first free one taken without waiting;
+#                    ``stats`` counts the held ones: the live followers
 
 RING_MAGIC: Final = b"RWRING\x00\x00"
 #: 2: futex wake word (24) replaced the per-lane semaphores; 3: stats, follow, truncation words;
 #: 4: liveness by the locks in wal.ring.lock (pid words for display only, create-time words unused).
 #: 5: resume words (22-23, 46-47) for drains cut at a record boundary, lane poison words (24-29).
-RING_VERSION: Final = 5
+#: 6: the fsync histogram grows to 96 buckets (words 64-159, up to ~33 s), follower lock bytes.
+#: 7: fsync failure words (header 48-50, lane 20-23): records lost to a failed fsync.
+#: 8: the ring names its log: log id (52-53), directory device and inode (54-55), path (56,
+#: bytes 1280..); the shared-memory name carries the log id; state 4 (the directory is gone).
+RING_VERSION: Final = 8
 RING_HEADER_SIZE: Final = 4096
 LANE_CTL_SIZE: Final = 256
 SPAN_LOG: Final = 1024
@@ -463,13 +589,18 @@ RH_WAKE: Final = 24  # on its own cache line: producers poll it while the writer
 RH_FOLLOW_WAKE, RH_FOLLOWERS = 32, 33
 RH_RATE, RH_TRUNC_REQ, RH_TRUNC_DONE, RH_FIRST_SEQ, RH_FSYNC_COUNT, RH_FSYNC_NS = range(40, 46)
 RH_PENDING_RESUME, RH_PENDING_RESUME_HEAD = 46, 47
+RH_FAILED_FIRST, RH_FAILED_LAST, RH_FAILED_WHAT = 48, 49, 50
+RH_LOG_ID, RH_DIR_DEV, RH_DIR_INO, RH_DIR_PATH_LEN = 52, 54, 55, 56
+#: Bytes of the ring header that hold the log directory's path (cut to fit): after the histogram.
+RH_DIR_PATH_OFFSET, RH_DIR_PATH_MAX = 1280, 2816
 RH_FSYNC_HIST: Final = 64
-FSYNC_BUCKETS: Final = 64
+FSYNC_BUCKETS: Final = 96
 
 
 def fsync_bucket(us: int) -> int:
     """Histogram bucket of an fsync of ``us`` microseconds: 4 buckets per power of two
-    (about 19% wide), exact below 4 us, everything from about 115 ms up in bucket 63."""
+    (about 19% wide), exact below 4 us; bucket 95 holds 2**24 us (16.8 s) and everything
+    longer, so any fsync up to 16.8 s is placed within 19% (a 10 s fsync reads as <= 11.5 s)."""
     if us < 4:
         return max(us, 0)
     bl = us.bit_length()
@@ -485,14 +616,25 @@ def fsync_bucket_upper(b: int) -> int:
     return ((4 | sub) << (bl - 3)) + (1 << (bl - 3)) - 1
 
 
-# ring states
-RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED = range(4)
+# ring states: GONE = its writer found the log directory removed or moved and stopped (the
+# ring is unlinked; attached producers raise LogGoneError)
+RING_INIT, RING_READY, RING_STOPPED, RING_CLOSED, RING_GONE = range(5)
+
+#: What failed, as the ring's failure words (header 50, lane 23) say it; 0 = not known.
+FSYNC_DATASYNC, FSYNC_SEAL, FSYNC_OPEN = 1, 2, 3
+FSYNC_FAILURES: Final = {
+    0: "an fsync of current.wal",
+    FSYNC_DATASYNC: "the fdatasync of current.wal",
+    FSYNC_SEAL: "the fsync of current.wal while sealing it (rotation)",
+    FSYNC_OPEN: "the fdatasync at start-up of the frames a dead writer left in current.wal",
+}
 
 # lane control word indices (relative to the lane's block)
 L_HEAD, L_WANT_WRITTEN, L_WANT_DURABLE = 0, 1, 2
 L_TAIL, L_PENDING_TAIL, L_VERSION, L_WRITTEN_COUNT = range(8, 12)
 L_WRITTEN_SEQ, L_DURABLE_COUNT, L_DURABLE_SEQ, L_SPAN_HEAD = range(12, 16)
 L_OWNER_PID, L_OWNER_TOKEN, L_PENDING_SEQ = 16, 18, 19
+L_LOST, L_LOST_FIRST, L_LOST_LAST, L_LOST_WHAT = range(20, 24)
 L_POISON, L_POISON_FROM, L_POISON_WHY, L_POISON_AT, L_POISON_VALUE, L_POISON_SPAN = range(24, 30)
 LANE_WORDS: Final = LANE_CTL_SIZE // 8
 
@@ -502,6 +644,8 @@ RING_LOCK_NAME: Final = "wal.ring.lock"
 LOCK_CLAIM: Final = 0
 LOCK_WRITER: Final = 1
 LOCK_LANE0: Final = 64
+LOCK_FOLLOWER0: Final = 2048
+FOLLOWER_LOCKS: Final = 1024
 
 
 def _align4096(n: int) -> int:

@@ -1,9 +1,11 @@
-"""``wal_holes.json``: the seq ranges ``ringwal repair`` removed, so that nobody mistakes a
-repaired log for a complete one.
+"""``wal_holes.json``: the seq ranges lost from the log, so that nobody mistakes it for a
+complete one.
 
-Seqs are gap-free by construction; the only way a log gets a gap is corruption that
-``ringwal repair`` cut out (or a segment file that went missing). Repair records each lost
-range here *before* it rewrites the damaged file, and every reader consults it:
+Seqs are gap-free by construction; a log gets a gap only from corruption that ``ringwal
+repair`` cut out (or a segment file that went missing), or from a failed fsync: the writer
+records the seqs it had written but could not make durable (``seglog.py``, docs/FORMAT.md
+"When fsync fails"). Each lost range is recorded here *before* its bytes go, and every
+reader consults it:
 
 * a scan (``SegmentScan``) accepts a seq jump only when it is exactly a recorded hole;
 * replay raises RecordsLostError when the records it must yield cross a hole, unless told

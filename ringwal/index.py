@@ -40,13 +40,15 @@ from dataclasses import asdict, dataclass
 
 from ._fileutil import FsyncFn, atomic_write
 from .errors import CorruptSegmentError, FormatError
-from .format import FORMAT_VERSION, SegmentHeader
+from .format import SegmentHeader
 from .holes import Holes
-from .segment import CURRENT, list_segments, read_header, scan_file
+from .segment import CURRENT, SegmentScan, list_segments, read_header
 
 __all__ = ["INDEX_NAME", "IndexEntry", "load_index", "reconcile", "write_index"]
 
 INDEX_NAME = "wal_index.json"
+#: The layout of wal_index.json; apart from the segment format version (segments went to 2, this did not).
+INDEX_FORMAT = 1
 log = logging.getLogger("ringwal")
 
 
@@ -74,8 +76,8 @@ def load_index(directory: str) -> tuple[list[IndexEntry] | None, str]:
         return None, "missing"
     try:
         doc = json.loads(raw)
-        if doc.get("format") != FORMAT_VERSION:
-            return None, f"format {doc.get('format')!r} is not {FORMAT_VERSION}"
+        if doc.get("format") != INDEX_FORMAT:
+            return None, f"format {doc.get('format')!r} is not {INDEX_FORMAT}"
         entries = [IndexEntry(**{k: e[k] for k in IndexEntry.__dataclass_fields__}) for e in doc["segments"]]
         for e in entries:
             if not (
@@ -89,7 +91,7 @@ def load_index(directory: str) -> tuple[list[IndexEntry] | None, str]:
 
 
 def write_index(directory: str, serializer: str, entries: list[IndexEntry], fsync: FsyncFn) -> None:
-    doc = {"format": FORMAT_VERSION, "serializer": serializer, "segments": [asdict(e) for e in entries]}
+    doc = {"format": INDEX_FORMAT, "serializer": serializer, "segments": [asdict(e) for e in entries]}
     atomic_write(os.path.join(directory, INDEX_NAME), json.dumps(doc, indent=1).encode() + b"\n", fsync)
 
 
@@ -100,73 +102,82 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
 
     An entry that fails the check is rebuilt from its file: with ``full=True`` (the writer,
     stats, repair) from its header and a scan for its last seq; with ``full=False`` (replay's
-    plan) from its header alone, ``last_seq`` -1 (not known). A file that disappears while
-    this runs (retention) is left out. A segment header that does not parse raises
-    FormatError, except that an entry whose name and size match is then kept unchecked: the
-    damage is the segment's, and whoever opens that file meets it (the writer's recovery
-    reads every header and refuses; replay raises if it needs that segment).
+    plan) from its header alone, ``last_seq`` -1 (not known). A segment header that does not
+    parse raises FormatError, except that an entry whose name and size match is then kept
+    unchecked: the damage is the segment's, and whoever opens that file meets it (the
+    writer's recovery reads every header and refuses; replay raises if it needs that segment).
+
+    Retention may remove segments (oldest first) while this runs. Each file is opened once,
+    and everything read from it (size, header, the scan) goes through that descriptor, which
+    keeps reading after an unlink: a file gone before it was opened is left out, and so is
+    every older one found gone then (retention removed it first); one removed later is
+    described as it was. Only two are open at a time (a segment is checked against the
+    header of the next).
     """
     holes = holes if holes is not None else Holes()
     stored, reason = load_index(directory)
     by_name = {e.file: e for e in stored or ()}
-    files: list[tuple[str, int, SegmentHeader | None]] = []
-    for _, name in list_segments(directory):
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # removed since the listing (retention)
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                header: SegmentHeader | None = read_header(fd, path)
-            except FormatError:
-                known = by_name.get(name)
-                if known is None or known.size != size:
-                    raise
-                header = None
-        finally:
-            os.close(fd)
-        files.append((name, size, header))
-    try:
-        cur_first: int | None = read_header(os.path.join(directory, CURRENT)).first_seq
-    except (FileNotFoundError, FormatError):
-        cur_first = None  # no current.wal (a crash mid-rotation), or one its reader will report
-    entries = []
-    unlisted, wrong = [], []
-    for i, (name, size, header) in enumerate(files):
-        if i + 1 < len(files):
-            nxt_header = files[i + 1][2]
-            nxt = nxt_header.first_seq if nxt_header is not None else None
-        else:
-            nxt = cur_first
+    entries: list[IndexEntry] = []
+    unlisted: list[str] = []
+    wrong: list[str] = []
+
+    def decide(seg: _Opened, nxt: int | None) -> None:
+        """Trust ``seg``'s entry, or rebuild it; ``nxt`` is the first seq of what follows it."""
+        name, header = seg.name, seg.header
         e = by_name.pop(name, None)
         if header is None:  # damaged: kept unchecked (see the docstring)
             if e is not None:
                 entries.append(e)
-            continue
-        if e is None or e.size != size:
+            return
+        if e is None or e.size != seg.size:
             unlisted.append(name)
         else:
             why = _disagreement(e, header, nxt, holes)
             if not why and nxt is None:  # nothing after it to check last_seq against
                 if full:
-                    why = _disagreement(e, header, _scan_next(directory, name, holes), holes)
+                    why = _disagreement(e, header, seg.scan(holes).next_seq, holes)
                 else:
                     e = IndexEntry(e.file, e.first_seq, -1, e.size, e.created_ns, e.closed_ns)
             if not why:
                 entries.append(e)
-                continue
+                return
             wrong.append(why)
-        path = os.path.join(directory, name)
         if full:
-            header, scan = scan_file(path, sealed=True, holes=holes)
+            scan = seg.scan(holes)
             if scan.records == 0:
-                raise CorruptSegmentError(f"{path}: completed segment holds no records", path=path, offset=0)
-            mtime_ns = int(os.stat(path).st_mtime_ns)
-            entries.append(IndexEntry(name, header.first_seq, scan.next_seq - 1, size, header.created_ns, mtime_ns))
+                raise CorruptSegmentError(f"{seg.path}: completed segment holds no records", path=seg.path, offset=0)
+            mtime_ns = int(os.fstat(seg.fd).st_mtime_ns)
+            entries.append(IndexEntry(name, header.first_seq, scan.next_seq - 1, seg.size, header.created_ns, mtime_ns))
         else:
-            entries.append(IndexEntry(name, header.first_seq, -1, size, header.created_ns, 0))
+            entries.append(IndexEntry(name, header.first_seq, -1, seg.size, header.created_ns, 0))
+
+    prev: _Opened | None = None
+    seg: _Opened | None = None
+    try:
+        for _, name in list_segments(directory):
+            seg = _Opened.open(directory, name, by_name.get(name))
+            if seg is None:
+                # Removed since the listing (retention). It went after every older segment,
+                # so drop those that are gone too: the entries describe one moment's log.
+                entries[:] = [e for e in entries if os.path.exists(os.path.join(directory, e.file))]
+                if prev is not None and not os.path.exists(prev.path):
+                    prev.close()
+                    prev = None
+                continue
+            if prev is not None:
+                decide(prev, seg.header.first_seq if seg.header is not None else None)
+                prev.close()
+            prev, seg = seg, None
+        if prev is not None:
+            try:
+                cur_first: int | None = read_header(os.path.join(directory, CURRENT)).first_seq
+            except (FileNotFoundError, FormatError):
+                cur_first = None  # no current.wal (a crash mid-rotation), or one its reader will report
+            decide(prev, cur_first)
+    finally:
+        for opened in (prev, seg):
+            if opened is not None:
+                opened.close()
     gone = sorted(by_name)
     if stored is not None and (unlisted or wrong or gone):
         parts = []
@@ -180,6 +191,55 @@ def reconcile(directory: str, *, full: bool = True, holes: Holes | None = None) 
     return entries, reason
 
 
+class _Opened:
+    """A completed segment opened once by ``reconcile``: its size, its header (None when it
+    does not parse but the index knows the file) and, when asked, one scan of its frames."""
+
+    def __init__(self, name: str, path: str, fd: int, size: int, header: SegmentHeader | None) -> None:
+        self.name, self.path, self.fd, self.size, self.header = name, path, fd, size, header
+        self._scan: SegmentScan | None = None
+
+    @classmethod
+    def open(cls, directory: str, name: str, known: IndexEntry | None) -> _Opened | None:
+        """None when the file is gone; FormatError for a bad header the index cannot vouch for."""
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                header: SegmentHeader | None = read_header(fd, path)
+            except FormatError:
+                if known is None or known.size != size:
+                    raise
+                header = None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(name, path, fd, size, header)
+
+    def scan(self, holes: Holes) -> SegmentScan:
+        """The whole segment scanned (once) through the open descriptor; raises on corruption."""
+        if self._scan is None:
+            if self.header is None:  # pragma: no cover - decide() never scans a segment kept unchecked
+                raise ValueError(f"{self.path}: its header does not parse; it cannot be scanned")
+            first = self.header.first_seq
+            scan = SegmentScan(
+                None, self.path, sealed=True, next_seq=first, holes=holes, fd=self.fd, header=self.header
+            )
+            for _ in scan.frames():
+                pass
+            self._scan = scan
+        return self._scan
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
 def _disagreement(e: IndexEntry, header: SegmentHeader | None, nxt: int | None, holes: Holes) -> str:
     """Why entry ``e`` cannot be trusted ("" if it can): its file's header starts elsewhere,
     or its last seq does not join ``nxt``, the first seq of whatever follows it (None: unknown)."""
@@ -190,9 +250,3 @@ def _disagreement(e: IndexEntry, header: SegmentHeader | None, nxt: int | None, 
     if nxt is not None and e.last_seq + 1 != nxt and not holes.bridging(e.last_seq + 1, nxt):
         return f"{e.file} ends at seq {e.last_seq} but the next segment starts at {nxt}"
     return ""
-
-
-def _scan_next(directory: str, name: str, holes: Holes) -> int:
-    """The seq after the last record of completed segment ``name`` (a full scan)."""
-    _, scan = scan_file(os.path.join(directory, name), sealed=True, holes=holes)
-    return scan.next_seq

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from . import _fileutil
 from ._fileutil import FsyncFn
 from .config import Config
 from .errors import InvalidRecordError, LogFailedError
@@ -59,7 +60,7 @@ class WAL:
         clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
         fsync: FsyncFn = os.fsync,
-        fdatasync: FsyncFn = os.fdatasync,
+        fdatasync: FsyncFn = _fileutil.fdatasync,
     ) -> None:
         config = Config() if config is None else config
         config.validate()
@@ -217,7 +218,10 @@ class WAL:
         return self._log.closed
 
     def replay_from(self, seq: int, fn: Callable[[Record], object]) -> int:
-        """Flush, then call ``fn`` for every record with seq > ``seq``, in order; return the count."""
+        """Flush, then call ``fn`` for every record with seq > ``seq``, in order; return the count.
+
+        ``seq=0`` starts at the first record still in the log; raises RecordsRemovedError when
+        retention removed seq + 1 (``replay``)."""
         self.flush()
         return replay_into(self.dir, seq, self._ser, fn)
 

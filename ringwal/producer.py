@@ -14,9 +14,10 @@ Every wait is bounded, and no call waits for a lock another producer holds (``ri
 waiting, and holds it until ``close``. While waiting, a handle checks every ``POLL`` seconds
 that the writer is alive (its lock in ``wal.ring.lock`` is held and the ring is READY: this
 works across PID namespaces, so the writer may run in another container); when it is gone,
-the handle starts a new one (``start_writer``) or waits ``writer_wait`` for a supervisor's,
-then carries on; the ring and its records outlive writers. If none comes, it raises
-WriterGoneError.
+the handle starts a new one (``start_writer``; again, at most once a second, if the one it
+started dies before it is ready) or waits ``writer_wait`` for a supervisor's, then carries
+on; the ring and its records outlive writers. If none serves within ``writer_wait``, it
+raises WriterGoneError.
 
 After ``fork`` the child's copy of a handle never touches the parent's lane: the child lets
 go of its copy of the lane's lock at once (so the lane dies with the parent), and its first
@@ -30,6 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from typing import NoReturn, SupportsIndex
 
 from ._launch import start_writer
 from .config import Config
@@ -37,6 +39,8 @@ from .errors import (
     ClosedError,
     InvalidRecordError,
     LanePoisonedError,
+    LogFailedError,
+    LogGoneError,
     RingFullError,
     SerializerMismatchError,
     WaitTimeoutError,
@@ -46,7 +50,7 @@ from .errors import (
 from .log import _as_record, _too_large
 from .record import Record, check_seq
 from .replay import replay_into
-from .ring import ProducerSide, Ring, check_machine
+from .ring import ProducerSide, Ring, check_platform
 from .serializers import with_batch_methods
 
 __all__ = ["BatchReceipt", "Handle", "Receipt", "open"]
@@ -123,17 +127,22 @@ class Handle:
     _closed = True
     _side: ProducerSide | None = None
     _poisoned: LanePoisonedError | None = None  # set once: the handle refuses all work after it
+    #: Set once records of this handle were lost to a writer's failed fsync (never durable,
+    #: never acknowledged): every later call raises it (docs/FORMAT.md, "When fsync fails").
+    _lost: LogFailedError | None = None
 
     def __init__(self, config: Config) -> None:
         config.validate_ring()
-        check_machine()
+        check_platform()
         self.config = config
         self._ser = with_batch_methods(config.serializer)
         self._frame = self._ser.frame
         self._frame_many = self._ser.frame_many
         from ._fileutil import check_directory
 
-        self.dir = check_directory(config.dir, create=True)
+        self.dir = check_directory(config.dir, create=True, group=config.group)
+        st = os.stat(self.dir)
+        self._place = (st.st_dev, st.st_ino)  # the directory this handle opened (check_place)
         self._lock = threading.Lock()  # guards the lane (appends)
         self._wait_lock = threading.Lock()  # one waiter at a time; appends go on meanwhile
         self._count = 0  # records appended by this handle, ever (local numbering)
@@ -172,6 +181,7 @@ class Handle:
         """Poll ``ready`` until true, starting a writer when allowed; WriterGoneError after writer_wait."""
         deadline = time.monotonic() + self.config.writer_wait
         next_start = 0.0
+        died = 0
         while not ready():
             now = time.monotonic()
             if self.config.start_writer and now >= next_start:
@@ -180,10 +190,16 @@ class Handle:
                 next_start = now + 1.0
                 if start_writer(self.config, self.config.writer_linger, deadline):
                     continue
+                died += 1  # killed while starting: start another while writer_wait lasts
             if now >= deadline:
                 hint = ""
                 if not self.config.start_writer:
                     hint = " (start_writer=False: start one with `ringwal serve --dir DIR`)"
+                if died:
+                    hint += (
+                        f" ({died} writer(s) started here died or said nothing before they were ready; "
+                        f"see {self.dir}/writer.log)"
+                    )
                 raise WriterGoneError(gone + hint)
             _pause(0.02)
 
@@ -315,6 +331,11 @@ class Handle:
         deadline = time.monotonic() + self.config.sync_timeout
         try:
             seq = side.wait_progress(durable, count, deadline, self._writer_changed)
+        except LogFailedError as exc:
+            if self._lost is None:
+                self._lost = exc
+                self._publish = _no_room  # appends take the slow path, which raises it
+            raise
         except LanePoisonedError as exc:
             if locked:
                 raise self._lane_lost(exc) from None
@@ -338,6 +359,7 @@ class Handle:
             raise ClosedError(f"this handle on {self.dir} was closed while waiting for the writer")
         if side.writer_ready():
             return side.writer_changed()
+        self._check_place(side)
         self._await_writer(
             side.writer_ready,
             f"the writer of {self.dir} is gone and no new writer took over within {self.config.writer_wait:g}s; "
@@ -345,6 +367,22 @@ class Handle:
         )
         side.writer_changed()
         return True
+
+    def _check_place(self, side: ProducerSide) -> None:
+        """Raise LogGoneError when the writer stopped because the directory is gone, or the
+        directory this handle opened is no longer at its path (a new writer would start a
+        new log there, which this handle's records never belonged to)."""
+        try:
+            st = os.stat(self.dir)
+            here = (st.st_dev, st.st_ino) == self._place
+        except OSError:
+            here = False
+        if side.log_gone() or not here:
+            raise LogGoneError(
+                f"{self.dir}: the log directory was removed or moved while this handle was attached; its writer "
+                "stopped. Records appended here and not yet durable may be lost: open the log where it is now",
+                path=self.dir,
+            )
 
     def flush(self) -> None:
         """Return once the writer has written every record appended here to the OS."""
@@ -356,7 +394,11 @@ class Handle:
                 self._wait(side, False, target)
 
     def sync(self) -> int:
-        """Return once every record appended here is durable; the seq of the last one (0: none)."""
+        """Return once every record appended here is durable; the seq of the last one (0: none).
+
+        Raises LogFailedError (with ``first_seq``/``last_seq``) when some of them were lost to
+        a writer's failed fsync instead: they are never acknowledged, and the handle refuses
+        all work from then on (open a new one). WaitTimeoutError after ``sync_timeout``."""
         with self._lock:
             side = self._usable_side()
             target = self._count = side.count
@@ -409,7 +451,10 @@ class Handle:
     # ------------------------------------------------------------------ reading, lifecycle
 
     def replay_from(self, seq: int, fn: Callable[[Record], object]) -> int:
-        """Flush this handle, then call ``fn`` for every record with seq > ``seq``; return the count."""
+        """Flush this handle, then call ``fn`` for every record with seq > ``seq``; return the count.
+
+        ``seq=0`` starts at the first record still in the log; raises RecordsRemovedError when
+        retention removed seq + 1 (``replay``)."""
         self.flush()
         return replay_into(self.dir, seq, self._ser, fn)
 
@@ -428,6 +473,8 @@ class Handle:
             raise ClosedError(f"this handle on {self.dir} is closed")
         if self._poisoned is not None:
             raise self._poisoned
+        if self._lost is not None:
+            raise self._lost
         if self._forked:
             self._reattach_after_fork()
         side = self._side
@@ -459,12 +506,18 @@ class Handle:
         Raises (after releasing everything) if the sync could not complete; the records then
         stay in the ring for the next writer.
         """
+        self._close(sync=True)
+
+    def _close(self, *, sync: bool) -> None:
+        """``close``; with ``sync=False`` the lane is given back without waiting for the
+        writer (``ringwal.aio`` has waited already, or gave up after its own deadline)."""
         with self._lock:
             if self._closed:
                 return
             failure: BaseException | None = None
             side = self._side
-            if not self._forked and side is not None and side.count > side.base:
+            # A handle whose records were lost has said so already; nothing it holds can become durable.
+            if sync and not self._forked and side is not None and side.count > side.base and self._lost is None:
                 try:
                     self._wait(side, True, side.count, locked=True)
                 except WALError as exc:
@@ -481,6 +534,16 @@ class Handle:
             self._side = None
             if failure is not None:
                 raise failure
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        # multiprocessing's spawn and forkserver pickle a Process's arguments. A handle is this
+        # process's lane of the ring (its locks, its mapping), which cannot travel: say so
+        # instead of pickle's "cannot pickle '_thread.lock' object".
+        raise TypeError(
+            f"a ringwal.Handle cannot be sent to another process (pickled): it is this process's lane of the "
+            f"ring of {self.dir}. Pass the Config instead (it pickles) and open a handle in the child with "
+            "ringwal.open(config); a child made by fork may use an inherited handle"
+        )
 
     def __enter__(self) -> Handle:
         return self

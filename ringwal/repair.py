@@ -7,7 +7,9 @@ What it does, file by file (completed segments in order, then ``current.wal``):
   after is kept, byte for byte (frames carry their own seqs, so nothing is renumbered);
 * a damaged tail (nothing valid after the damage) is cut off; a torn tail of
   ``current.wal`` is cut off the same way (the next writer would do it anyway);
-* a damaged segment header is rebuilt from the log's serializer and the seqs around it;
+* a damaged segment header is rebuilt from the log's serializer, its log id and the seqs
+  around it (its version from where its first valid frame starts: 80 bytes in, version 2;
+  64, version 1);
 * a completed segment with nothing valid left, or holding no records, is set aside;
 * a valid frame repeating seqs already in the log is dropped;
 * zero bytes after the last frame of a completed segment are truncated (no data);
@@ -20,7 +22,8 @@ cut short) is recorded as a hole in ``wal_holes.json`` (``holes.py``), with the 
 offset and reason, so replay and verify report it instead of failing. Every file that
 loses non-zero bytes is first kept whole as ``<name>.broken``. The report names each seq
 that went. Refused, with a clear error and nothing changed: a writer holds the directory,
-a segment of an unknown format version, segments written with different serializers, or
+a segment of an unknown format version, segments written with different serializers or
+carrying different log ids, or
 segments that overlap (two files claiming the same seqs: a human must pick one).
 
 Order of the changes and what a crash at each step leaves (rerunning repair finishes):
@@ -47,9 +50,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
+from ._fileutil import DirLock, FsyncFn, check_directory, create_file, fsync_dir
 from .errors import CorruptSegmentError, FormatError, UnsupportedVersionError
-from .format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader, align8
+from .format import FRAME_HEADER_SIZE, LOG_ID_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_V1_SIZE, SegmentHeader, align8
 from .holes import Hole, load_holes, write_holes
 from .index import INDEX_NAME, load_index, reconcile, write_index
 from .segment import (
@@ -124,6 +127,7 @@ class _Repair:
         self.holes = load_holes(directory)
         self.new_holes: list[Hole] = []
         self.plans: list[_FilePlan] = []
+        self.log_id: bytes | None = None
         self.now = time.time_ns()
         index, _ = load_index(directory)
         self.index = {e.file: e for e in index or ()}
@@ -163,7 +167,10 @@ class _Repair:
         return self.report
 
     def _serializer(self, names: list[str]) -> str:
+        """The serializer the readable headers agree on (and, in ``log_id``, the log id that
+        the version 2 ones agree on, or None); CorruptSegmentError when they disagree."""
         found: dict[str, list[str]] = {}
+        ids: dict[bytes, list[str]] = {}
         for name in names:
             path = os.path.join(self.dir, name)
             try:
@@ -173,6 +180,16 @@ class _Repair:
             except FormatError:
                 continue
             found.setdefault(header.serializer, []).append(name)
+            if header.log_id is not None:
+                ids.setdefault(header.log_id, []).append(name)
+        if len(ids) > 1:
+            parts = "; ".join(f"{i.hex()}: {', '.join(ns)}" for i, ns in ids.items())
+            raise CorruptSegmentError(
+                f"{self.dir}: segments of different logs are in this directory (log ids {parts}); "
+                "repair will not pick one: move the foreign files away first",
+                path=self.dir,
+            )
+        self.log_id = next(iter(ids)) if ids else None
         if len(found) > 1:
             parts = "; ".join(f"{s!r}: {', '.join(ns)}" for s, ns in found.items())
             raise CorruptSegmentError(
@@ -212,8 +229,9 @@ class _Repair:
             header_note = str(exc).removeprefix(f"{path}: ")
         if header is not None:
             first = header.first_seq
+            start = header.size
         else:
-            found = find_valid_frame(buf, SEGMENT_HEADER_SIZE, len(buf), expected or 1)
+            found = find_valid_frame(buf, SEGMENT_HEADER_V1_SIZE, len(buf), expected or 1)
             if found is None:
                 # Nothing readable at all: set the whole file aside.
                 nonzero = any(buf)
@@ -230,10 +248,25 @@ class _Repair:
                 first = expected
             entry = self.index.get(name)
             created = entry.created_ns if entry is not None else int(os.stat(path).st_mtime_ns)
-            header = SegmentHeader(self.serializer, first, created)
+            # Frames start right after the header: a first valid frame at 64 or 80 tells the
+            # damaged header's version; further in, the version the log's other headers have.
+            v1 = found[0] == SEGMENT_HEADER_V1_SIZE or (found[0] != SEGMENT_HEADER_SIZE and self.log_id is None)
+            start = SEGMENT_HEADER_V1_SIZE if v1 else SEGMENT_HEADER_SIZE
+            what = "version 1"
+            if v1:
+                header = SegmentHeader(self.serializer, first, created, version=1)
+            else:
+                if self.log_id is None:
+                    # Every other header that could say it is damaged too: the log gets a new
+                    # id (a ring its last writer left is then not found: ringwal rings lists it).
+                    self.log_id = os.urandom(LOG_ID_SIZE)
+                    what = f"a new log id {self.log_id.hex()} (no readable header had one)"
+                else:
+                    what = f"log id {self.log_id.hex()}"
+                header = SegmentHeader(self.serializer, first, created, self.log_id)
             self.say(
                 f"{name}: segment header damaged ({header_note}); "
-                f"rebuilt it (serializer {self.serializer!r}, first seq {first})"
+                f"rebuilt it (serializer {self.serializer!r}, first seq {first}, {what})"
             )
         # Seqs between the previous file and this one.
         if expected is not None and first > expected and not self.holes.bridging(expected, first):
@@ -258,15 +291,15 @@ class _Repair:
                 offset=32,
             )
         open_loss = None
-        out, nxt, records, copy, open_loss = self._frames(name, buf, first, sealed)
+        out, nxt, records, copy, open_loss = self._frames(name, buf, first, sealed, start)
         changed = bool(header_note) or out is not None
         if records == 0 and sealed:
-            self.plans.append(_FilePlan(name, None, copy or any(buf[SEGMENT_HEADER_SIZE:])))
+            self.plans.append(_FilePlan(name, None, copy or any(buf[start:])))
             self.say(f"{name}: completed segment holds no valid records: set aside as {name}.broken")
             self.report.broken_copies.append(f"{name}.broken")
             return nxt, open_loss
         if changed:
-            body = out if out is not None else bytes(buf[SEGMENT_HEADER_SIZE:])
+            body = out if out is not None else bytes(buf[start:])
             content = header.encode() + body
             self.plans.append(_FilePlan(name, content, copy or bool(header_note)))
             if copy or header_note:
@@ -274,14 +307,14 @@ class _Repair:
         return nxt, open_loss
 
     def _frames(
-        self, name: str, buf: bytes, first: int, sealed: bool
+        self, name: str, buf: bytes, first: int, sealed: bool, start: int
     ) -> tuple[bytes | None, int, int, bool, tuple[str, int, str] | None]:
-        """Walk the frames with the salvaging policy; return (new body or None if unchanged,
-        next seq, records kept, whether non-zero bytes are dropped, damage at the end whose
-        seqs are not known yet)."""
+        """Walk the frames from offset ``start`` with the salvaging policy; return (new body
+        or None if unchanged, next seq, records kept, whether non-zero bytes are dropped,
+        damage at the end whose seqs are not known yet)."""
         policy = _Salvage(self, name)
         path = os.path.join(self.dir, name)
-        scan = SegmentScan(buf, path, sealed=sealed, next_seq=first, holes=self.holes, reporter=policy)
+        scan = SegmentScan(buf, path, sealed=sealed, start=start, next_seq=first, holes=self.holes, reporter=policy)
         kept = [(off, off + FRAME_HEADER_SIZE + align8(length)) for off, _, _, length in scan.frames()]
         open_loss = None
         if scan.tail is not None:  # TORN or DAMAGED: damage with nothing valid after it
@@ -325,7 +358,7 @@ class _Repair:
             if plan.content is None:
                 continue
             tmp = os.path.join(d, plan.name + _TMP_SUFFIX)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = create_file(tmp, os.O_WRONLY | os.O_TRUNC)
             try:
                 view = memoryview(plan.content)
                 while view:

@@ -19,8 +19,21 @@ A checksum failure or impossible length before the tail raises CorruptRecordErro
 path, offset and both checksums. Nothing is skipped silently: seqs that ``ringwal repair``
 cut out of a damaged log are listed in ``wal_holes.json``, and replay raises
 RecordsLostError when the records it must yield cross one, unless ``skip_holes=True``
-(then each hole crossed is logged as a warning). Records removed by retention
-(``truncate_before``) are not a hole: replay from before the first kept seq starts there.
+(then each hole crossed is logged as a warning).
+
+Records removed by retention (``retention_max_bytes``/``retention_max_age``,
+``truncate_before``, ``ringwal truncate``) are not a hole, and never skipped silently either:
+
+* ``after_seq=0`` means "from the start": the first record still in the log, wherever
+  retention has moved it by the time replay opens the first segment;
+* ``after_seq`` > 0 below the log's first seq - 1 raises RecordsRemovedError at once
+  (the caller's position is gone; like Kafka's OffsetOutOfRange, it is not reset quietly);
+* a segment removed while replay runs (between the plan and its opening) raises
+  RecordsRemovedError when replay reaches it, after yielding every seq before it. A segment
+  already open is read to its end: an unlinked file stays readable through its descriptor.
+
+The error carries ``first_gone`` and ``first_available``: ``replay(dir,
+e.first_available - 1)`` goes on, accepting the loss.
 """
 
 from __future__ import annotations
@@ -28,16 +41,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
+from datetime import datetime
 from itertools import chain, islice
 from typing import NamedTuple
 
-from .errors import ConfigError, CorruptSegmentError, FormatError, RecordsLostError, SerializerMismatchError
+from .errors import CorruptSegmentError, FormatError, RecordsLostError, RecordsRemovedError, SerializerMismatchError
 from .format import FRAME_HEADER_SIZE, SegmentHeader
 from .holes import Holes, load_holes
 from .index import reconcile
 from .record import Record, check_seq
-from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header
+from .segment import CURRENT, LiveWriter, SegmentScan, list_segments, read_header, require_log
 from .serializers import Serializer, get_serializer, with_batch_methods
+from .since import DEFAULT_CLOCK_SKEW, frames_starting_at, start_after, to_ns
 
 __all__ = ["replay"]
 
@@ -54,19 +69,41 @@ class _Seg(NamedTuple):
 
 
 def replay(
-    directory: str, after_seq: int = 0, serializer: Serializer | None = None, *, skip_holes: bool = False
+    directory: str | os.PathLike[str],
+    after_seq: int = 0,
+    serializer: Serializer | None = None,
+    *,
+    skip_holes: bool = False,
+    since: int | datetime | str | None = None,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
 ) -> Iterator[Record]:
     """Yield every record with ``seq > after_seq``, in seq order.
 
     ``serializer=None`` decodes with the serializer named in each segment header; passing one
     checks that the log was written with it (SerializerMismatchError otherwise).
     ``skip_holes=True`` steps over seq ranges that repair recorded as lost (with a warning)
-    instead of raising RecordsLostError.
+    instead of raising RecordsLostError. ``directory`` is a ``str`` or ``os.PathLike``; one
+    that is missing or holds no log raises NoLogError (at the call, not at the first ``next``).
+
+    ``after_seq=0`` starts at the first record still in the log. A larger ``after_seq``
+    whose next seq retention (or ``truncate_before``) has removed raises
+    RecordsRemovedError, at once or, when removed while replay runs, where replay reaches
+    it (module docstring); nothing is ever skipped silently. Also raises CorruptRecordError,
+    CorruptSegmentError, RecordsLostError and SerializerMismatchError (module docstring).
+    ``since`` (ns since the epoch, an aware datetime, or ISO 8601 text): start at the first
+    of those records whose ``time >= since`` and yield every record from there on, in seq
+    order, whatever its time. Completed segments the writer closed before
+    ``since - clock_skew`` seconds are skipped unread; the rule, and what a producer clock
+    running further ahead than ``clock_skew`` does to it, are in ``ringwal/since.py``.
+    ValueError for a bad ``since`` or ``clock_skew``.
     """
     check_seq(after_seq, "after_seq")
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
-        raise ConfigError(f"dir={directory!r} is not a directory holding a ringwal log")
+    directory = require_log(directory)
+    if since is not None:
+        since_ns = to_ns(since)
+        start = start_after(directory, since_ns, after_seq, clock_skew=clock_skew)
+        frames = _replay(directory, start + 1, serializer, _HoleCheck(directory, skip_holes))
+        return chain.from_iterable(frames_starting_at(frames, since_ns))
     # The generators below yield one iterable per frame; chain flattens them in C, so no
     # Python frame runs per record (the binary fast path decodes a frame in C as well).
     return chain.from_iterable(_replay(directory, after_seq + 1, serializer, _HoleCheck(directory, skip_holes)))
@@ -131,32 +168,48 @@ class _HoleCheck:
         what = "; ".join(h.describe() for h in found)
         if not self.skip:
             raise RecordsLostError(
-                f"{path}: seqs {lo}-{hi} are not in the log: ringwal repair recorded them as lost ({what}); "
+                f"{path}: seqs {lo}-{hi} are not in the log: they are recorded as lost in wal_holes.json ({what}); "
                 "replay with skip_holes=True (ringwal dump/tail --skip-holes) to step over them",
                 path=path,
                 first_seq=lo,
                 last_seq=hi,
                 reason=what,
             )
-        log.warning("replay: stepping over seqs %d-%d, recorded as lost by ringwal repair (%s)", lo, hi, what)
+        log.warning("replay: stepping over seqs %d-%d, recorded as lost in wal_holes.json (%s)", lo, hi, what)
         return True
 
 
 def _replay(directory: str, want: int, serializer: Serializer | None, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
+    """The records from seq ``want`` on, one iterable per frame (``replay``'s body).
+
+    Retention removes whole completed segments, oldest first, at any moment; an open
+    descriptor keeps reading a file that was unlinked, so only a segment not yet opened can
+    be lost. Every (re)plan is checked at its front: a log that now starts after ``want``
+    lost seqs this reader needs. With ``after_seq=0`` and nothing yielded yet ("from the
+    start") the start just moves to the log's first seq; otherwise RecordsRemovedError
+    (or, where ``wal_holes.json`` explains the seqs, the hole rule). A gap after a segment
+    that still exists cannot be retention's (oldest first): it is corruption, as before.
+    """
+    floating = want == 1  # from the start, and nothing yielded yet: wherever the log starts now
     plan = _plan(directory, holes.holes)
-    if plan and want < plan[0].first_seq:
-        want = plan[0].first_seq  # the records before it were removed by retention
     done: set[str] = set()
     fresh = True  # whether ``plan`` was read after the last segment we finished
     while True:
         seg = _pick(plan, want, done)
         if seg is None or seg.first_seq > want:
             if not fresh:
-                # A rotation may have happened since the plan was made: look again, once.
+                # A rotation or a removal may have happened since the plan was made: look again, once.
                 plan, fresh = _plan(directory, holes.holes), True
                 continue
             if seg is None:
                 return
+            if seg is plan[0]:
+                # Nothing in the log before seq seg.first_seq: retention took the seqs we need
+                # (or repair recorded them as lost, or we start from the start).
+                if not floating and not holes.cross(want, seg.first_seq - 1, seg.path):
+                    raise RecordsRemovedError.for_reader(directory, want, seg.first_seq)
+                want = seg.first_seq
+                continue
             if holes.cross(want, seg.first_seq - 1, seg.path):
                 want = seg.first_seq
                 continue
@@ -169,11 +222,11 @@ def _replay(directory: str, want: int, serializer: Serializer | None, holes: _Ho
         if not seg.current:
             got = yield from _replay_completed(seg, want, serializer, holes)
             if got is None:
-                # Removed by retention after we planned: the records now start later.
+                # Removed (retention) after we planned, before we opened it: plan again, and
+                # the front check above decides.
                 plan, fresh = _plan(directory, holes.holes), True
-                if plan and want < plan[0].first_seq:
-                    want = plan[0].first_seq
                 continue
+            floating = floating and got == want
             want = got
             done.add(seg.path)
             fresh = False
@@ -183,6 +236,7 @@ def _replay(directory: str, want: int, serializer: Serializer | None, holes: _Ho
             # Rotated away (or replaced by a newer one) between planning and opening.
             plan, fresh = _plan(directory, holes.holes), True
             continue
+        floating = floating and result[0] == want
         want, renamed = result
         if not renamed:
             return
@@ -283,7 +337,8 @@ def _replay_current(
 
 
 def replay_into(directory: str, after_seq: int, serializer: Serializer | None, fn: Callable[[Record], object]) -> int:
-    """Call ``fn`` for every record with seq > ``after_seq``, in order; return how many.
+    """Call ``fn`` for every record with seq > ``after_seq``, in order; return how many
+    (raises what ``replay`` raises, RecordsRemovedError included).
 
     The body of ``WAL.replay_from`` and ``Handle.replay_from`` (the Go original's callback form).
     """

@@ -107,6 +107,24 @@ Progress words and the span log
     before ``span_head`` is advanced past it, and a reader checks ``span_head`` again after
     reading to know the entry was not overwritten meanwhile.
 
+Records lost to a failed fsync (docs/FORMAT.md, "When fsync fails")
+    A writer whose fsync failed declares the records it had written but not made durable
+    lost (``seglog.py``) and, before it exits, says so in the ring: in every lane holding
+    such records (written count != durable count, written seq in the range) it stores the
+    range and what failed (lane words 21-23), then the lane's ``lost`` word (20: the count32
+    of its last lost record), then the header's failure words (50, 49, then 48 last), then
+    STOPPED, and wakes every waiter. A producer waiting for durability loads its progress
+    words first and then ``lost``; a lost record of its own (count above the count it
+    claimed the lane at) raises LogFailedError naming the seqs, even once the durable count
+    has passed it (a later writer's durable count does pass it). So the lost word is stored
+    before any durable count that passes the record, which x86 keeps in that order.
+    The next writer's ``recover`` does the same for a range the log says it continued past
+    (``lost``: the failing writer may have died before its ring stores), then clears word
+    48: the hole is in ``wal_holes.json`` by then (``SegmentLog`` recorded it before).
+    Crash windows: a failing writer killed before its ring stores leaves the range in
+    ``wal_holes.json`` (or, if that failed too, nowhere but the page cache's truncation, see
+    ``seglog.py``); killed after them, the next writer finds word 48 set.
+
 Memory ordering: what this relies on
     CPython offers no atomics or fences on an mmap, so the argument is made at the machine
     level, for x86-64 (the platform this is built and tested on):
@@ -135,7 +153,8 @@ Memory ordering: what this relies on
       which is what makes the crash windows above the only ones.
 
     On a weakly ordered CPU (AArch64, POWER) the second point does not hold and the copy could
-    become visible after ``head``; ``open`` refuses such machines rather than risk it.
+    become visible after ``head``; ``open`` and ``serve`` refuse every platform but Linux on
+    x86-64 (``check_platform``: UnsupportedPlatformError) rather than risk it.
 
 Liveness and locks
     Pids decide nothing: they mean nothing across PID namespaces (a writer and producers in
@@ -169,6 +188,10 @@ Liveness and locks
     * **Fork.** A forked child shares its parent's locks; every ByteLocks is closed in the
       child at once (``_fileutil``), so a child never keeps its parent's lane or writer byte
       alive after the parent died. The child's handle claims a lane of its own.
+    * **Followers.** A registered follower holds one follower byte (``LOCK_FOLLOWER0 + j``,
+      the first free one, taken without waiting) until it closes or dies; ``stats`` and the
+      metrics count the held ones (``RingView.live_followers``), since the follower count
+      word stays high when a follower dies without unregistering.
     * **The claim lock** (byte 0) guards only the follower count and the truncation request,
       for a few word stores. It is taken with a deadline (``CLAIM_WAIT``), after which
       LockTimeoutError names the file. Neither ``open``, ``append``, ``flush``, ``sync`` nor
@@ -178,8 +201,30 @@ Liveness and locks
 
     The pid words are stored for ``ringwal stats`` only, each in its process's own namespace.
 
+Identity, trust and ownership (docs/FORMAT.md, "A ring belongs to exactly one log")
+    * The name is ``/ringwal.<log id>.<place>`` (``ring_names``): the log's id from its
+      segment headers, and a hash of the directory's device and inode. The creator stores the
+      id, device and inode (words 52-55) before the magic; every opener checks them
+      (``check_identity``) and refuses another log's ring with ForeignRingError before it
+      reads a record or stores a word.
+    * Before mapping an object, every opener checks its owner and mode (``_open_shm``,
+      ``Access.problem``): an object made by an untrusted user, or open to others, raises
+      AccessError and is never read. The writer creates the region and its semaphore with
+      ``O_EXCL`` and fchmods them to the directory's ``shm_mode``.
+    * The writer holds the *owner lock*, an OFD lock on byte 0 of the shared-memory object
+      itself (through a descriptor of its own, so the mapping does not keep it), from before
+      it trusts anything in the ring until ``close``, having checked that the name still
+      names the object it mapped. A cleaner (``clean_orphans``, ``remove_ring``) removes a
+      ring only while holding that lock, taken without waiting: never one a writer has open.
+    * ``unlink`` removes a name only while it names the object this process opened (same
+      inode): a writer never removes a ring it did not open.
+    Crash windows: a creator that dies before the magic leaves a ring that the next writer
+    of the log (holding its owner lock) removes and makes again, and that ``ringwal rings``
+    shows as ``starting``; a writer that dies leaves its ring, with the owner lock dropped by
+    the kernel, for the next writer of the log, or as an orphan if the log is gone.
+
 Lifecycle
-    The writer creates the region and its semaphore (``O_CREAT``), reserving the whole region
+    The writer creates the region and its semaphore (``O_EXCL``), reserving the whole region
     in ``/dev/shm`` first (``posix_fallocate``): a tmpfs without room refuses it there, and
     the writer unlinks what it made and raises ShmTooSmallError with the bytes needed and
     free, instead of leaving a region whose untouched pages raise SIGBUS in whoever first
@@ -188,7 +233,9 @@ Lifecycle
     writer's SIGTERM still owns its lane until someone notices) and, every lane empty, sets
     ``state = CLOSED`` and unlinks the names; otherwise (a live producer, or records left) it
     sets ``STOPPED``, wakes every waiter and leaves the ring for the next writer, which reuses
-    it, resolving a pending drain as above. ``Ring.close`` unmaps this process's view (and
+    it, resolving a pending drain as above. A writer that finds its log directory removed or
+    moved (``SegmentLog.check_place``) sets ``GONE`` instead, unlinks the names and wakes
+    every waiter: producers raise LogGoneError. ``Ring.close`` unmaps this process's view (and
     drops its locks); ``Ring.unlink`` removes the names; they are separate, as in
     ``multiprocessing.shared_memory``.
 """
@@ -198,36 +245,50 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import fcntl
 import hashlib
 import mmap
 import os
 import platform
+import re
 import secrets
+import stat
 import struct
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import compress
 from typing import Any
 
 import posix_ipc
 
 from . import _futex
-from ._fileutil import ByteLocks, preallocate
+from ._fileutil import Access, ByteLocks, describe_owner, preallocate
 from .errors import (
+    AccessError,
     ConfigError,
+    ForeignRingError,
     LanePoisonedError,
     LogFailedError,
+    NoLogError,
     RingError,
     ShmTooSmallError,
     SlotsExhaustedError,
+    UnsupportedPlatformError,
     UnsupportedVersionError,
 )
 from .format import (
+    FOLLOWER_LOCKS,
     FSYNC_BUCKETS,
+    FSYNC_FAILURES,
     L_DURABLE_COUNT,
     L_DURABLE_SEQ,
     L_HEAD,
+    L_LOST,
+    L_LOST_FIRST,
+    L_LOST_LAST,
+    L_LOST_WHAT,
     L_OWNER_PID,
     L_OWNER_TOKEN,
     L_PENDING_SEQ,
@@ -248,10 +309,20 @@ from .format import (
     LANE_CTL_SIZE,
     LANE_WORDS,
     LOCK_CLAIM,
+    LOCK_FOLLOWER0,
     LOCK_LANE0,
     LOCK_WRITER,
+    LOG_ID_SIZE,
     RH_ATTACH_GEN,
+    RH_DIR_DEV,
+    RH_DIR_INO,
+    RH_DIR_PATH_LEN,
+    RH_DIR_PATH_MAX,
+    RH_DIR_PATH_OFFSET,
     RH_DURABLE_SEQ,
+    RH_FAILED_FIRST,
+    RH_FAILED_LAST,
+    RH_FAILED_WHAT,
     RH_FIRST_SEQ,
     RH_FOLLOW_WAKE,
     RH_FOLLOWERS,
@@ -259,6 +330,7 @@ from .format import (
     RH_FSYNC_HIST,
     RH_FSYNC_NS,
     RH_FSYNCS,
+    RH_LOG_ID,
     RH_MAGIC,
     RH_MAX_RECORD,
     RH_NEXT_SEQ,
@@ -284,6 +356,7 @@ from .format import (
     RH_WRITER_GEN,
     RH_WRITER_PID,
     RING_CLOSED,
+    RING_GONE,
     RING_HEADER_SIZE,
     RING_INIT,
     RING_LOCK_NAME,
@@ -303,6 +376,7 @@ from .format import (
     same_length_run,
     walk_records,
 )
+from .segment import read_log_id
 
 __all__ = [
     "POLL",
@@ -310,7 +384,7 @@ __all__ = [
     "Ring",
     "RingView",
     "WriterSide",
-    "check_machine",
+    "check_platform",
     "claim_lock",
     "ring_names",
     "unlink_names",
@@ -335,47 +409,118 @@ WRITER_BYTE_PATIENCE = 2.0
 #: ``Config.wait_strategy`` -> how ``ProducerSide.wait_progress`` passes the time between looks.
 _SLEEP, _YIELD, _SPIN = 0, 1, 2
 WAIT_MODES = {"blocking": _SLEEP, "yielding": _YIELD, "busy-spin": _SPIN}
+#: Seconds a writer waits for the owner lock of its ring's shared-memory object: only a
+#: cleaner (``clean_orphans``) holds it, for a moment, while no writer serves the ring.
+OWNER_PATIENCE = 2.0
+#: Where POSIX shared memory and semaphores live (Linux: a tmpfs).
+SHM_DIR = "/dev/shm"
 #: Seconds a stopping writer waits for attached producers to release their lanes (or die)
 #: before it leaves the ring for the next writer instead of removing it.
 SHUTDOWN_GRACE = 0.5
 #: Spans of the seq mapping a producer keeps for resolving old receipts.
 KEEP_SPANS = 1 << 16
-SUPPORTED_MACHINES = ("x86_64", "amd64", "AMD64", "i686", "i386")
+#: ``platform.machine()`` names of x86-64 on Linux. Nothing else is supported: the publication
+#: argument needs total store order, ``_futex`` calls syscall 202 (x86-64's number), and the
+#: ring's locks need Linux OFD locks.
+SUPPORTED_MACHINES = ("x86_64", "amd64")
 
 
-def check_machine() -> None:
-    """Refuse CPUs whose memory model the publication argument does not cover."""
-    m = platform.machine()
-    if m not in SUPPORTED_MACHINES and not os.environ.get("RINGWAL_ALLOW_WEAK_MEMORY"):
-        raise RingError(
-            f"the shared-memory ring relies on x86 total store order; this machine is {m!r}. "
-            "See ringwal/ring.py (set RINGWAL_ALLOW_WEAK_MEMORY=1 to override at your own risk)"
-        )
+def check_platform(system: str | None = None, machine: str | None = None, pointer_bits: int | None = None) -> None:
+    """Raise UnsupportedPlatformError unless this is Linux on x86-64 with a 64-bit Python.
+
+    Called by ``open`` and the writer (``serve``) before they touch shared memory. The
+    arguments are the seam tests use to fake another platform; None means this process's
+    ``platform.system()``, ``platform.machine()`` and pointer width (a 32-bit Python on an
+    x86-64 kernel makes i386 syscalls, whose futex number is not 202).
+    """
+    system = platform.system() if system is None else system
+    machine = platform.machine() if machine is None else machine
+    bits = struct.calcsize("P") * 8 if pointer_bits is None else pointer_bits
+    if system == "Linux" and machine.lower() in SUPPORTED_MACHINES and bits == 64:
+        return
+    seen = f"{system} on {machine!r}" + ("" if bits == 64 else f" with a {bits}-bit Python")
+    raise UnsupportedPlatformError(
+        f"ringwal's shared-memory ring runs only on Linux on x86-64 with a 64-bit Python; this is {seen}. "
+        "It relies on x86-64's total store order, x86-64's futex syscall and Linux OFD locks. Reading a log "
+        "(ringwal.replay, ringwal.verify, ringwal dump) works anywhere",
+        system=system,
+        machine=machine,
+    )
 
 
-def ring_names(directory: str) -> tuple[str, str]:
-    """(shared memory name, writer semaphore name) for a directory.
+def ring_names(directory: str, log_id: bytes | None = None) -> tuple[str, str]:
+    """(shared memory name, writer semaphore name) of the ring of the log in ``directory``.
 
-    Derived from the directory's device and inode, so every path that reaches the same
-    directory (symlinks, relative paths) names the same ring.
+    ``/ringwal.<log id>.<place>``: the log's id (32 hex digits, read from its newest segment
+    header unless given) and the first 12 hex digits of SHA-256 of ``"<st_dev>:<st_ino>"``
+    of the directory. So every path that reaches the same directory (symlinks, relative
+    paths, a rename) names the same ring; a new log never finds an old log's ring, even in a
+    directory that reuses a deleted one's inode; and a copy of a log directory (same id,
+    another inode) gets a ring of its own. Raises NoLogError when the directory holds no log.
     """
     st = os.stat(directory)
-    digest = hashlib.sha256(f"{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:16]
-    base = f"/ringwal.{digest}"
+    return _names(st, read_log_id(directory) if log_id is None else log_id)
+
+
+def _names(st: os.stat_result, log_id: bytes) -> tuple[str, str]:
+    place = hashlib.sha256(f"{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:12]
+    base = f"/ringwal.{log_id.hex()}.{place}"
     return base, base + ".w"
+
+
+def shm_path(name: str) -> str:
+    """Where the shared-memory object ``name`` (``/ringwal...``) lives."""
+    return SHM_DIR + name
+
+
+def sem_path(name: str) -> str:
+    """Where the POSIX semaphore ``name`` (``/ringwal....w``) lives."""
+    return f"{SHM_DIR}/sem.{name.lstrip('/')}"
+
+
+def _untrusted(what: str, path: str, st: os.stat_result, why: str, directory: str) -> AccessError:
+    return AccessError(
+        f"{path}: {what} of {directory} cannot be trusted ({describe_owner(st)}): {why}. Nothing was read from "
+        "it. If no process of this log made it, another local user did: remove it (as root: rm "
+        f"{path}) and find out who. If this log's processes run as several users, share its directory with "
+        "their group (Config.group, `ringwal serve --group`)",
+        path=path,
+        uid=st.st_uid,
+        mode=stat.S_IMODE(st.st_mode),
+    )
+
+
+def _open_shm(name: str, access: Access, directory: str) -> posix_ipc.SharedMemory | None:
+    """Open the existing shared-memory object ``name`` after checking who made it: None when
+    there is none; AccessError (nothing read) when its owner or mode is not to be trusted,
+    or when this process may not open it."""
+    path = shm_path(name)
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.ExistentialError:
+        return None
+    except posix_ipc.PermissionsError:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        why = f"this process (uid {os.geteuid()}) may not open it"
+        raise _untrusted("the shared-memory ring", path, st, why, directory) from None
+    st = os.fstat(shm.fd)  # the object we opened (glibc's shm_open does not follow links)
+    why = access.problem(st)
+    if why:
+        shm.close_fd()
+        raise _untrusted("the shared-memory ring", path, st, why, directory)
+    return shm
 
 
 def ring_locks(directory: str) -> ByteLocks:
     """The ring's lock file of ``directory`` (opened on first use; see format.py for its bytes).
 
-    Created with the directory's permission bits (less execute), so producers running as
-    other members of the directory's group can take their lane's lock.
+    Created with the mode and group the directory gives its files (``_fileutil.Access``), so
+    producers running as other members of a shared directory's group can take their lane's lock.
     """
-    try:
-        mode = os.stat(directory).st_mode & 0o666
-    except OSError:
-        mode = 0o644
-    return ByteLocks(os.path.join(directory, RING_LOCK_NAME), mode or 0o644)
+    return ByteLocks(os.path.join(directory, RING_LOCK_NAME))
 
 
 @contextlib.contextmanager
@@ -434,14 +579,29 @@ class Ring:
     words: memoryview
     buf: memoryview
     locks: ByteLocks | None = None
+    _owner: _Owner | None = None  # the writer's lock on the shared-memory object itself
+    _sem_ino: int | None = None  # the semaphore's inode, once writer_sem opened it
 
-    def __init__(self, directory: str, shm: posix_ipc.SharedMemory, created: bool) -> None:
+    def __init__(
+        self,
+        directory: str,
+        name: str,
+        shm: posix_ipc.SharedMemory,
+        created: bool,
+        dir_stat: os.stat_result,
+        log_id: bytes,
+    ) -> None:
         self._views = []
         self.locks = ring_locks(directory)
         self.directory = directory
-        self.name, self.writer_sem_name = ring_names(directory)
+        self.name = name
+        self.writer_sem_name = name + ".w"
         self.created = created
+        self.log_id = log_id
+        self.access = Access.of(directory, dir_stat)
+        self._place = (dir_stat.st_dev, dir_stat.st_ino)
         try:
+            self.shm_ino = os.fstat(shm.fd).st_ino
             self._mm = mmap.mmap(shm.fd, shm.size)
         finally:
             shm.close_fd()
@@ -460,67 +620,126 @@ class Ring:
 
     @classmethod
     def attach(cls, directory: str) -> Ring:
-        """Map an existing ring (producers). FileNotFoundError when there is none."""
-        name = ring_names(directory)[0]
+        """Map the ring of the log in ``directory`` (producers, readers). FileNotFoundError
+        when there is none (or no log yet); AccessError when the object there was made by
+        someone this log does not trust; ForeignRingError when it belongs to another log."""
+        st = os.stat(directory)
         try:
-            shm = posix_ipc.SharedMemory(name)
-        except posix_ipc.ExistentialError:
-            raise FileNotFoundError(f"no ring {name} for {directory}") from None
+            log_id = read_log_id(directory)
+        except NoLogError:
+            raise FileNotFoundError(f"no log in {directory} yet, so no ring") from None
+        name = _names(st, log_id)[0]
+        shm = _open_shm(name, Access.of(directory, st), directory)
+        if shm is None:
+            raise FileNotFoundError(f"no ring {name} for {directory}")
         if shm.size < RING_HEADER_SIZE:
             shm.close_fd()
             raise FileNotFoundError(f"ring {name} is still being created")
-        ring = cls(directory, shm, created=False)
+        ring = cls(directory, name, shm, False, st, log_id)
         try:
             ring.check_header()
+            ring.check_identity()
         except BaseException:
             ring.close()
             raise
         return ring
 
     @classmethod
-    def create_or_reuse(cls, directory: str, slots: int, ring_size: int, max_record: int, serializer: str) -> Ring:
-        """The writer's open: reuse a ring left by an earlier writer, else create one.
+    def create_or_reuse(
+        cls, directory: str, log_id: bytes, slots: int, ring_size: int, max_record: int, serializer: str
+    ) -> Ring:
+        """The writer's open: reuse the ring an earlier writer of this log left, else create one.
 
-        Call with the directory's writer lock held. Creating reserves the whole region in
-        ``/dev/shm``; ShmTooSmallError (nothing left behind) when it has no room.
+        Call with the directory's writer lock held. The returned ring holds the *owner lock*
+        (byte 0 of an OFD lock on the shared-memory object itself) until ``close``: no cleaner
+        removes a ring whose owner lock is held (``clean_orphans``), and a writer takes it
+        before it trusts anything in the ring, checking that the name still names the object
+        it opened. Creating reserves the whole region in ``/dev/shm``; ShmTooSmallError
+        (nothing left behind) when it has no room. AccessError when an object at the name
+        was made by someone this log does not trust; ForeignRingError when it is another
+        log's.
         """
-        name = ring_names(directory)[0]
-        try:
-            shm = posix_ipc.SharedMemory(name)
-        except posix_ipc.ExistentialError:
-            shm = None
-        if shm is not None and shm.size >= RING_HEADER_SIZE:
-            ring = cls(directory, shm, created=False)
-            try:
-                ring.check_header()
-                if ring.words[RH_STATE] != RING_CLOSED:
+        st = os.stat(directory)
+        access = Access.of(directory, st)
+        name = _names(st, log_id)[0]
+        for _attempt in range(8):
+            shm = _open_shm(name, access, directory)
+            if shm is not None:
+                ino = os.fstat(shm.fd).st_ino
+                ring: Ring | None = None
+                usable = False
+                if shm.size >= RING_HEADER_SIZE:
+                    ring = cls(directory, name, shm, False, st, log_id)
+                    try:
+                        ring.check_header()
+                        ring.check_identity()
+                        usable = ring.words[RH_STATE] != RING_CLOSED
+                    except FileNotFoundError:
+                        pass  # its creator died before writing the magic: it never held a record
+                    except BaseException:
+                        # Not a layout we can drain, or not this log's: refusing keeps whatever
+                        # it holds; the message says how to discard it deliberately.
+                        ring.close()
+                        raise
+                else:
+                    shm.close_fd()  # a creator died before sizing it: nothing in it
+                owner = _take_owner(name, ino)
+                if owner is None:  # the name was removed or replaced meanwhile: look again
+                    if ring is not None:
+                        ring.close()
+                    continue
+                if ring is not None and usable:
+                    ring._owner = owner
                     return ring
-            except FileNotFoundError:
-                pass  # its creator died before writing the magic: it never held a record
-            except BaseException:
-                # Not a layout we can drain: refusing keeps whatever it holds for a build
-                # that can; the message says how to discard it deliberately.
-                ring.close()
-                raise
-            ring.close()
-        elif shm is not None:
-            shm.close_fd()  # a creator died before sizing it: nothing in it
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_shared_memory(name)
+                if ring is not None:
+                    ring.close()
+                # Closed, or never finished: remove it (holding its owner lock) and start anew.
+                _unlink_if(name, ino)
+                owner.close()
+            made = cls._create(directory, name, access, st, log_id, slots, ring_size, max_record, serializer)
+            if made is not None:
+                return made
+        raise RingError(f"{shm_path(name)}: the ring's name kept changing while this writer opened it; try again")
+
+    @classmethod
+    def _create(
+        cls,
+        directory: str,
+        name: str,
+        access: Access,
+        st: os.stat_result,
+        log_id: bytes,
+        slots: int,
+        ring_size: int,
+        max_record: int,
+        serializer: str,
+    ) -> Ring | None:
+        """Create the ring at ``name`` (None when something else created it first)."""
         _spans, _data, size = ring_layout(slots, ring_size)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
         try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=access.shm_mode)
+        except posix_ipc.ExistentialError:
+            return None  # the caller looks again (and checks whoever made it)
+        owner = None
+        try:
+            access.apply(shm.fd, access.shm_mode)  # the umask narrowed the mode; the group
             # Reserve every page now: a tmpfs without room says so here (ENOSPC) rather than
             # with a SIGBUS in whichever process first touches a page it cannot back.
             preallocate(shm.fd, size)
-        except OSError as exc:
+            owner = _take_owner(name, os.fstat(shm.fd).st_ino)
+            if owner is None:
+                raise RingError(f"{shm_path(name)}: removed by another process while this writer created it")
+        except BaseException as exc:
+            ino = os.fstat(shm.fd).st_ino
             shm.close_fd()
-            with contextlib.suppress(posix_ipc.ExistentialError):
-                posix_ipc.unlink_shared_memory(name)
-            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            _unlink_if(name, ino)
+            if owner is not None:
+                owner.close()
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
                 raise _no_room(directory, name, size, slots, ring_size) from None
             raise
-        ring = cls(directory, shm, created=True)
+        ring = cls(directory, name, shm, True, st, log_id)
+        ring._owner = owner
         w = ring.words
         w[RH_VERSION] = RING_VERSION
         w[RH_SLOTS] = slots
@@ -529,10 +748,35 @@ class Ring:
         w[RH_SPAN_LOG] = SPAN_LOG
         enc = serializer.encode().ljust(SERIALIZER_NAME_SIZE, b"\0")
         ring.buf[RH_SERIALIZER_OFFSET : RH_SERIALIZER_OFFSET + SERIALIZER_NAME_SIZE] = enc
+        ring.buf[RH_LOG_ID * 8 : RH_LOG_ID * 8 + LOG_ID_SIZE] = log_id
+        w[RH_DIR_DEV], w[RH_DIR_INO] = ring._place
+        ring.store_path()
         w[RH_STATE] = RING_INIT
         w[RH_MAGIC] = _MAGIC_WORD  # last: a ring without magic is one whose creator died
         ring.check_header()
         return ring
+
+    def store_path(self) -> None:
+        """Record the directory's path in the header (for ``ringwal rings``; cut to fit)."""
+        raw = os.fsencode(self.directory)
+        keep = raw[:RH_DIR_PATH_MAX]
+        self.buf[RH_DIR_PATH_OFFSET : RH_DIR_PATH_OFFSET + RH_DIR_PATH_MAX] = keep.ljust(RH_DIR_PATH_MAX, b"\0")
+        self.words[RH_DIR_PATH_LEN] = len(raw)
+
+    def check_identity(self) -> None:
+        """Refuse a ring that is not this log's (another log id, or another directory): its
+        records are never read. ForeignRingError naming both logs."""
+        w = self.words
+        lid = bytes(self.buf[RH_LOG_ID * 8 : RH_LOG_ID * 8 + LOG_ID_SIZE])
+        if lid != self.log_id or (w[RH_DIR_DEV], w[RH_DIR_INO]) != self._place:
+            info = ring_info(self.name, self.buf)
+            raise ForeignRingError(
+                f"{shm_path(self.name)} is the ring of log {lid.hex()} in {info.directory or '?'} (device "
+                f"{w[RH_DIR_DEV]}, inode {w[RH_DIR_INO]}), not of log {self.log_id.hex()} in {self.directory} (device "
+                f"{self._place[0]}, inode {self._place[1]}): a ring serves only its own log, so none of its records "
+                f"were read. If no process of that log runs, remove it: ringwal rings --remove {self.name.lstrip('/')}",
+                path=shm_path(self.name),
+            )
 
     def check_header(self) -> None:
         w = self.words
@@ -617,8 +861,52 @@ class Ring:
     # ------------------------------------------------------------------ semaphores
 
     def writer_sem(self, create: bool = False) -> posix_ipc.Semaphore:
-        flags = posix_ipc.O_CREAT if create else 0
-        return posix_ipc.Semaphore(self.writer_sem_name, flags, mode=0o600)
+        """The writer's semaphore, opened after checking who made it (AccessError otherwise);
+        ``create`` (the writer): made, exclusively, when there is none, with the ring's mode.
+
+        There is no descriptor to fstat, so it is looked at by path right after opening it.
+        ``/dev/shm`` is sticky: nobody else can remove (or replace) an object of ours, so a
+        trusted owner seen after the open is the owner of what was opened.
+        """
+        name, path = self.writer_sem_name, sem_path(self.writer_sem_name)
+        mode = self.access.shm_mode
+        sem = None
+        if create:
+            try:
+                sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=mode)
+            except posix_ipc.ExistentialError:
+                pass
+            else:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        self.access.apply(fd, mode)
+                    finally:
+                        os.close(fd)
+                except BaseException:
+                    sem.close()
+                    with contextlib.suppress(posix_ipc.ExistentialError):
+                        posix_ipc.unlink_semaphore(name)
+                    raise
+        if sem is None:
+            try:
+                sem = posix_ipc.Semaphore(name)
+            except posix_ipc.PermissionsError:
+                st = os.lstat(path)
+                why = f"this process (uid {os.geteuid()}) may not open it"
+                raise _untrusted("the writer's semaphore", path, st, why, self.directory) from None
+        try:
+            seen: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            seen = None  # removed meanwhile (the writer shut down): the handle works as long as it is open
+        if seen is not None:
+            why = self.access.problem(seen) or ("" if stat.S_ISREG(seen.st_mode) else "it is not a regular file")
+            if why:
+                sem.close()
+                raise _untrusted("the writer's semaphore", path, seen, why, self.directory)
+            if create:
+                self._sem_ino = seen.st_ino
+        return sem
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -628,6 +916,9 @@ class Ring:
         locks, self.locks = self.locks, None
         if locks is not None:
             locks.close()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.close()
         views, self._views = self._views, []
         for v in reversed(views):
             v.release()
@@ -636,16 +927,307 @@ class Ring:
             mm.close()
 
     def unlink(self) -> None:
-        """Remove the ring's shared memory and semaphore by name (mappings stay valid)."""
-        unlink_names(self.directory)
+        """Remove the ring's shared memory and semaphore by the names this process opened,
+        each only while the name still names the object it opened (same inode): a writer
+        never removes a ring it did not open. Mappings stay valid. (Between the look and the
+        unlink only a process that removed our object and made another in its place could
+        change it; in sticky ``/dev/shm`` that is the owner, or root.)"""
+        _unlink_if(self.name, self.shm_ino)
+        if self._sem_ino is not None:
+            _unlink_if(self.writer_sem_name, self._sem_ino, sem=True)
+
+
+class _Owner:
+    """The writer's lock on a shared-memory object (an OFD lock on byte 0 of a descriptor of
+    its own, not of the mapping's, so that closing it drops the lock)."""
+
+    def __init__(self, locks: ByteLocks, ino: int) -> None:
+        self.locks = locks
+        self.ino = ino
+
+    def close(self) -> None:
+        self.locks.close()
+
+
+def _take_owner(name: str, ino: int) -> _Owner | None:
+    """Take the owner lock of the object at ``name`` (waiting up to OWNER_PATIENCE for a
+    cleaner that holds it for a moment), provided ``name`` still names the object of inode
+    ``ino``; None when it no longer does. LockTimeoutError when the lock stays held (a
+    process stopped while it held it)."""
+    locks = ByteLocks(shm_path(name), create=False)
+    try:
+        if os.fstat(locks.fileno()).st_ino != ino:
+            locks.close()
+            return None
+        locks.lock(0, 1, OWNER_PATIENCE, "the ring's owner lock")
+    except FileNotFoundError:
+        locks.close()
+        return None
+    except BaseException:
+        locks.close()
+        raise
+    return _Owner(locks, ino)
+
+
+def _unlink_if(name: str, ino: int, *, sem: bool = False) -> bool:
+    """Unlink shared memory (or a semaphore) ``name`` if it is still the object of inode
+    ``ino``; True when it was removed."""
+    try:
+        if os.lstat(sem_path(name) if sem else shm_path(name)).st_ino != ino:
+            return False
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        (posix_ipc.unlink_semaphore if sem else posix_ipc.unlink_shared_memory)(name)
+        return True
+    return False
 
 
 def unlink_names(directory: str) -> None:
-    name, wname = ring_names(directory)
+    """Remove the ring and semaphore named after the log in ``directory`` (tests, tools),
+    whoever made them; nothing when the directory holds no log."""
+    try:
+        name, wname = ring_names(directory)
+    except (OSError, NoLogError):
+        return
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_shared_memory(name)
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_semaphore(wname)
+
+
+# --------------------------------------------------------------------------- every ring here
+
+#: Names of rings this layout version makes (``ringwal.<log id>.<place>``), and of any version.
+_NAME_RE = re.compile(r"^ringwal\.([0-9a-f]{32})\.([0-9a-f]{12})$")
+_ANY_NAME_RE = re.compile(r"^ringwal\.[0-9a-f.]+$")
+_STATES = {
+    RING_INIT: "starting",
+    RING_READY: "ready",
+    RING_STOPPED: "stopped",
+    RING_CLOSED: "closed",
+    RING_GONE: "gone",
+}
+
+
+@dataclass
+class RingInfo:
+    """What ``/dev/shm`` holds of one ring, and whether its log is still there.
+
+    ``verdict``: ``live`` (a writer has it open: its owner lock is held), ``idle`` (no writer,
+    but its log is in its directory: the next writer of that log reuses it, writing whatever
+    it holds), ``orphan`` (its log is gone: the directory was removed, replaced, or holds
+    another log), ``unknown`` (its directory cannot be checked from here), ``starting`` (being
+    created), ``other layout`` (made by a ringwal build with another layout version: who it
+    belongs to cannot be read), ``unreadable`` (this process may not read it). ``why`` says
+    it in words; ``unwritten`` counts records published into it and not written to the log.
+    """
+
+    name: str
+    size: int = 0
+    uid: int = -1
+    mode: int = 0
+    version: int | None = None
+    log_id: str | None = None
+    directory: str | None = None
+    dev: int = 0
+    ino: int = 0
+    state: str = ""
+    slots: int = 0
+    unwritten: int = 0
+    verdict: str = "unreadable"
+    why: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__, mode=f"{self.mode:04o}")
+
+
+def ring_info(name: str, buf: memoryview | bytes | mmap.mmap) -> RingInfo:
+    """The header facts of a ring (``name`` without the leading slash, or with), from its bytes."""
+    info = RingInfo(name.lstrip("/"))
+    if len(buf) < RING_HEADER_SIZE:
+        info.verdict, info.why = "starting", "its creator has not sized it yet"
+        return info
+    hdr = memoryview(buf)[:RING_HEADER_SIZE].cast("Q")
+    try:
+        if hdr[RH_MAGIC] != _MAGIC_WORD:
+            info.verdict, info.why = "starting", "its creator has not finished it (no magic yet)"
+            return info
+        info.version = hdr[RH_VERSION]
+        if info.version != RING_VERSION:
+            info.verdict = "other layout"
+            info.why = f"layout version {info.version}, made by another ringwal build: whose it is cannot be read"
+            return info
+        info.log_id = bytes(buf[RH_LOG_ID * 8 : RH_LOG_ID * 8 + LOG_ID_SIZE]).hex()
+        info.dev, info.ino = hdr[RH_DIR_DEV], hdr[RH_DIR_INO]
+        n = hdr[RH_DIR_PATH_LEN]
+        if 0 < n <= RH_DIR_PATH_MAX:
+            info.directory = os.fsdecode(bytes(buf[RH_DIR_PATH_OFFSET : RH_DIR_PATH_OFFSET + n]))
+        info.state = _STATES.get(hdr[RH_STATE], str(hdr[RH_STATE]))
+        info.slots = hdr[RH_SLOTS]
+    finally:
+        hdr.release()
+    return info
+
+
+def _count_unwritten(info: RingInfo, buf: mmap.mmap) -> None:
+    words = memoryview(buf).cast("Q")
+    try:
+        for k in range(min(info.slots, (len(buf) - RING_HEADER_SIZE) // LANE_CTL_SIZE)):
+            base = Ring.lane_base(k)
+            info.unwritten += ((words[base + L_HEAD] >> 32) - (words[base + L_TAIL] >> 32)) & M32
+    finally:
+        words.release()
+
+
+def _judge_place(info: RingInfo) -> None:
+    """Set ``verdict``/``why`` of a readable ring of this layout from its directory."""
+    d = info.directory
+    if d is None:
+        info.verdict, info.why = "unknown", "its directory's path is too long to have been recorded"
+        return
+    try:
+        st = os.stat(d)
+    except FileNotFoundError:
+        info.verdict, info.why = "orphan", f"its directory {d} is gone"
+        return
+    except OSError as exc:
+        info.verdict, info.why = "unknown", f"its directory {d} cannot be looked at: {exc.strerror}"
+        return
+    if (st.st_dev, st.st_ino) != (info.dev, info.ino):
+        info.verdict, info.why = "orphan", f"{d} is another directory now (the log's was removed or moved)"
+        return
+    try:
+        lid = read_log_id(d).hex()
+    except NoLogError:
+        info.verdict, info.why = "orphan", f"{d} holds no log any more"
+        return
+    except OSError as exc:
+        info.verdict, info.why = "unknown", f"the log in {d} cannot be read: {exc.strerror}"
+        return
+    if lid != info.log_id:
+        info.verdict, info.why = "orphan", f"{d} holds another log now ({lid})"
+    else:
+        info.verdict, info.why = "idle", f"its log is in {d}: the next writer of it reuses the ring"
+
+
+def _inspect(name: str, fd: int) -> RingInfo:
+    """Everything ``list_rings`` says about the object open at ``fd``."""
+    st = os.fstat(fd)
+    size = st.st_size
+    info = RingInfo(name)
+    if size >= RING_HEADER_SIZE:
+        with mmap.mmap(fd, min(size, RING_HEADER_SIZE + MAX_LANES * LANE_CTL_SIZE), prot=mmap.PROT_READ) as mm:
+            info = ring_info(name, mm)
+            if info.version == RING_VERSION:
+                _count_unwritten(info, mm)
+    else:
+        info = ring_info(name, b"")
+    info.size, info.uid, info.mode = size, st.st_uid, stat.S_IMODE(st.st_mode)
+    if info.version == RING_VERSION:
+        if _owner_held(fd):
+            info.verdict, info.why = "live", "a writer has it open (its owner lock is held)"
+        else:
+            _judge_place(info)
+    return info
+
+
+def _owner_held(fd: int) -> bool:
+    """Another open of the object holds its owner lock (byte 0): a writer has it."""
+    res = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK_PROBE)
+    return bool(struct.unpack("hhqqi0q", res)[0] != fcntl.F_UNLCK)
+
+
+_FLOCK_PROBE = struct.pack("hhqqi0q", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+#: Lanes a ring can have (Config's limit), which bounds how much of a ring ``list_rings`` maps.
+MAX_LANES = 1024
+
+
+def list_rings() -> list[RingInfo]:
+    """Every ringwal shared-memory object in ``/dev/shm``, in name order, each judged
+    (``RingInfo.verdict``). Maps each read-only, header and lane controls only; changes nothing."""
+    try:
+        names = sorted(n for n in os.listdir(SHM_DIR) if _ANY_NAME_RE.match(n))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        try:
+            fd = os.open(os.path.join(SHM_DIR, n), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            try:
+                st = os.lstat(os.path.join(SHM_DIR, n))
+                out.append(
+                    RingInfo(n, st.st_size, st.st_uid, stat.S_IMODE(st.st_mode), why="this user may not read it")
+                )
+            except FileNotFoundError:
+                pass
+            continue
+        try:
+            out.append(_inspect(n, fd))
+        finally:
+            os.close(fd)
+    return out
+
+
+def remove_ring(name: str) -> bool:
+    """Remove the ring ``name`` (``ringwal.<...>``, as ``list_rings`` names it) and its
+    semaphore, whoever made it and whatever it holds, unless a writer has it open (its
+    owner lock is held: RingError). False when there was no such ring."""
+    name = "/" + name.lstrip("/")
+    if not _ANY_NAME_RE.match(name[1:]):
+        raise ValueError(f"{name[1:]!r} is not the name of a ringwal ring")
+    locks = ByteLocks(shm_path(name), create=False)
+    try:
+        ino = os.fstat(locks.fileno()).st_ino
+        if not locks.try_lock(0):
+            raise RingError(f"{shm_path(name)}: a writer has this ring open; stop it first (ringwal serve, SIGTERM)")
+        removed = _unlink_if(name, ino)
+    except FileNotFoundError:
+        return False
+    finally:
+        locks.close()
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        posix_ipc.unlink_semaphore(name + ".w")
+    return removed
+
+
+def clean_orphans(*, unwritten_too: bool = False) -> list[RingInfo]:
+    """Remove the rings of logs that are gone (``RingInfo.verdict == "orphan"``) and return
+    what was removed. A ring still holding records is kept unless ``unwritten_too`` (its
+    directory may only have been moved: a writer started where it is now finds the ring by
+    its log id and device and inode, and writes them).
+
+    Race-free against a writer: each orphan is removed only while holding its owner lock,
+    taken without waiting (a writer holds it from before it trusts the ring until it closes
+    it, so a ring a writer has open is never removed), after judging it again, and only if
+    its name still names the object judged. Runs in every writer as it starts (without
+    ``unwritten_too``), and as ``ringwal rings --clean``.
+    """
+    removed = []
+    for info in list_rings():
+        if info.verdict != "orphan":
+            continue
+        name = "/" + info.name
+        locks = ByteLocks(shm_path(name), create=False)
+        try:
+            fd = locks.fileno()
+            if not locks.try_lock(0):
+                continue  # a writer opened it meanwhile
+            again = _inspect(info.name, fd)  # the lock is ours: our own probe does not see it
+            if again.verdict != "orphan" or (again.unwritten and not unwritten_too):
+                continue
+            if _unlink_if(name, os.fstat(fd).st_ino):
+                with contextlib.suppress(posix_ipc.ExistentialError):
+                    posix_ipc.unlink_semaphore(name + ".w")
+                removed.append(again)
+        except (FileNotFoundError, PermissionError):
+            continue
+        finally:
+            locks.close()
+    return removed
 
 
 class RingView:
@@ -675,8 +1257,8 @@ class RingView:
     def attach(cls, directory: str) -> RingView | None:
         try:
             return cls(Ring.attach(directory))
-        except (OSError, RingError, UnsupportedVersionError):
-            return None
+        except (OSError, RingError, UnsupportedVersionError, AccessError):
+            return None  # no ring, or none to trust: readers work from the files alone
 
     def writer_alive(self) -> bool:
         """True while a writer serves the ring (state READY and the writer byte held)."""
@@ -691,8 +1273,16 @@ class RingView:
         return max(self._ring.words[RH_NEXT_SEQ] - 1, 0)
 
     def durable_seq(self) -> int:
-        """The last seq covered by a completed fdatasync."""
+        """The last seq covered by a completed fdatasync (stored before any producer is told:
+        no seq above it was acknowledged)."""
         return self._ring.words[RH_DURABLE_SEQ]
+
+    def failure(self) -> tuple[int, int, int] | None:
+        """(first seq, last seq, what) that a writer whose fsync failed declared lost and the
+        next writer has not yet recorded; None when there is none."""
+        w = self._ring.words
+        first = w[RH_FAILED_FIRST]
+        return (first, w[RH_FAILED_LAST], w[RH_FAILED_WHAT]) if first else None
 
     def follow_word(self) -> int:
         """Load before checking ``durable_seq``; pass to ``wait_follow`` (the _futex.py protocol)."""
@@ -704,12 +1294,24 @@ class RingView:
         _futex.wait(self.follow_addr, word, deadline, M32)
 
     def register_follower(self) -> None:
-        """Ask the writer to bump the follow word after each fsync (idempotent). Raises
-        LockTimeoutError when the claim lock stays held (then nothing changed: try again later)."""
+        """Ask the writer to bump the follow word after each fsync (idempotent), and hold a
+        follower byte of ``wal.ring.lock`` (the first free one, never waited for) so that
+        ``stats`` counts this follower exactly while it lives. Raises LockTimeoutError when
+        the claim lock stays held (then nothing changed: try again later)."""
         if not self._registered:
             with claim_lock(self.directory):
                 self._ring.words[RH_FOLLOWERS] += 1
             self._registered = True
+            locks = self._ring.locks
+            if locks is not None:  # more than FOLLOWER_LOCKS followers: the rest go uncounted
+                for j in range(FOLLOWER_LOCKS):
+                    if locks.try_lock(LOCK_FOLLOWER0 + j):
+                        break
+
+    def live_followers(self) -> int:
+        """Followers alive right now: the follower bytes of ``wal.ring.lock`` held by other
+        processes (a follower that died, however, holds none; the count word can stay high)."""
+        return self._ring._locks().count_held_elsewhere(LOCK_FOLLOWER0, FOLLOWER_LOCKS)
 
     def writer_stats(self) -> dict[str, Any] | None:
         """The running writer's figures (``ringwal stats``), or None when no writer is alive."""
@@ -719,12 +1321,14 @@ class RingView:
             return None
         producers = []
         used = 0
+        lanes_used = []
         for k in range(ring.slots):
             base = ring.lane_base(k)
             head, tail = w[base + L_HEAD], w[base + L_TAIL]
             pid, token = ring.owner(k)
             fill = (head - tail) & M32
             used += fill
+            lanes_used.append(fill)
             if token:
                 alive = ring.lane_owner_alive(k)
                 producers.append({"lane": k, "pid": pid, "alive": alive, "ring_bytes_used": fill})
@@ -738,9 +1342,11 @@ class RingView:
             "records_written": w[RH_RECORDS],
             "ring_bytes": ring.slots * ring.ring_size,
             "ring_bytes_used": used,
+            "lane_size": ring.ring_size,
+            "lane_bytes_used": lanes_used,
             "lanes": ring.slots,
             "producers": producers,
-            "followers": w[RH_FOLLOWERS],
+            "followers": self.live_followers(),
             "fsyncs": w[RH_FSYNC_COUNT],
             "fsync_ns": w[RH_FSYNC_NS],
             "fsync_histogram": [w[RH_FSYNC_HIST + b] for b in range(FSYNC_BUCKETS)],
@@ -927,28 +1533,54 @@ class ProducerSide:
                     return cnt, seq
         return -1, 0  # a writer died mid-update: not done; the liveness check takes over
 
-    def wait_progress(self, durable: bool, count: int, deadline: float, check_writer: Callable[[], bool]) -> int | None:
+    def reached(self, durable: bool, count: int) -> int | None:
+        """The lane's last written (durable) seq if record ``count`` of this side is written
+        (durable) already, else None. Never waits; stores nothing (any thread may call it).
+        Raises LogFailedError, as ``wait_progress`` does, when records of this side were
+        lost to a failed fsync (a durable count past them is never a success)."""
+        cnt, seq = self._read_progress(durable)
+        if durable and self._ctl[L_LOST] >> 32:  # after the progress words: see wait_progress
+            lost = self.loss_error()
+            if lost is not None:
+                raise lost
+        if cnt >= 0 and ((cnt - (count & M32)) & M32) < _HALF:
+            return seq
+        return None
+
+    def wait_progress(
+        self, durable: bool, count: int, deadline: float, check_writer: Callable[[], bool], *, spin: bool = True
+    ) -> int | None:
         """Wait until the writer has written (or made durable) this lane's records up to
-        ``count``; return the seq of record ``count``, or None at ``deadline``.
+        ``count``; return the lane's last written (durable) seq then (that of record
+        ``count`` or a later one), or None at ``deadline``.
 
         The wait is posted once (the want word, then the writer's semaphore); between looks
         at the progress words it passes the time as ``Config.wait_strategy`` says: asleep on
         the futex word until the writer's wake (``blocking``, the _futex.py protocol), giving
         the CPU away (``yielding``), or not at all (``busy-spin``). Every ``POLL`` seconds it
         calls ``check_writer()``, which may start a new writer or raise; True means a new
-        writer took over, and the want is posted again.
+        writer took over, and the want is posted again. ``spin=False`` always sleeps, whatever
+        the strategy: ``ringwal.aio``'s waiter thread passes it, since polling there would
+        hold the GIL that the event loop's thread needs.
         """
         t32 = count & M32
         want_word = L_WANT_DURABLE if durable else L_WANT_WRITTEN
         words = self._words
         ctl = self._ctl
-        mode = self._wait_mode
+        mode = self._wait_mode if spin else _SLEEP
         monotonic = time.monotonic
         posted = False
         next_check = 0.0
         while True:
             wake = words[RH_WAKE]  # before the progress words: the order _futex.py relies on
             cnt, seq = self._read_progress(durable)
+            # After the progress words (the writer stores ``lost`` before any durable count
+            # that passes a lost record): a lost record of ours is never reported durable.
+            if durable and ctl[L_LOST] >> 32:
+                lost = self.loss_error()
+                if lost is not None:
+                    ctl[want_word] = 0
+                    raise lost
             if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
                 if posted:
                     ctl[want_word] = 0  # lets the writer skip this lane at a glance
@@ -979,6 +1611,27 @@ class ProducerSide:
                 _futex.wait(self._wake_addr, wake, min(next_check, deadline), self._bit)
             elif mode == _YIELD:
                 os.sched_yield()
+
+    # ------------------------------------------------------------------ lost records
+
+    def loss_error(self) -> LogFailedError | None:
+        """The error to raise when records this side published were lost to a writer's failed
+        fsync (the lane's lost word names one after ``base``); None otherwise."""
+        c = self._ctl
+        word = c[L_LOST]
+        if not word >> 32 or self._count_of(word & M32) <= self.base:
+            return None
+        first, last, what = c[L_LOST_FIRST], c[L_LOST_LAST], c[L_LOST_WHAT]
+        d = self.ring.directory
+        return LogFailedError(
+            f"{d}: records appended by this handle were lost: {FSYNC_FAILURES.get(what, FSYNC_FAILURES[0])} "
+            f"failed after the writer had written seqs {first}-{last}, so they were never durable; they are "
+            f"recorded as lost in {d}/wal_holes.json and will never be acknowledged. This handle accepts no "
+            "more work: open a new one (records appended after them are written as usual)",
+            path=os.path.join(d, "current.wal"),
+            first_seq=first,
+            last_seq=last,
+        )
 
     # ------------------------------------------------------------------ poison
 
@@ -1020,6 +1673,10 @@ class ProducerSide:
     def writer_ready(self) -> bool:
         """The ring is READY and its writer process is alive."""
         return self.ring.ready()
+
+    def log_gone(self) -> bool:
+        """The writer stopped because the log directory was removed or moved (state GONE)."""
+        return self._words[RH_STATE] == RING_GONE
 
     def writer_changed(self) -> bool:
         """A different writer than last time serves the ring (call when ``writer_ready``)."""
@@ -1230,13 +1887,23 @@ class WriterSide:
 
     @classmethod
     def open(
-        cls, directory: str, slots: int, ring_size: int, max_record: int, serializer: str, at: Callable[[str], None]
+        cls,
+        directory: str,
+        slots: int,
+        ring_size: int,
+        max_record: int,
+        serializer: str,
+        at: Callable[[str], None],
+        log_id: bytes | None = None,
     ) -> WriterSide:
-        """Create the ring or reuse the one a dead writer left (call with the directory's
-        writer lock held). Raises ConfigError when the existing ring was made for another
-        serializer, ShmTooSmallError when ``/dev/shm`` has no room for a new one (what was
-        created is removed again)."""
-        ring = Ring.create_or_reuse(directory, slots, ring_size, max_record, serializer)
+        """Create the ring of the log in ``directory`` (``log_id``: its id; read from its
+        segment headers when None) or reuse the one a dead writer of it left (call with the
+        directory's writer lock held). Raises ConfigError when the existing ring was made for
+        another serializer, ShmTooSmallError when ``/dev/shm`` has no room for a new one (what
+        was created is removed again), AccessError or ForeignRingError when the object at its
+        name is not to be trusted or not this log's (``Ring.create_or_reuse``)."""
+        lid = read_log_id(directory) if log_id is None else log_id
+        ring = Ring.create_or_reuse(directory, lid, slots, ring_size, max_record, serializer)
         try:
             if ring.serializer != serializer:
                 raise ConfigError(
@@ -1259,11 +1926,14 @@ class WriterSide:
 
     # ------------------------------------------------------------------ start-up
 
-    def recover(self, last_on_disk: int, first_seq: int) -> str | None:
+    def recover(self, last_on_disk: int, first_seq: int, lost: tuple[int, int, int] | None = None) -> str | None:
         """Finish or undo a drain a dead writer left pending, then mark everything written as
         durable (the log fdatasynced it at open). Returns what was done, for the log, or None.
 
         ``last_on_disk`` is the last seq in the log after its recovery (a torn frame cut away).
+        ``lost`` = (first, last, what): seqs the log recorded as lost to a failed fsync and
+        continued after; the lanes holding them are told (``record_loss``) before anything
+        is marked durable, and the header's failure words are cleared (the log has the hole).
         """
         w = self._w
         done = None
@@ -1291,6 +1961,9 @@ class WriterSide:
             # pending tail; with no drain pending the pending tails mean nothing: realign them.
             for lane in self.lanes:
                 lane.ctl[L_PENDING_TAIL] = lane.ctl[L_TAIL]
+        if lost is not None:  # after a finished drain's written counts, before any durable count
+            self._mark_lost(*lost)
+        w[RH_FAILED_FIRST] = 0
         self._load_resume()
         for lane in self.lanes:
             self._publish_durable(lane)
@@ -1301,6 +1974,39 @@ class WriterSide:
         w[RH_TRUNC_DONE] = 0  # a request a dead writer left unserved is served (again) by this one
         return done
 
+    def _mark_lost(self, first: int, last: int, what: int) -> int:
+        """Store the lost words of every lane whose written but not durable records have seqs
+        in ``first``..``last`` (the range first, the lost word last); the lanes marked."""
+        n = 0
+        for lane in self.lanes:
+            c = lane.ctl
+            wc = c[L_WRITTEN_COUNT]
+            if c[L_DURABLE_COUNT] == wc or not first <= c[L_WRITTEN_SEQ] <= last:
+                continue
+            c[L_LOST_FIRST] = first
+            c[L_LOST_LAST] = last
+            c[L_LOST_WHAT] = what
+            c[L_LOST] = 1 << 32 | wc  # last: a producer reads the range once it sees this
+            n += 1
+        return n
+
+    def record_loss(self, first: int, last: int, what: int) -> int:
+        """This writer's fsync failed after it wrote seqs ``first``..``last`` (none of them is
+        durable): tell the lanes holding them, then store the header's failure words for the
+        next writer (48 last). Call before ``stop``. Returns how many lanes were told."""
+        n = self._mark_lost(first, last, what)
+        w = self._w
+        w[RH_FAILED_WHAT] = what
+        w[RH_FAILED_LAST] = last
+        w[RH_FAILED_FIRST] = first
+        return n
+
+    def stop(self) -> None:
+        """Stop serving without draining (the log failed): STOPPED, and every waiter woken to
+        look for a new writer (or to find its records lost)."""
+        self._w[RH_STATE] = RING_STOPPED
+        self.wake_all()
+
     def publish_ready(self) -> None:
         """Announce this process as the ring's writer (take the writer byte, then store READY);
         producers attach from now on. RingError if the writer byte stays held elsewhere."""
@@ -1309,6 +2015,7 @@ class WriterSide:
         # Only a process that kept a dead writer's lock file open could hold it: we hold
         # wal.lock, so no other writer runs.
         self.ring._locks().lock(LOCK_WRITER, 1, WRITER_BYTE_PATIENCE, "the ring's writer lock")
+        self.ring.store_path()  # where the log is now (its directory may have been moved)
         w[RH_WRITER_PID] = os.getpid()
         w[RH_WRITER_GEN] += 1
         w[RH_STARTED_NS] = time.time_ns()
@@ -1637,10 +2344,12 @@ class WriterSide:
         """An fdatasync covering every record written so far returned: publish durable
         progress of every lane written since the last one. (Call ``notify`` next, then
         ``count_fsync``: the waiters' wake comes before the statistics.)"""
+        # First: nothing above it is acknowledged (a next writer after an fsync failure at its
+        # start-up cuts only above what a previous writer acknowledged: seglog.Prior).
+        self._w[RH_DURABLE_SEQ] = durable_seq
         for lane in self._dirty:
             self._publish_durable(lane)
         self._dirty.clear()
-        self._w[RH_DURABLE_SEQ] = durable_seq
 
     def count_fsync(self, fsync_ns: int) -> None:
         """Count an fdatasync that took ``fsync_ns`` in the stats words (``ringwal stats``)."""
@@ -1841,6 +2550,14 @@ class WriterSide:
             self.reclaim_dead()  # the next writer would, but its owners may be gone by then
             self.wake_all()
         return not in_use
+
+    def mark_gone(self) -> None:
+        """The log directory is gone (the writer found it removed or moved): store GONE, so
+        that attached producers raise LogGoneError at their next look instead of waiting for
+        a writer, remove the ring by the name and object this writer opened, wake everyone."""
+        self._w[RH_STATE] = RING_GONE
+        self.ring.unlink()
+        self.wake_all()
 
     def close(self) -> None:
         """Unmap and close the semaphore (the ring stays unless ``shutdown`` unlinked it). Idempotent."""

@@ -23,7 +23,41 @@ Invariants:
   returned ``sync()`` covers directory entries too; frames a dead writer left in the page
   cache are fdatasynced at open, before ``durable_seq`` counts them;
 * any failed write, fsync, rotation or removal step latches the log: every later call raises
-  LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover.
+  LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover;
+* the log has one id (``log_id``), chosen once by the open that creates its first segment
+  (only the holder of ``wal.lock`` creates segments) and written into every segment header
+  after it; segments whose headers carry different ids are refused at open. A version 1
+  ``current.wal`` (written before ids) is replaced by a version 2 one at open (``_give_id``).
+
+When an fsync fails (docs/FORMAT.md, "When fsync fails")
+    Linux reports a writeback error once per open file description (``errseq_t``) and may
+    already have marked the failed pages clean: after a failed fdatasync the page cache can
+    hold frames the disk does not, and a later fdatasync -- on this descriptor or a fresh
+    one -- succeeds without writing them. So the records written after the durable end
+    (``ActiveSegment.durable_pos``: everything below it was covered by a completed
+    fdatasync; seqs ``durable_next`` .. ``last_seq``) are never made durable and never
+    acknowledged. ``_fsync_failed``, in the failing process, in this order:
+
+    1. copies those bytes (the page cache's version) to ``current.wal.failed-<first>-<last>``;
+       -> crash: an extra file; the ring's failure words (the writer stores them before it
+       exits) or nothing (see 3) tell the next writer;
+    2. records the range as a hole in ``wal_holes.json`` (temp, fsync, rename, dir fsync);
+       -> crash: the hole is on record while the frames are still in ``current.wal``: scans
+       stop at them (outcome LOST) and the next writer cuts them;
+    3. cuts ``current.wal`` back to the durable end (ftruncate: the page cache's copy is
+       gone for every reader; not fsynced, the next writer's cut is);
+    then latches (``lost`` names the range). When 2 fails too (the disk refuses every fsync),
+    the writer's ring words carry the range to the next writer, which records it.
+
+    Recovery, in the next writer: a valid frame whose seqs are a recorded hole is cut with
+    everything after it (copy kept as above); a range the ring reports (``Prior.failed``)
+    and no hole records is recorded first, then cut; and when the log ends right before a
+    recorded hole, seqs continue after it, so no seq is ever given twice. The range is
+    ``recovered_loss``, for the writer to report in the ring. A failure of the fdatasync at
+    open (frames a dead writer left) is handled the same way, from the durable end that the
+    frames claim (their ``synced`` field) or the previous writer acknowledged in the ring
+    (``Prior.acked_seq``), whichever is further. A failed directory fsync loses no record
+    (the segment was fsynced before its rename, and every open fsyncs the directory).
 
 Rotation order and its crash windows (each is tested in ``tests/test_crash.py``):
 
@@ -63,23 +97,85 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+from . import _fileutil
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
 from .config import Config
-from .errors import ClosedError, ConfigError, CorruptSegmentError, FormatError, LogFailedError, SerializerMismatchError
-from .format import FRAME_HEADER_SIZE, MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, SERIALIZER_NAME_SIZE, SegmentHeader
-from .holes import load_holes
+from .errors import (
+    ClosedError,
+    ConfigError,
+    CorruptSegmentError,
+    FormatError,
+    LogFailedError,
+    LogGoneError,
+    SerializerMismatchError,
+)
+from .format import (
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    FSYNC_DATASYNC,
+    FSYNC_FAILURES,
+    FSYNC_OPEN,
+    FSYNC_SEAL,
+    LOG_ID_SIZE,
+    MAX_FRAME_BODY,
+    SEGMENT_HEADER_SIZE,
+    SERIALIZER_NAME_SIZE,
+    SegmentHeader,
+    align8,
+)
+from .holes import Hole, Holes, load_holes, write_holes
 from .index import IndexEntry, reconcile, write_index
 from .record import check_seq
-from .segment import CURRENT, TORN, ActiveSegment, SegmentScan, read_file, read_header, segment_name, segment_number
+from .segment import (
+    CURRENT,
+    LOST,
+    TORN,
+    ActiveSegment,
+    SegmentScan,
+    data_end,
+    keep_aside,
+    read_file,
+    read_header,
+    segment_name,
+    segment_number,
+)
+from .shipped import shipped_seq
 
-__all__ = ["SegmentLog"]
+__all__ = ["LostRange", "Prior", "SegmentLog"]
 
 log = logging.getLogger("ringwal")
 
 _TMP_NAMES = ("current.wal.tmp", "wal_index.json.tmp")
+
+
+class Prior(NamedTuple):
+    """What the writers before this one left in the ring (the writer reads it there; a seam).
+
+    ``acked_seq``: the last seq a previous writer reported durable (stored before any
+    producer is told, so nothing above it was acknowledged); 0 when not known.
+    ``failed``: (first seq, last seq, what) of records a writer whose fsync failed had written
+    but never made durable (``format.FSYNC_FAILURES`` names ``what``); None when none.
+    """
+
+    acked_seq: int
+    failed: tuple[int, int, int] | None
+
+
+class LostRange(NamedTuple):
+    """Seqs lost to a failed fsync: written, never durable, never acknowledged."""
+
+    first_seq: int
+    last_seq: int
+    what: int  # format.FSYNC_FAILURES
+    path: str
+    offset: int  # where they began in ``path`` (the durable end)
+
+
 #: Frames are padded to a multiple of 8 bytes: up to 7 bytes follow a body.
 _MAX_PAD = 7
 
@@ -102,7 +198,12 @@ class SegmentLog:
     _closed = True
     _failed: BaseException | None = None
     _dirlock: DirLock | None = None
+    #: The seqs this log declared lost when its fsync failed (set as it latches); None otherwise.
+    lost: LostRange | None = None
+    #: The lost range recovery continued after (a recorded hole at the end of the log); None otherwise.
+    recovered_loss: LostRange | None = None
     _seg: ActiveSegment  # set by _open_storage; absent while it has not succeeded
+    log_id: bytes  # the log's identity (LOG_ID_SIZE bytes), in every segment header it writes
     _seg_born: int  # monotonic ns at which current.wal had age 0
     _closed_at: dict[str, int]  # completed segment -> monotonic ns at which it had age 0
 
@@ -114,7 +215,8 @@ class SegmentLog:
         clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
         fsync: FsyncFn = os.fsync,
-        fdatasync: FsyncFn = os.fdatasync,
+        fdatasync: FsyncFn = _fileutil.fdatasync,
+        prior: Callable[[], Prior | None] | None = None,
     ) -> None:
         config.validate()
         _check_name(serializer_name)
@@ -126,45 +228,61 @@ class SegmentLog:
         self._fdatasync = fdatasync
         self._segment_size = config.segment_size
         self._duration_ns = int(config.segment_duration * 1e9)
-        self.dir = check_directory(config.dir, create=True)
-        self._dirlock = DirLock(self.dir)
+        self.dir = check_directory(config.dir, create=True, group=config.group)
+        # The directory as opened: ``check_place`` compares its path with this (``_dir_fd``
+        # keeps it, so its inode number is not handed to another directory meanwhile).
+        self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self._dir_fd)
+        self._place = (st.st_dev, st.st_ino)
         try:
-            self._open_storage()
-            if self._seg.records:
+            self._dirlock = DirLock(self.dir)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
+        try:
+            # Asked holding the lock: no writer runs, so what the ring says is final.
+            self._open_storage(prior() if prior is not None else None)
+            seg = self._seg
+            if seg.records and seg.durable_pos < seg.write_pos:
                 # A writer killed before its fdatasync leaves frames that are only in the page
                 # cache. They are not durable until someone syncs them; do it before calling
                 # anything durable.
-                self._seg.sync(self._fdatasync)
+                try:
+                    seg.sync(self._fdatasync)
+                except OSError as exc:
+                    raise self._fsync_failed(exc, FSYNC_OPEN) from exc
         except BaseException:
-            seg = getattr(self, "_seg", None)
-            if seg is not None:
-                seg.close()
+            opened: ActiveSegment | None = getattr(self, "_seg", None)
+            if opened is not None:
+                opened.close()
             self._dirlock.release()
+            os.close(self._dir_fd)
             raise
         self._durable_seq = self._seg.next_seq - 1
         self._closed = False
 
     # ----------------------------------------------------------------- recovery
 
-    def _open_storage(self) -> None:
+    def _open_storage(self, prior: Prior | None) -> None:
         d = self.dir
-        removed = False
         for name in _TMP_NAMES:
             try:
                 os.unlink(os.path.join(d, name))
-                removed = True
             except FileNotFoundError:
                 pass
-        if removed:
-            fsync_dir(d, self._fsync)
+        # Also completes a directory fsync that failed in an earlier writer (its renames and
+        # creates are in the directory in memory): nothing is acknowledged before it.
+        fsync_dir(d, self._fsync)
         name = self.serializer_name
         holes = load_holes(d)
         entries, reason = reconcile(d, full=True, holes=holes)
         prev = None
+        ids = _LogIds(d)
         for e in entries:
             path = os.path.join(d, e.file)
             header = read_header(path)
             self._check_serializer(header.serializer, path)
+            ids.add(header, e.file)
             if (
                 prev is not None
                 and header.first_seq != prev.last_seq + 1
@@ -187,48 +305,195 @@ class SegmentLog:
         expected = entries[-1].last_seq + 1 if entries else None
         cur = os.path.join(d, CURRENT)
         prealloc = self._segment_size
+        failed = prior.failed if prior is not None else None
+        what = 0
+        if failed is not None:
+            what = failed[2]
+            if holes.explains(failed[0], failed[1]) is not None:
+                failed = None  # the failing writer recorded it
         if os.path.exists(cur):
             buf = read_file(cur)
             header = SegmentHeader.decode(buf[:SEGMENT_HEADER_SIZE], cur)
             self._check_serializer(header.serializer, cur)
+            ids.add(header, CURRENT)
             if expected is not None and header.first_seq != expected and not holes.bridging(expected, header.first_seq):
                 raise CorruptSegmentError(
                     f"{cur}: starts at seq {header.first_seq} but the last completed segment ends at {expected - 1}",
                     path=cur,
                     offset=32,
                 )
-            scan = SegmentScan(buf, cur, sealed=False, next_seq=header.first_seq, holes=holes)
-            try:
-                for _ in scan.frames():
-                    pass
-            except FormatError as exc:
-                # Same error, type and coordinates; only the message says what the writer does.
-                exc.args = (
-                    (
-                        f"{exc} -- refusing to open for writing: this is not a torn tail, and cutting it away "
-                        "could lose valid records (run `ringwal repair --dir DIR` to salvage every valid batch "
-                        "and record the lost seqs)"
-                    ),
+            scan, frames = self._scan_current(buf, cur, header, holes)
+            if failed is not None:
+                # The ring says a writer's fsync failed and the range is not on record (its
+                # disk refused that too, or it died first): record it before cutting anything.
+                off = next((o for o, s, _ in frames if s >= failed[0]), scan.end)
+                holes = self._record_hole(failed[0], failed[1], what, off, "in an earlier writer", holes)
+                scan, frames = self._scan_current(buf, cur, header, holes)
+            keep = None
+            if scan.outcome == LOST:
+                at = FRAME_HEADER.unpack_from(buf, scan.end)[2]  # the first seq of the frame it stopped at
+                lost = (holes.explains(at, at) or [])[-1]
+                keep = (
+                    f"{CURRENT}.failed-{lost.first_seq}-{lost.last_seq}",
+                    buf[scan.end : data_end(buf, scan.end, header.version)],
                 )
-                raise
+            elif scan.outcome == TORN:
+                keep = (f"{CURRENT}.torn-{scan.next_seq}", buf[scan.end : data_end(buf, scan.end, header.version)])
+            seg = self._seg = ActiveSegment.recover(d, header, scan, prealloc, self._fsync, keep=keep)
             if scan.outcome == TORN:
                 log.warning(
-                    "%s: dropped a torn tail of %d bytes at offset %d (a crash mid-write); continuing at seq %d",
+                    "%s: dropped a torn tail of %d bytes at offset %d (%s); continuing at seq %d%s",
                     cur,
                     scan.tail_bytes,
                     scan.end,
+                    "a crash mid-write"
+                    if scan.tail is None or scan.tail.later is None
+                    else "unsynced writes that a power loss persisted out of order",
                     scan.next_seq,
+                    f"; the dropped bytes are kept in {seg.kept}" if seg.kept else "",
                 )
-            self._seg = ActiveSegment.recover(d, header, scan, prealloc, self._fsync)
+            elif scan.outcome == LOST:
+                log.warning(
+                    "%s: cut the frames from offset %d on: their seqs are recorded as lost in wal_holes.json "
+                    "(a writer's fsync failed after writing them, so the page cache's copy is not trusted)%s",
+                    cur,
+                    scan.end,
+                    f"; the cut bytes are kept in {seg.kept}" if seg.kept else "",
+                )
+            # The durable end: what the frames claim, or what the previous writer acknowledged.
+            acked = prior.acked_seq if prior is not None else 0
+            floor = max([seg.durable_pos] + [end for _, s, end in frames if end <= seg.write_pos and s <= acked])
+            seg.durable_pos = floor
+            seg.durable_next = next((s for o, s, _ in frames if o >= floor), seg.next_seq)
+            self.log_id = ids.chosen()
             self._seg_born = mono0 - max(0, wall0 - header.created_ns)
+            if header.log_id is None:
+                self._give_id(scan.records)
         else:
+            if failed is not None:
+                holes = self._record_hole(failed[0], failed[1], what, 0, "in an earlier writer", holes)
+            # Only the holder of wal.lock gets here, so a log's id is chosen exactly once:
+            # it exists from the moment current.wal does (created whole, then renamed in).
+            self.log_id = ids.chosen()
             first = expected if expected is not None else 1
-            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0), prealloc, self._fsync)
+            self._seg = ActiveSegment.create(d, SegmentHeader(name, first, wall0, self.log_id), prealloc, self._fsync)
             self._seg_born = mono0
+        # Seqs go on after recorded holes that start where the log ends (a failed fsync's
+        # range): a seq once given to a record is never given to another.
+        seg = self._seg
+        nxt = seg.next_seq
+        while (found := holes.explains(nxt, nxt)) is not None:
+            nxt = found[-1].last_seq + 1
+        if nxt != seg.next_seq:
+            self.recovered_loss = LostRange(seg.next_seq, nxt - 1, what, cur, seg.write_pos)
+            log.warning("%s: seqs %d-%d are recorded as lost; continuing at seq %d", d, seg.next_seq, nxt - 1, nxt)
+            if seg.durable_next == seg.next_seq:
+                seg.durable_next = nxt
+            seg.next_seq = nxt
         if reason:
             if reason != "missing" or entries:
                 log.warning("%s: wal_index.json %s; rebuilt it from the segment files", d, reason)
             write_index(d, name, entries, self._fsync)
+
+    def _scan_current(
+        self, buf: bytes, cur: str, header: SegmentHeader, holes: Holes
+    ) -> tuple[SegmentScan, list[tuple[int, int, int]]]:
+        """Scan the bytes of current.wal as a crash left them; (scan, [(offset, first seq, end)
+        of each valid frame]). Raises FormatError, saying the writer refuses, on corruption."""
+        scan = SegmentScan(buf, cur, sealed=False, next_seq=header.first_seq, holes=holes, header=header)
+        try:
+            frames = [(o, s, o + FRAME_HEADER_SIZE + align8(n)) for o, s, _, n in scan.frames()]
+        except FormatError as exc:
+            # Same error, type and coordinates; only the message says what the writer does.
+            exc.args = (
+                (
+                    f"{exc} -- refusing to open for writing: this is not a torn tail, and cutting it away "
+                    "could lose valid records (run `ringwal repair --dir DIR` to salvage every valid batch "
+                    "and record the lost seqs)"
+                ),
+            )
+            raise
+        return scan, frames
+
+    def _record_hole(self, first: int, last: int, what: int, offset: int, whose: str, holes: Holes) -> Holes:
+        """Record seqs ``first``..``last`` lost to a failed fsync in wal_holes.json (durably);
+        the holes now on record. Raises OSError when that cannot be done."""
+        copy = f"{CURRENT}.failed-{first}-{last}"
+        hole = Hole(
+            first,
+            last,
+            CURRENT,
+            offset,
+            f"{FSYNC_FAILURES.get(what, FSYNC_FAILURES[0])} failed ({whose}) after these records were written: "
+            "they were never durable and never acknowledged",
+            copy if os.path.exists(os.path.join(self.dir, copy)) else "",
+            self._clock(),
+        )
+        holes = holes.with_added([hole])
+        write_holes(self.dir, holes, self._fsync)
+        log.warning("%s: recorded seqs %d-%d as lost in wal_holes.json: %s", self.dir, first, last, hole.reason)
+        return holes
+
+    def _fsync_failed(self, exc: BaseException, what: int) -> LogFailedError:
+        """An fsync of current.wal failed: declare what it should have made durable lost
+        (module docstring, "When fsync fails"), latch, and return the error to raise.
+
+        Each step is best effort and says so in the log when it fails: the disk may refuse
+        more. The writer's ring words and the next writer's recovery cover what is left."""
+        seg = self._seg
+        first, last = seg.durable_next, seg.next_seq - 1
+        fd = seg.fd
+        if self._failed is None and last >= first and fd is not None:
+            d, pos = self.dir, seg.durable_pos
+            self.lost = LostRange(first, last, what, seg.path, pos)
+            name = f"{CURRENT}.failed-{first}-{last}"
+            try:
+                data = os.pread(fd, seg.write_pos - pos, pos)
+                keep_aside(d, name, data, _fsync_quietly(self._fsync))  # a copy to look at, not a record
+            except OSError as e:
+                log.error("%s: could not keep a copy of the bytes of seqs %d-%d: %r", d, first, last, e)
+            try:
+                self._record_hole(first, last, what, pos, "in the writer that wrote them", load_holes(d))
+            except (OSError, FormatError) as e:
+                log.error(
+                    "%s: could not record seqs %d-%d as lost in wal_holes.json (%r); the ring tells the next writer",
+                    d, first, last, e,
+                )  # fmt: skip
+            try:
+                seg.cut_back(pos)
+            except OSError as e:
+                log.error("%s: could not cut current.wal back to offset %d: %r", d, pos, e)
+        err = self._fail(exc, FSYNC_FAILURES[what])
+        lost = self.lost
+        if lost is not None:
+            err = LogFailedError(
+                f"{err}; seqs {lost.first_seq}-{lost.last_seq} were written but never durable: recorded as lost "
+                f"in wal_holes.json, never acknowledged",
+                path=lost.path,
+                first_seq=lost.first_seq,
+                last_seq=lost.last_seq,
+            )
+        return err
+
+    def _give_id(self, records: int) -> None:
+        """``current.wal`` is a version 1 segment (no log id): make a version 2 one the active
+        segment, so that the log's id is on disk before any ring is named after it. With
+        records, by a rotation (its crash windows, ``_rotate``); empty, by creating a new
+        ``current.wal`` with the same first seq over it (a crash before the rename leaves the
+        old one, and the next writer does this again)."""
+        if records:
+            self._rotate()
+        else:
+            seg = self._seg
+            seg.close()
+            self._seg = ActiveSegment.create(
+                self.dir,
+                SegmentHeader(self.serializer_name, seg.first_seq, self._clock(), self.log_id),
+                self._segment_size,
+                self._fsync,
+            )
+            self._seg_born = self._mono()
+        log.info("%s: the log was written before log ids (format 1); its id is now %s", self.dir, self.log_id.hex())
 
     def _check_serializer(self, found: str, path: str) -> None:
         if found != self.serializer_name:
@@ -329,10 +594,63 @@ class SegmentLog:
         if self._durable_seq != seg.next_seq - 1:
             try:
                 seg.sync(self._fdatasync)
+            except OSError as exc:
+                raise self._fsync_failed(exc, FSYNC_DATASYNC) from exc
             except BaseException as exc:
                 raise self._fail(exc, "fdatasync of current.wal") from exc
             self._durable_seq = seg.next_seq - 1
         return self._durable_seq
+
+    def continue_at(self, seq: int) -> None:
+        """Make ``seq`` the seq of the next record: the log goes on after a gap (restore uses
+        it to reproduce a source log's holes, and to start a log at a source's first seq).
+
+        A log that holds no record yet simply starts at ``seq``. Otherwise every seq from
+        ``last_seq + 1`` to ``seq - 1`` must already be recorded in ``wal_holes.json`` (read
+        again here): seqs are gap-free except over recorded holes, so a gap is written down
+        before it is made. ValueError (nothing changed) when it is not, or ``seq`` is not
+        after ``last_seq``.
+
+        Steps and crash windows: with records in ``current.wal`` it is a rotation whose new
+        ``current.wal`` starts at ``seq`` (the windows of ``_rotate``: a crash leaves the old
+        ``current.wal`` to continue, or a completed segment and none, or both segments; the
+        index and the segment headers then join over the recorded holes). Without records,
+        the empty ``current.wal`` is replaced by a new one built aside (``current.wal.tmp``,
+        fsynced, renamed over it, directory fsynced): a crash leaves the old or the new one.
+        Afterwards everything before ``seq`` is durable (sealed or in completed segments).
+        """
+        check_seq(seq, "continue_at's seq")
+        self.check_open()
+        nxt = self._seg.next_seq
+        if seq == nxt:
+            return
+        if seq < nxt:
+            raise ValueError(f"{self.dir}: continue_at({seq}) would reuse seqs; the log is at seq {nxt - 1}")
+        if self._entries or self._seg.records:
+            holes = load_holes(self.dir)
+            if not holes.bridging(nxt, seq):
+                raise ValueError(
+                    f"{self.dir}: seqs {nxt}-{seq - 1} are not recorded as holes in wal_holes.json; "
+                    f"record them (holes.write_holes) before continuing the log at seq {seq}"
+                )
+        try:
+            if self._seg.records:
+                self._rotate(next_first=seq)
+            else:
+                old = self._seg
+                # Crash before the rename: the old empty current.wal and a stray .tmp (deleted
+                # at the next open); after it: the new one. Both are complete.
+                self._seg = ActiveSegment.create(
+                    self.dir,
+                    SegmentHeader(self.serializer_name, seq, self._clock()),
+                    self._segment_size,
+                    self._fsync,
+                )
+                old.close()
+                self._seg_born = self._mono()
+        except BaseException as exc:
+            raise self._fail(exc, f"continuing the log at seq {seq}") from exc
+        self._durable_seq = seq - 1
 
     # ----------------------------------------------------------------- rotation
 
@@ -347,11 +665,16 @@ class SegmentLog:
             except BaseException as exc:
                 raise self._fail(exc, "rotating current.wal") from exc
 
-    def _rotate(self) -> None:
+    def _rotate(self, next_first: int | None = None) -> None:
+        """Seal current.wal and start a new one at ``next_first`` (default: the next seq; a
+        larger one only over recorded holes, see ``continue_at``)."""
         d = self.dir
         seg = self._seg
         # 1. Crash after this: a complete, fsynced current.wal that the next open continues.
-        seg.seal(self._fsync)
+        try:
+            seg.seal(self._fsync)
+        except OSError as exc:
+            raise self._fsync_failed(exc, FSYNC_SEAL) from exc
         name = segment_name(self._next_number)
         target = os.path.join(d, name)
         if os.path.exists(target):
@@ -366,8 +689,9 @@ class SegmentLog:
         self._closed_at[name] = self._mono()
         seg.close()
         # 3. Crash here: no current.wal, maybe a current.wal.tmp; the next open recreates it.
+        first = seg.next_seq if next_first is None else next_first
         self._seg = ActiveSegment.create(
-            d, SegmentHeader(self.serializer_name, seg.next_seq, self._clock()), self._segment_size, self._fsync
+            d, SegmentHeader(self.serializer_name, first, self._clock(), self.log_id), self._segment_size, self._fsync
         )
         self._seg_born = self._mono()
         # 4. Crash before this completes: a stale index, rebuilt on the next open.
@@ -383,7 +707,8 @@ class SegmentLog:
         unlinked oldest first, then the directory is fsynced, then the index is replaced.
         A crash in between leaves a contiguous suffix of the log (never a gap) and an index
         that names files which are gone: stale, rebuilt by the next writer with a warning;
-        readers only ever look at files that exist.
+        readers only ever look at files that exist. With ``config.keep_unshipped`` no segment
+        holding a seq above the shipped seq (``wal_shipped.json``) goes.
         """
         check_seq(seq, "truncate_before's seq")
         self.check_open()
@@ -398,6 +723,8 @@ class SegmentLog:
 
         The age is monotonic within this writer's life (module docstring, "Clocks"): a
         wall-clock step while the log is open neither removes young segments nor keeps old ones.
+        With ``config.keep_unshipped`` no segment holding a seq above the shipped seq
+        (``wal_shipped.json``, read at each call) goes, whatever the limits say.
         """
         self.check_open()
         entries = self._entries
@@ -415,6 +742,11 @@ class SegmentLog:
         return self._remove_oldest(n)
 
     def _remove_oldest(self, n: int) -> tuple[list[IndexEntry], int]:
+        if n and self.config.keep_unshipped:
+            # Keep every segment holding a record the stream has not acknowledged (shipped.py).
+            shipped = shipped_seq(self.dir)
+            while n and self._entries[n - 1].last_seq > shipped:
+                n -= 1
         victims = self._entries[:n]
         if victims:
             try:
@@ -451,6 +783,24 @@ class SegmentLog:
         ``segment_size`` instead of leaving the rest of one unused."""
         return max(0, self._segment_size - self._seg.write_pos - FRAME_HEADER_SIZE - _MAX_PAD)
 
+    def check_place(self) -> None:
+        """Raise LogGoneError when ``dir`` no longer names the directory this log was opened
+        in: it was removed (``rm -r``), or moved or replaced (``mv``). Costs a stat and an
+        fstat. A writer that went on would write where no reader looks (or into files that
+        are deleted), so the writer process calls this at least every PLACE_INTERVAL."""
+        try:
+            st = os.stat(self.dir)
+            if (st.st_dev, st.st_ino) == self._place:
+                return
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        removed = os.fstat(self._dir_fd).st_nlink == 0
+        raise LogGoneError(
+            f"{self.dir}: the log directory was {'removed' if removed else 'moved or replaced'} while this writer "
+            "served it; the writer stops (records not yet durable may be lost): open the log where it is now",
+            path=self.dir,
+        )
+
     @property
     def durable_seq(self) -> int:
         """The seq of the last record known to be on stable storage."""
@@ -477,6 +827,8 @@ class SegmentLog:
             ) from self._failed
 
     def _fail(self, exc: BaseException, what: str) -> LogFailedError:
+        if isinstance(exc, LogFailedError) and self._failed is not None:
+            return exc  # raised by _fsync_failed, which latched already
         if self._failed is None:
             self._failed = exc
             log.error("%s: %s failed: %r; the log refuses further writes until reopened", self.dir, what, exc)
@@ -494,6 +846,18 @@ class SegmentLog:
             self._seg.close()
             if self._dirlock is not None:
                 self._dirlock.release()
+            os.close(self._dir_fd)
+
+    def abandon(self) -> None:
+        """Close without syncing (the directory is gone: ``check_place``); release the lock.
+        Idempotent; the log is closed afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._seg.close()
+        if self._dirlock is not None:
+            self._dirlock.release()
+        os.close(self._dir_fd)
 
     def __enter__(self) -> SegmentLog:
         return self
@@ -507,6 +871,44 @@ class SegmentLog:
         last = seg.next_seq - 1 if seg is not None else 0
         name = getattr(self, "serializer_name", "?")
         return f"<SegmentLog {getattr(self, 'dir', '?')} {state} serializer={name!r} last_seq={last}>"
+
+
+def _fsync_quietly(fsync: FsyncFn) -> FsyncFn:
+    def quiet(fd: int) -> None:
+        try:
+            fsync(fd)
+        except OSError as exc:
+            log.error("an fsync of a kept copy failed too: %r", exc)
+
+    return quiet
+
+
+class _LogIds:
+    """The log ids in a directory's segment headers, gathered at open: they must agree."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.first: tuple[bytes, str] | None = None
+
+    def add(self, header: SegmentHeader, file: str) -> None:
+        lid = header.log_id
+        if lid is None:
+            return  # a version 1 segment: written before log ids
+        if self.first is None:
+            self.first = (lid, file)
+        elif self.first[0] != lid:
+            path = os.path.join(self.directory, file)
+            raise CorruptSegmentError(
+                f"{path} belongs to log {lid.hex()}, but {self.first[1]} to log {self.first[0].hex()}: segments of "
+                "two logs are in one directory; move the files of the other log away (ringwal.log_id and "
+                "`ringwal verify` name each file's log)",
+                path=path,
+                offset=48,
+            )
+
+    def chosen(self) -> bytes:
+        """The log's id: the one its headers carry, or a new random one (the log has none yet)."""
+        return self.first[0] if self.first is not None else secrets.token_bytes(LOG_ID_SIZE)
 
 
 def _check_name(name: object) -> None:

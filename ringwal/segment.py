@@ -24,11 +24,20 @@ Reading outcomes, decided once here (``docs/FORMAT.md``, "Reading"):
 * clean end: the data ends in zero-filled space or exactly at end of file;
 * torn tail: an invalid or incomplete frame with no valid frame anywhere after it, in
   ``current.wal`` with no writer holding it. It is what a writer dying mid-write leaves;
-  readers stop there without error and the next writer truncates it;
+  readers stop there without error and the next writer truncates it (keeping the dropped
+  bytes beside the file). In a version 2 ``current.wal`` also damage followed by valid
+  frames, when it lies at or after the largest durable end any valid frame claims (its
+  ``synced`` field): power loss persisted unsynced writes out of order, nothing there was
+  ever acknowledged (docs/FORMAT.md, "Power loss reorders unsynced writes");
+* lost: in ``current.wal``, a valid frame whose seqs ``wal_holes.json`` records as lost.
+  A writer whose fsync failed recorded them so (docs/FORMAT.md, "When fsync fails"): the
+  bytes are what the page cache held, not what the disk has. The scan stops there as at an
+  end; the next writer cuts them away;
 * not yet written (UNWRITTEN): in ``current.wal`` while a writer holds ``wal.lock``, an
   invalid, zero or incomplete frame where a seq above the writer's written seq is due. The
   writer is writing it; readers stop there (follow looks again later);
-* corruption: an invalid frame followed by a valid one (no writer), an invalid frame where
+* corruption: an invalid frame followed by a valid one (no writer; in version 2 only below
+  the largest durable end a valid frame claims), an invalid frame where
   a seq the writer had already written is due (live), any invalid frame in a completed
   segment, or a valid frame whose seq does not continue the previous one. Raised as
   CorruptRecordError or CorruptSegmentError with the file and byte offset.
@@ -67,9 +76,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._fileutil import FsyncFn, fsync_dir, preallocate, writer_holds_lock
-from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError
+from ._fileutil import FsyncFn, create_file, fsync_dir, preallocate, writer_holds_lock
+from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError, NoLogError
 from .format import (
+    FORMAT_VERSION,
     FRAME_BAD,
     FRAME_END,
     FRAME_HEADER_SIZE,
@@ -79,6 +89,7 @@ from .format import (
     SegmentHeader,
     align8,
     encode_frame,
+    frame_durable_end,
     parse_frame,
 )
 from .holes import Holes
@@ -92,6 +103,7 @@ __all__ = [
     "CURRENT",
     "DAMAGED",
     "Damage",
+    "LOST",
     "LiveWriter",
     "NO_WRITER",
     "REREAD_DELAYS",
@@ -100,10 +112,16 @@ __all__ = [
     "TORN",
     "UNWRITTEN",
     "find_valid_frame",
+    "data_end",
+    "keep_aside",
     "list_segments",
+    "log_id",
+    "max_durable_claim",
     "read_fd",
     "read_file",
     "read_header",
+    "read_log_id",
+    "require_log",
     "scan_file",
     "segment_name",
     "segment_number",
@@ -117,6 +135,7 @@ CLEAN = "clean"  # zero-filled space or end of file: nothing more was ever writt
 TORN = "torn"  # current.wal, no writer: an invalid tail with nothing valid after it (a crash)
 UNWRITTEN = "unwritten"  # current.wal, a writer holds it: the next frame is not written yet
 DAMAGED = "damaged"  # the reporter chose to stop at damage (repair cuts it off)
+LOST = "lost"  # current.wal: valid frames holding seqs wal_holes.json records as lost (a failed fsync)
 
 #: What ``written()`` returns when no writer holds the directory (the crash rule applies).
 NO_WRITER = -1
@@ -162,6 +181,23 @@ def list_segments(directory: str) -> list[tuple[int, str]]:
     return out
 
 
+def require_log(directory: str | os.PathLike[str]) -> str:
+    """``directory`` as an absolute path, when it holds a ringwal log: a ``current.wal`` or a
+    completed segment (``NNNNNN.wal``). Raises NoLogError (with ``path``) when it does not
+    exist or holds neither: a wrong or unmounted path must fail a reader, not read as an
+    empty log. (``open`` and ``WAL`` create a log and never ask.)"""
+    path = os.path.abspath(directory)
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise NoLogError(f"{path} {what}; no ringwal log there (check the path, or RINGWAL_DIR)", path=path)
+    if not os.path.exists(os.path.join(path, CURRENT)) and not list_segments(path):
+        raise NoLogError(
+            f"{path} holds no ringwal log (no {CURRENT}, no NNNNNN.wal segment): a wrong or unmounted path?",
+            path=path,
+        )
+    return path
+
+
 def read_file(path: str) -> bytes:
     with open(path, "rb", buffering=0) as f:
         return f.read()
@@ -189,6 +225,57 @@ def read_header(source: str | int, path: str | None = None) -> SegmentHeader:
         return SegmentHeader.decode(os.pread(source, SEGMENT_HEADER_SIZE, 0), path or f"fd {source}")
     with open(source, "rb", buffering=0) as f:
         return SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), source)
+
+
+def log_id(directory: str) -> str:
+    """The identity of the log in ``directory``: 32 lowercase hex characters (16 random
+    bytes chosen when its first segment was created; every segment header carries them).
+
+    It never changes for the life of the log (rotation, restarts, retention, repair keep it)
+    and a new log made in the same place gets another one, so ``f"{log_id}:{seq}"`` names a
+    record uniquely across logs. A copy of the directory keeps it. Raises NoLogError (a
+    FormatError; ``path`` is the directory) when the directory holds no log, or one written
+    before log ids that no writer of this version has opened yet. Reads one 80-byte header;
+    never waits for a writer. Format: docs/FORMAT.md, "Segment header".
+    """
+    return read_log_id(os.path.abspath(directory)).hex()
+
+
+def read_log_id(directory: str) -> bytes:
+    """The log id of the log in ``directory`` (``LOG_ID_SIZE`` bytes), from the header of
+    ``current.wal``, else of the newest completed segment (``current.wal`` is missing for a
+    moment during a rotation, and after a crash between its steps 2 and 3).
+
+    Raises NoLogError naming the directory when it holds no log, or a log written before
+    log ids that no writer of this version has opened yet. Cost: one 80-byte read.
+    """
+    problem = "it holds no segment file (no writer has opened it yet)"
+    for _attempt in range(3):  # a rotation may rename current.wal between the two looks
+        try:
+            names = [CURRENT] + [name for _, name in reversed(list_segments(directory))]
+        except FileNotFoundError:
+            raise NoLogError(f"{directory}: no such directory, so no log", path=directory) from None
+        except NotADirectoryError:
+            raise NoLogError(f"{directory}: not a directory, so no log", path=directory) from None
+        for name in names:
+            try:
+                header = read_header(os.path.join(directory, name))
+            except FileNotFoundError:
+                continue
+            except FormatError as exc:
+                problem = f"the header of {name} does not read ({exc})"
+                continue
+            if header.log_id is not None:
+                return header.log_id
+            raise NoLogError(
+                f"{directory}: the log has no id yet: {name} was written by a ringwal from before log ids "
+                "(segment format 1); open it once with a writer of this version (ringwal serve, ringwal.open, "
+                "or WAL) and it gets one",
+                path=directory,
+            )
+        if names[1:]:
+            break  # no current.wal, and the completed segments' headers do not read
+    raise NoLogError(f"{directory}: no ringwal log here: {problem}", path=directory)
 
 
 class LiveWriter:
@@ -272,6 +359,8 @@ class SegmentScan:
     Two sources: ``buf``, all of a segment's bytes already read (``fd`` None; the crash rule
     judges them as they are), or ``buf=None`` and ``fd``, an open segment file the scan reads
     itself, from ``start`` (``SegmentScan.open`` opens one by path and checks its header).
+    ``start`` is where the frames begin: by default the end of ``header`` (80 bytes, 64 in a
+    version 1 segment), or of a version 2 header when no header is given.
 
     Iterate :meth:`frames` for (offset, first_seq, count, length) of each valid frame, in
     order; while that tuple is current, the frame is ``buf[offset - base : ...]`` (see
@@ -283,7 +372,13 @@ class SegmentScan:
 
     ``holes`` (from ``wal_holes.json``) lets a frame skip exactly a recorded lost range;
     each such jump is appended to ``crossed`` as (expected seq, seq found). Any other jump
-    goes to ``reporter.seq_jump``.
+    goes to ``reporter.seq_jump``. In ``current.wal`` a valid frame whose first seq lies in
+    a recorded hole ends the walk with outcome LOST (``end`` is its offset).
+
+    ``version`` is the segment's format version (from ``header`` when given): version 2
+    frames carry the durable end (``synced``); ``durable_claim`` is the largest one read so
+    far (each clamped to its frame's offset), and the crash rule uses the claims of every
+    valid frame in the file to tell reordered unsynced writes (a torn tail) from damage.
 
     ``written`` (only with ``fd``, only for an unsealed segment) applies the live-reading
     rule (module docstring); ``rereads`` are its pauses and ``sleep`` how it pauses (seams).
@@ -299,7 +394,7 @@ class SegmentScan:
         path: str,
         *,
         sealed: bool,
-        start: int = SEGMENT_HEADER_SIZE,
+        start: int | None = None,
         next_seq: int,
         holes: Holes | None = None,
         fd: int | None = None,
@@ -309,9 +404,12 @@ class SegmentScan:
         rereads: Sequence[float] = REREAD_DELAYS,
         sleep: Callable[[float], object] = time.sleep,
         header: SegmentHeader | None = None,
+        version: int | None = None,
     ) -> None:
         if buf is None and fd is None:
             raise ValueError("SegmentScan needs the segment's bytes or an open descriptor")
+        if start is None:  # frames start right after the header (80 bytes, or 64 in version 1)
+            start = header.size if header is not None else SEGMENT_HEADER_SIZE
         self.path = path
         self.sealed = sealed
         self.holes = holes
@@ -323,6 +421,8 @@ class SegmentScan:
         self.tail: Damage | None = None
         self.tail_bytes = 0
         self._header = header
+        self.version = header.version if header is not None else (version or FORMAT_VERSION)
+        self.durable_claim = 0
         self.written = written
         self.reporter = reporter if reporter is not None else _RAISE
         self.chunk = chunk
@@ -337,6 +437,14 @@ class SegmentScan:
         else:
             self.fd = fd
             self.buf, self.base, self.eof, self.size = b"", start, False, start
+
+    @property
+    def log_bytes(self) -> int:
+        """What this segment adds to a log's ``bytes`` (``ringwal stats`` and ``ringwal
+        verify`` both count this, and nothing else): a completed segment's file size; for
+        ``current.wal``, the bytes up to the end of its last complete frame, since the
+        preallocated zeros after it (and a torn tail) hold no records. Read after ``frames``."""
+        return self.size if self.sealed else self.end
 
     @classmethod
     def open(cls, path: str, *, sealed: bool, holes: Holes | None = None, **kw: Any) -> SegmentScan:
@@ -405,6 +513,9 @@ class SegmentScan:
         self._w = _NOT_ASKED
         if self.fd is not None:
             self._load(self.end, self.chunk)
+        version = self.version
+        claims = version >= 2
+        holes = self.holes if self.holes and not self.sealed else None
         while True:
             buf = self.buf
             base = self.base
@@ -412,9 +523,16 @@ class SegmentScan:
             limit = len(buf)
             pos = self.end - base
             while True:
-                outcome, length, count, first_seq, _stored, _computed, nxt = parse_frame(view, pos, limit)
+                outcome, length, count, first_seq, _stored, _computed, nxt = parse_frame(view, pos, limit, version)
                 if outcome != FRAME_OK:
                     break
+                if holes is not None and holes.explains(first_seq, first_seq) is not None:
+                    self.outcome = LOST  # a failed fsync's page-cache copy (docs/FORMAT.md)
+                    return
+                if claims:
+                    claim = min(frame_durable_end(view, pos), base + pos)
+                    if claim > self.durable_claim:
+                        self.durable_claim = claim
                 if first_seq != self.next_seq and not self._jump(base + pos, first_seq, count):
                     pos = nxt
                     self.end = base + nxt
@@ -473,7 +591,7 @@ class SegmentScan:
         self.buf, self.base = data, off
 
     def _look(self, off: int) -> tuple[int, int, int, int, int, int, int]:
-        return parse_frame(memoryview(self.buf), off - self.base, len(self.buf))
+        return parse_frame(memoryview(self.buf), off - self.base, len(self.buf), self.version)
 
     def _crash_rule(self, off: int) -> bool:
         """Judge the bytes at ``off`` as a crash left them (no writer can be changing them)."""
@@ -481,13 +599,29 @@ class SegmentScan:
             self._load(off, None)
         view = memoryview(self.buf)
         pos, limit = off - self.base, len(self.buf)
-        outcome, length, _, _, stored, computed, _ = parse_frame(view, pos, limit)
+        outcome, length, _, _, stored, computed, _ = parse_frame(view, pos, limit, self.version)
         if outcome == FRAME_OK:
             return True  # written since the bytes we had were read
         if outcome == FRAME_END and _zeros_from(self.buf, pos):
             self.outcome = CLEAN
             return False
-        later = find_valid_frame(self.buf, pos + 8, limit, self.next_seq)
+        later = find_valid_frame(self.buf, pos + 8, limit, self.next_seq, self.version)
+        claim = -1
+        if later is not None and not self.sealed and self.version >= 2:
+            # Every byte below a claimed durable end had been fdatasynced before that frame was
+            # written; damage at or past the largest claim is unsynced writes that power loss
+            # persisted out of order (a later frame kept, an earlier one lost): a torn tail.
+            claim = max(self.durable_claim, max_durable_claim(self.buf, pos + 8, limit, self.version, self.base))
+            if off >= claim:
+                self.outcome = TORN
+                why = (
+                    f"; valid frames follow (the first at offset {self.base + later[0]}) but no frame claims an "
+                    f"fdatasync past offset {claim}: unsynced writes persisted out of order (a torn tail)"
+                )
+                first_later = (self.base + later[0], later[1])
+                self.tail = self._damage(off, outcome, length, stored, computed, first_later, why)
+                self.tail_bytes = limit - pos - _trailing_zeros(view, pos, limit)
+                return False
         if later is None and not self.sealed:
             self.outcome = TORN
             why = "; nothing valid follows (a torn tail)"
@@ -499,6 +633,8 @@ class SegmentScan:
         else:
             later = (self.base + later[0], later[1])
             why = f"; a valid frame follows at offset {later[0]}"
+            if claim >= 0:
+                why += f", and a frame claims an fdatasync had completed up to offset {claim}, past this damage"
         return self._report(self._damage(off, outcome, length, stored, computed, later, why))
 
     def _live(self, off: int, w: int | None, stale: bool) -> bool:
@@ -606,24 +742,78 @@ def _describe(outcome: int, length: int, stored: int, computed: int, size: int) 
     return "invalid frame header"
 
 
-def find_valid_frame(buf: bytes, start: int, limit: int, min_seq: int) -> tuple[int, int] | None:
+def find_valid_frame(
+    buf: bytes, start: int, limit: int, min_seq: int, version: int = FORMAT_VERSION
+) -> tuple[int, int] | None:
     """(offset, first seq) of the first valid frame at or after ``start`` (8-aligned) in
     ``buf[:limit]`` whose seq is at least ``min_seq``; None when there is none. Zero runs are
     skipped at C speed, so a mostly preallocated file costs little."""
+    for pos, first_seq in _valid_frames(buf, start, limit, version):
+        if first_seq >= min_seq:
+            return pos, first_seq
+    return None
+
+
+def max_durable_claim(buf: bytes, start: int, limit: int, version: int, base: int = 0) -> int:
+    """The largest durable end claimed by a valid frame at or after ``start`` of ``buf[:limit]``
+    (each claim clamped to its frame's file offset, ``base`` + its position); 0 when there is
+    none, or for a version 1 segment (its frames claim nothing)."""
+    if version < 2:
+        return 0
+    best = 0
+    for pos, _ in _valid_frames(buf, start, limit, version):
+        best = max(best, min(frame_durable_end(buf, pos), base + pos))
+    return best
+
+
+def _valid_frames(buf: bytes, start: int, limit: int, version: int) -> Iterator[tuple[int, int]]:
+    """(offset, first seq) of every valid frame at an 8-aligned offset from ``start``."""
     pos = (start + 7) & ~7
     while pos + FRAME_HEADER_SIZE <= limit:
         nz = _next_nonzero(buf, pos, limit)
         if nz == limit:
-            return None
+            return
         pos = nz & ~7
         if pos + FRAME_HEADER_SIZE > limit:
-            return None
+            return
         if nz - pos < 4:  # the length word of the frame that would start at pos is not zero
-            outcome, _, _, first_seq, _, _, _ = parse_frame(buf, pos, limit)
-            if outcome == FRAME_OK and first_seq >= min_seq:
-                return pos, first_seq
+            outcome, _, _, first_seq, _, _, _ = parse_frame(buf, pos, limit, version)
+            if outcome == FRAME_OK:
+                yield pos, first_seq
         pos += 8
-    return None
+
+
+def data_end(buf: bytes, start: int, version: int) -> int:
+    """Where the bytes worth keeping end in ``buf`` from ``start``: past the last non-zero byte
+    (8-aligned) and past the last valid frame (whose payload may end in zeros)."""
+    end = align8(len(buf.rstrip(b"\x00")))
+    for pos, _ in _valid_frames(buf, start, len(buf), version):
+        length = int.from_bytes(buf[pos : pos + 4], "little")
+        end = max(end, pos + FRAME_HEADER_SIZE + align8(length))
+    return max(end, start)
+
+
+def keep_aside(directory: str, name: str, data: bytes, fsync: FsyncFn) -> str:
+    """Write ``data`` to a new file ``name`` in ``directory`` (``name.1``, ``name.2``, ... if
+    taken), fsync it and the directory; return the name used. For bytes a writer cuts from
+    ``current.wal`` (a torn tail, a failed fsync's range), kept for a human to look at."""
+    k = 0
+    while True:
+        used = name if not k else f"{name}.{k}"
+        try:
+            fd = os.open(os.path.join(directory, used), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            break
+        except FileExistsError:
+            k += 1
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(directory, fsync)
+    return used
 
 
 def _zeros_from(buf: bytes, pos: int) -> bool:
@@ -663,17 +853,37 @@ class ActiveSegment:
     Only the writer touches it. Space is preallocated up to ``prealloc`` bytes so an append
     overwrites zeros instead of growing the file (much cheaper to fdatasync). Any OSError
     propagates; the owner latches into its failed state.
+
+    ``durable_pos`` is the durable end: every byte below it was covered by a completed
+    fdatasync (or fsync) of this file, and ``durable_next`` the seq of the first record at
+    or after it. Each frame of a version 2 segment carries ``durable_pos`` (``synced``), so
+    a reader after a power loss can tell unsynced writes persisted out of order (all at or
+    past the largest claim) from damage to durable data (below it).
     """
 
     fd: int | None = None
+    kept: str | None = None  # recover: the file the cut bytes were kept in
 
-    def __init__(self, path: str, fd: int, header: SegmentHeader, write_pos: int, next_seq: int, records: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        header: SegmentHeader,
+        write_pos: int,
+        next_seq: int,
+        records: int,
+        durable_pos: int = SEGMENT_HEADER_SIZE,
+        durable_next: int | None = None,
+    ) -> None:
         self.path = path
         self.fd = fd
         self.header = header
         self.write_pos = write_pos
         self.next_seq = next_seq
         self.records = records
+        self.durable_pos = durable_pos
+        self.durable_next = header.first_seq if durable_next is None else durable_next
+        self._claims = header.version >= 2
 
     @property
     def first_seq(self) -> int:
@@ -683,9 +893,9 @@ class ActiveSegment:
     def create(cls, directory: str, header: SegmentHeader, prealloc: int, fsync: FsyncFn) -> ActiveSegment:
         path = os.path.join(directory, CURRENT)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = create_file(tmp, os.O_RDWR | os.O_TRUNC)
         try:
-            preallocate(fd, max(prealloc, SEGMENT_HEADER_SIZE))
+            preallocate(fd, max(prealloc, header.size))
             os.pwrite(fd, header.encode(), 0)
             fsync(fd)
             # Crash window: a complete current.wal.tmp and no current.wal. The next writer
@@ -695,34 +905,57 @@ class ActiveSegment:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
+        return cls(path, fd, header, header.size, header.first_seq, 0)
 
     @classmethod
     def recover(
-        cls, directory: str, header: SegmentHeader, scan: SegmentScan, prealloc: int, fsync: FsyncFn
+        cls,
+        directory: str,
+        header: SegmentHeader,
+        scan: SegmentScan,
+        prealloc: int,
+        fsync: FsyncFn,
+        cut: int | None = None,
+        keep: tuple[str, bytes] | None = None,
     ) -> ActiveSegment:
-        """Open the scanned ``current.wal`` for appending, cutting a torn tail back to ``scan.end``."""
+        """Open the scanned ``current.wal`` for appending, cutting it back to ``cut`` (default
+        ``scan.end``, the end of the last valid frame). ``keep`` = (name, bytes): the bytes
+        being cut away, written first to a new file of that name (``keep_aside``; the name
+        used is ``kept``) when any is non-zero. ``durable_pos`` starts at
+        ``scan.durable_claim`` (at least the header): the caller's fdatasync raises it."""
         path = os.path.join(directory, CURRENT)
+        end = scan.end if cut is None else cut
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        kept = None
         try:
             size = os.fstat(fd).st_size
-            if scan.outcome == TORN or size > scan.end:
+            if scan.outcome != CLEAN or size > end:
+                if keep is not None:
+                    data = keep[1]
+                    if any(data):
+                        # Crash window: the copy exists and the file is not cut yet; the next
+                        # writer cuts it and keeps another copy (name.1).
+                        kept = keep_aside(directory, keep[0], data, fsync)
                 # Zero everything after the last valid frame: truncate, then preallocate again
                 # (fresh zero blocks). A crash in between leaves a shorter file, which is fine.
-                os.ftruncate(fd, scan.end)
-                preallocate(fd, max(prealloc, scan.end))
+                os.ftruncate(fd, end)
+                preallocate(fd, max(prealloc, end))
                 fsync(fd)
             elif size < prealloc:
                 preallocate(fd, prealloc)
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, header, scan.end, scan.next_seq, scan.records)
+        # The caller sets durable_next (it knows where each frame starts).
+        durable = max(SEGMENT_HEADER_SIZE, min(scan.durable_claim, end))
+        seg = cls(path, fd, header, end, scan.next_seq, scan.records, durable)
+        seg.kept = kept
+        return seg
 
     def append_frame(self, body: bytes, count: int) -> int:
         """Write one frame of ``count`` records at the end; return the bytes written."""
         first = self.next_seq
-        iov = encode_frame(body, count, first)
+        iov = encode_frame(body, count, first, self.durable_pos if self._claims else 0)
         size = len(iov[0]) + len(iov[1]) + len(iov[2])
         pos = self.write_pos
         fd = self._fd()
@@ -739,13 +972,24 @@ class ActiveSegment:
         return size
 
     def sync(self, datasync: FsyncFn) -> None:
+        """fdatasync the file; on success every frame written so far is durable."""
+        pos, nxt = self.write_pos, self.next_seq
         datasync(self._fd())
+        self.durable_pos, self.durable_next = pos, nxt
 
     def seal(self, fsync: FsyncFn) -> None:
         """Cut the preallocated tail and fsync: the file becomes exactly its frames."""
         fd = self._fd()
         os.ftruncate(fd, self.write_pos)
         fsync(fd)
+        self.durable_pos, self.durable_next = self.write_pos, self.next_seq
+
+    def cut_back(self, pos: int) -> None:
+        """Drop every frame from ``pos`` on (an ftruncate, no fsync: after a failed fsync this
+        only stops the page cache's copy from being read; the next writer cuts it durably).
+        ``next_seq`` stays: the seqs cut were given to records and are never given again."""
+        os.ftruncate(self._fd(), pos)
+        self.write_pos = pos
 
     def _fd(self) -> int:
         fd = self.fd

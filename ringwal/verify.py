@@ -1,6 +1,7 @@
 """``verify(dir)``: read every byte of a log and report every problem with file and offset.
 
-Checks: each segment header (magic, version, checksum, serializer the same everywhere),
+Checks: each segment header (magic, version, checksum, serializer the same everywhere, the
+same log id in every version 2 header),
 every frame checksum, every frame body splitting into exactly its count of records (a frame
 can pass its checksum and still not: replay cannot read it), seq continuity inside and across
 segments, completed segments ending exactly at their last frame, and ``wal_index.json``
@@ -27,10 +28,10 @@ from typing import Any
 
 from ._fileutil import writer_holds_lock
 from .errors import FormatError
-from .format import MAX_FRAME_BODY, SEGMENT_HEADER_SIZE, describe_walk, walk_records
+from .format import MAX_FRAME_BODY, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, TORN, LiveWriter, SegmentScan, list_segments
+from .segment import CURRENT, LOST, TORN, LiveWriter, SegmentScan, list_segments, require_log, segment_number
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -55,8 +56,9 @@ class VerifyReport:
     records: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
-    bytes: int = 0
+    bytes: int = 0  # SegmentScan.log_bytes summed: the same number ringwal stats reports
     holes: list[Hole] = field(default_factory=list)
+    log_id: str | None = None  # 32 hex characters; None when no header carries one (format 1)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,7 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "dir": self.directory,
+            "log_id": self.log_id,
             "ok": self.ok,
             "segments": self.segments,
             "records": self.records,
@@ -80,12 +83,14 @@ class VerifyReport:
 REPLANS = 1000  # a writer rotating faster than verify reads could otherwise keep it busy forever
 
 
-def verify(directory: str, progress: Callable[[int, int], object] | None = None) -> VerifyReport:
-    directory = os.path.abspath(directory)
+def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], object] | None = None) -> VerifyReport:
+    """Check every byte of the log in ``directory``; the report lists each problem found.
+
+    Raises NoLogError when ``directory`` is missing or holds no log: a health check of a
+    wrong or unmounted path must fail, not pass as an empty log.
+    """
+    directory = require_log(directory)
     report = VerifyReport(directory)
-    if not os.path.isdir(directory):
-        report.problems.append(Problem(directory, None, "not a directory"))
-        return report
     try:
         holes = load_holes(directory)
     except FormatError as exc:
@@ -123,7 +128,25 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             scan = SegmentScan.open(path, sealed=sealed, holes=holes, written=None if sealed else LiveWriter(directory))
         except FileNotFoundError:
             if sealed:
-                report.notes.append(f"{path}: removed while verify ran (retention)")
+                # Retention removes completed segments oldest first: when this one went, every
+                # older one had gone before it. One still there means something else removed it.
+                number = segment_number(name)
+                older = sorted(
+                    (segment_number(n), n)
+                    for n in seen
+                    if n != CURRENT and segment_number(n) < number and os.path.exists(os.path.join(directory, n))
+                )
+                if older:
+                    report.problems.append(
+                        Problem(
+                            path,
+                            None,
+                            f"disappeared while verify ran, but the older {older[-1][1]} is still there: not "
+                            "retention (which removes the oldest first); records are missing",
+                        )
+                    )
+                else:
+                    report.notes.append(f"{path}: removed while verify ran (retention)")
                 expected = None  # what follows it cannot be checked against it
             elif replans < REPLANS and writer_holds_lock(directory):
                 # Mid-rotation: current.wal was renamed and its successor is not there yet
@@ -152,6 +175,18 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
                     continue
             seen.add(name)
             report.segments += 1
+            if header.log_id is not None:
+                if report.log_id is None:
+                    report.log_id = header.log_id.hex()
+                elif header.log_id.hex() != report.log_id:
+                    report.problems.append(
+                        Problem(
+                            path,
+                            48,
+                            f"belongs to log {header.log_id.hex()}, not to log {report.log_id} of earlier segments: "
+                            "a file of another log is in this directory",
+                        )
+                    )
             if serializer is None:
                 serializer = header.serializer
             elif header.serializer != serializer:
@@ -178,17 +213,17 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
             except FormatError as exc:
                 report.problems.append(Problem(path, exc.offset, _strip(str(exc), path)))
                 report.records += scan.records
-                report.bytes += scan.size
+                report.bytes += scan.log_bytes
                 expected = None
                 continue
             report.records += scan.records
-            report.bytes += scan.size
+            report.bytes += scan.log_bytes
             if scan.records:
                 report.last_seq = scan.next_seq - 1
             expected = scan.next_seq
             if sealed:
                 if scan.records == 0:
-                    report.problems.append(Problem(path, SEGMENT_HEADER_SIZE, "completed segment holds no records"))
+                    report.problems.append(Problem(path, header.size, "completed segment holds no records"))
                 if scan.end != scan.size:
                     report.problems.append(
                         Problem(
@@ -197,9 +232,19 @@ def verify(directory: str, progress: Callable[[int, int], object] | None = None)
                     )
                 found[name] = (header.first_seq, scan.next_seq - 1, scan.size)
             elif scan.outcome == TORN:
+                how = (
+                    "a crash mid-write"
+                    if scan.tail is None or scan.tail.later is None
+                    else "unsynced writes a power loss persisted out of order"
+                )
                 report.notes.append(
-                    f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes (a crash mid-write); "
-                    "the next writer truncates it"
+                    f"{path}:{scan.end}: torn tail of {scan.tail_bytes} bytes ({how}); "
+                    "the next writer truncates it and keeps the bytes beside the file"
+                )
+            elif scan.outcome == LOST:
+                report.notes.append(
+                    f"{path}:{scan.end}: frames from here on hold seqs recorded as lost (a writer's fsync failed "
+                    "after writing them; wal_holes.json); the next writer cuts them"
                 )
     if progress is not None:
         progress(total, total)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -46,6 +48,54 @@ def rec(i: int, size: int = 100) -> Record:
     return Record(RecordType.PLACE + i % 3, 1_700_000_000_000_000_000 + i, (tag * (size // len(tag) + 1))[:size])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_rings_left_behind(tmp_path_factory):
+    """The run leaves nothing in /dev/shm: after the last test, every ring whose log directory
+    lies under this run's temporary directories must be gone (each ring records its
+    directory; rings of other runs and other users are not looked at).
+
+    A writer started by ``ringwal.open`` lingers ``writer_linger`` seconds and then removes
+    its ring, so rings with a live writer get 30 s to go. Whatever is left is removed (its
+    writers killed first) and the run fails, naming the directories: a test leaked it.
+    """
+    base = str(tmp_path_factory.getbasetemp()) + os.sep
+    yield
+    from ringwal.ring import list_rings, remove_ring
+
+    def ours():
+        return [r for r in list_rings() if r.directory and (r.directory + os.sep).startswith(base)]
+
+    deadline = time.monotonic() + 30
+    left = ours()
+    while any(r.verdict == "live" for r in left) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = ours()
+    if not left:
+        return
+    for r in left:
+        _kill_processes_of(r.directory)
+        try:
+            remove_ring(r.name)
+        except Exception as exc:  # noqa: BLE001 - reported below with the rest
+            print(f"could not remove {r.name}: {exc!r}", file=sys.stderr)
+    pytest.fail(
+        "rings made by this run's tests are still in /dev/shm (removed now): "
+        + "; ".join(f"{r.name} ({r.verdict}, {r.state}) of {r.directory}" for r in left),
+        pytrace=False,
+    )
+
+
+def _kill_processes_of(directory: str) -> None:
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if directory in " ".join(p.info["cmdline"] or ()):
+                p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -64,11 +114,8 @@ def wdir(tmp_path):
     from .ringhelp import kill_writers
 
     d = str(tmp_path / "wal")
-    os.makedirs(d)
-    # The ring's name comes from the directory's device and inode, which a new directory can
-    # inherit from a deleted one whose ring was left behind (a killed run): that ring is
-    # garbage for this directory, maybe of another layout version.
-    unlink_names(d)
+    os.makedirs(d, mode=0o700)  # as ringwal makes a log directory: private
+    unlink_names(d)  # nothing: a new directory holds no log, so no ring has its name
     yield d
     kill_writers(d)
 

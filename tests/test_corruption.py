@@ -24,7 +24,12 @@ FRAMES = 6  # frames in current.wal, 3 records each
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    """A log of two completed segments plus a current.wal of FRAMES frames."""
+    """A log of two completed segments plus a current.wal of FRAMES frames.
+
+    The last FRAMES frames are each synced before the next is written, so each claims the
+    end of the one before it as durable (their ``synced`` field): damage anywhere before the
+    last frame lies below a claimed durable end, which makes it corruption, not a torn tail
+    (tests/test_power_loss.py covers damage past every claim)."""
     d = str(tmp_path_factory.mktemp("pristine") / "wal")
     cfg = Config(dir=d, segment_size=1024)
     with WAL(cfg) as w:
@@ -35,7 +40,7 @@ def pristine(tmp_path_factory):
     with WAL(Config(dir=d, segment_size=1 << 20)) as w:
         for f in range(FRAMES):
             w.append_many(rec(100 + 3 * f + k, 20) for k in range(3))
-            w.flush()
+            w.sync()
     return d
 
 
@@ -166,17 +171,19 @@ def test_bit_flip_in_the_last_frame_of_current_wal_is_a_torn_tail(log):
         assert w.last_seq == total - 3
 
 
-def test_garbage_after_the_data_with_a_valid_frame_beyond_it_is_corruption(log):
-    """A zero gap and then a valid frame: records are missing in the middle, not a tail."""
+def test_zero_gap_below_a_claimed_durable_end_with_a_valid_frame_beyond_it_is_corruption(log):
+    """A zero gap and then a valid frame whose claim says an fdatasync had covered the gap:
+    records are missing in the middle of durable data, not a tail."""
     cur = os.path.join(log, CURRENT)
     offs, end = frame_offsets(cur)
     data = bytearray(open(cur, "rb").read())
-    last = bytes(data[offs[-1] : end])
-    data[offs[-1] : end] = bytes(end - offs[-1])  # wipe the last frame ...
-    data[end + 64 : end + 64 + len(last)] = last  # ... and put it further on
+    data[offs[-2] : offs[-1]] = bytes(offs[-1] - offs[-2])  # wipe the frame before the last
     open(cur, "wb").write(bytes(data))
-    with pytest.raises(CorruptRecordError, match=f"corrupt frame at offset {offs[-1]}: zero-filled gap"):
+    with pytest.raises(CorruptRecordError, match=f"corrupt frame at offset {offs[-2]}: zero-filled gap") as info:
         all_seqs(log)
+    assert f"an fdatasync had completed up to offset {offs[-1]}" in str(info.value)
+    with pytest.raises(CorruptRecordError, match="refusing to open"):
+        WAL(Config(dir=log))
 
 
 def test_missing_middle_segment_is_a_gap(log):
@@ -197,7 +204,7 @@ def test_unknown_format_version_is_a_clear_error(log):
 
     cur = os.path.join(log, CURRENT)
     with open(cur, "r+b") as f:
-        h = SegmentHeader.decode(f.read(64), cur)
+        h = SegmentHeader.decode(f.read(SEGMENT_HEADER_SIZE), cur)
         h.version = 7
         f.seek(0)
         f.write(h.encode())

@@ -457,7 +457,7 @@ def test_open_under_a_small_dev_shm_raises_shm_too_small_and_leaves_nothing(wdir
     assert lines[3].split()[0] == "fits", lines
 
 
-def test_serve_under_a_small_dev_shm_exits_2_naming_the_size_and_leaves_nothing(wdir):
+def test_serve_under_a_small_dev_shm_exits_1_naming_the_size_and_leaves_nothing(wdir):
     need_small_shm()
     script = '"$0" -m ringwal serve --dir "$1"; echo "rc=$?"; ls -A /dev/shm; echo end'
     p = popen(with_small_shm(script, sys.executable, wdir))
@@ -465,8 +465,8 @@ def test_serve_under_a_small_dev_shm_exits_2_naming_the_size_and_leaves_nothing(
         rc, out, err = finish(p, 120)
     finally:
         cleanup(p)
-    assert rc == 0 and out.splitlines() == ["rc=2", "end"], (out, err)
+    assert rc == 0 and out.splitlines() == ["rc=1", "end"], (out, err)
     needed = _default_ring_bytes()
-    assert err.startswith("ringwal serve: error: "), err
+    assert " ERROR ringwal[" in err and "ShmTooSmallError: " in err and err.count("\n") == 1, err
     for words in (str(needed), f"{SMALL_SHM} bytes free", "ring_size", "producer_slots", "--shm-size"):
         assert words in err, (words, err)

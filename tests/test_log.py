@@ -281,7 +281,7 @@ def test_failed_write_during_rotation_latches(cfg):
     bad = FailingSync()
     w = WAL(cfg, fsync=bad)
     bad.armed = True
-    with pytest.raises(LogFailedError, match="writing to current.wal"):
+    with pytest.raises(LogFailedError, match="fsync of current.wal while sealing it"):
         w.append_many(rec(i) for i in range(200))
         w.flush()
     with pytest.raises(LogFailedError):

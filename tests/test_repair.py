@@ -15,10 +15,10 @@ import shutil
 import pytest
 
 from ringwal import WAL, Config, CorruptSegmentError, LockedError, RecordsLostError, UnsupportedVersionError, replay, verify
-from ringwal.format import SEGMENT_HEADER_SIZE
+from ringwal.format import SEGMENT_HEADER_SIZE, SegmentHeader
 from ringwal.holes import HOLES_NAME, load_holes
 from ringwal.repair import repair
-from ringwal.segment import CURRENT, list_segments
+from ringwal.segment import CURRENT, list_segments, read_header
 
 from .conftest import rec, write_log
 from .test_cli import ringwal_cli
@@ -108,12 +108,26 @@ def test_damaged_last_frame_of_a_completed_segment_loses_exactly_its_seqs(log):
 
 def test_damaged_segment_header_is_rebuilt_without_loss(log):
     seg = segs(log)[3]
+    lid = read_header(seg).log_id
     flip(seg, 20)  # inside the serializer name: the header checksum fails
     assert not verify(log).ok
     report = repair(log)
     assert report.holes == []
-    assert any("header damaged" in a for a in report.actions)
+    assert any("header damaged" in a and f"log id {lid.hex()}" in a for a in report.actions)
     check_repaired(log, set())
+    assert read_header(seg).log_id == lid
+
+
+def test_damaged_version_1_header_is_rebuilt_as_version_1(log):
+    from .ringhelp import to_version_1
+
+    seg = segs(log)[3]
+    to_version_1(seg)
+    flip(seg, 20)
+    report = repair(log)
+    assert report.holes == [] and any("version 1" in a for a in report.actions)
+    check_repaired(log, set())
+    assert read_header(seg).version == 1
 
 
 def test_missing_middle_segment_becomes_a_recorded_hole(log):
@@ -203,7 +217,7 @@ def test_unknown_version_and_overlap_are_refused_untouched(log):
     with open(seg, "r+b") as f:
         h = bytearray(f.read(SEGMENT_HEADER_SIZE))
         struct.pack_into("<H", h, 8, 9)
-        h[60:64] = crc32c(bytes(h[:60])).to_bytes(4, "little")
+        h[-4:] = crc32c(bytes(h[:-4])).to_bytes(4, "little")
         f.seek(0)
         f.write(h)
     before = sorted(os.listdir(log))
@@ -279,7 +293,7 @@ def test_cli_repair_then_verify_and_dump(log):
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["holes"][0]["first_seq"] == first and doc["records"] == N - 1
     r = ringwal_cli("dump", "--dir", log)
-    assert r.returncode == 2 and "recorded them as lost" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "recorded as lost" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stdout.splitlines()) == first - 1  # everything before the hole was printed
     r = ringwal_cli("dump", "--dir", log, "--skip-holes")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == N - 1
@@ -298,7 +312,7 @@ def _rewrite_header(path, **fields):
             struct.pack_into("<H", h, 8, fields["version"])
         if "serializer" in fields:
             h[16:32] = fields["serializer"].encode().ljust(16, b"\0")
-        h[60:64] = crc32c(bytes(h[:60])).to_bytes(4, "little")
+        h[-4:] = crc32c(bytes(h[:-4])).to_bytes(4, "little")
         f.seek(0)
         f.write(h)
 
@@ -339,7 +353,7 @@ def test_cli_verify_reports_each_kind_of_damage_and_repair_fixes_or_refuses_it(l
     before = sorted(os.listdir(log))
     r = ringwal_cli("repair", "--dir", log)
     if not fixable:
-        assert r.returncode == 2 and "error:" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert r.returncode == 1 and "error:" in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert sorted(os.listdir(log)) == before
         return
     assert r.returncode == 0, r.stderr

@@ -16,9 +16,9 @@ import time
 import posix_ipc
 import pytest
 
-from ringwal import BinarySerializer, LanePoisonedError, Record
+from ringwal import WAL, BinarySerializer, Config, LanePoisonedError, Record
 from ringwal.format import L_HEAD, L_POISON, L_TAIL
-from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names, unlink_names
+from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names
 
 SER = BinarySerializer()
 RING_SIZE = 64 * 1024
@@ -73,8 +73,8 @@ def no_writer_change() -> bool:
 
 @pytest.fixture
 def rdir(tmp_path):
-    d = str(tmp_path)
-    unlink_names(d)  # a ring left by a deleted directory with the same inode (see conftest.wdir)
+    d = str(tmp_path / "wal")
+    WAL(Config(dir=d)).close()  # a log (its id names the ring); the tests' Disk stands for its frames
     yield d
     name, sem = ring_names(d)
     for unlink in (lambda: posix_ipc.unlink_shared_memory(name), lambda: posix_ipc.unlink_semaphore(sem)):

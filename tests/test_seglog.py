@@ -201,9 +201,11 @@ def test_failed_seal_during_rotation_latches(cfg):
     bad = FlakySync(real=os.fsync)
     sl = SegmentLog(cfg, "binary", fsync=bad)
     bad.armed = True
-    with pytest.raises(LogFailedError, match=r"writing to current\.wal"):
+    with pytest.raises(LogFailedError, match=r"fsync of current\.wal while sealing it") as info:
         for b in range(60):
             sl.write_body(body_of([rec(3 * b + i, 60) for i in range(3)]), 3)
+    # Nothing was ever synced: every record written is declared lost, never acknowledged.
+    assert (info.value.first_seq, info.value.last_seq) == (1, sl.lost.last_seq) and sl.lost.last_seq > 3
     with pytest.raises(LogFailedError):
         sl.write_body(body_of([rec(0)]), 1)
     sl.close()
