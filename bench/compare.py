@@ -20,7 +20,16 @@ Every system runs the same workload on the same disk, each producer a separate p
                    number read inside the transaction (a log, not a key-value table);
 * ``mpqueue``      a multiprocessing.Queue into one writer process that writes what is
                    queued, fdatasyncs once for every producer waiting, and acks them on pipes;
-* ``flock``        one file under ``fcntl.flock``; each producer appends and fdatasyncs itself.
+* ``flock``        one file under ``fcntl.flock``; each producer appends and fdatasyncs itself;
+* ``ceiling``      the bare group-commit skeleton of ``bench/ceiling.py`` (slots in a shared
+                   mapping, one pwrite + one fdatasync per round, futex sleep and wake): the
+                   ceiling of ringwal's design on this disk, durable modes only. Every durable
+                   ringwal figure is also reported as a fraction of it, paired run by run
+                   (``vs_ceiling`` lines: records/s over the ceiling's, p50/p99 over its p50/p99,
+                   CPU seconds per million records of both);
+* ``ringwal-yielding``, ``ringwal-busy-spin``: ringwal with ``Config.wait_strategy`` set so
+                   (the default is ``blocking``), durable modes only: what the low-latency
+                   strategies buy in p50/p99 and cost in CPU.
 
 Workloads: producers x record size x durability mode. A mode is ``buffered`` (no waiting
 for the disk; one final flush is counted), or ``sync`` every N records (the producer waits
@@ -72,9 +81,14 @@ import ringwal  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_log  # noqa: E402  (its bare read-and-check loop is the replay floor)
+import ceiling  # noqa: E402  (the bare group-commit skeleton: the ceiling of the durable modes)
 from ringwal import Record  # noqa: E402
 
-SYSTEMS = ["ringwal", "sqlite", "redis", "redis-pipe16", "lmdb", "mpqueue", "flock"]
+SYSTEMS = ["ringwal", "ringwal-yielding", "ringwal-busy-spin", "ceiling", "sqlite", "redis", "redis-pipe16", "lmdb", "mpqueue", "flock"]
+#: Systems measured only when producers wait for durability (a sync every N records).
+DURABLE_ONLY = {"ceiling", "ringwal-yielding", "ringwal-busy-spin"}
+#: The ringwal variants: system name -> Config.wait_strategy.
+RINGWAL_WAITS = {"ringwal": None, "ringwal-yielding": "yielding", "ringwal-busy-spin": "busy-spin"}
 LAT_KEEP = 50_000  # latency samples kept per producer
 
 
@@ -120,7 +134,8 @@ def free_port() -> int:
 
 class RingwalClient:
     def __init__(self, cfg, idx, every):
-        self.h = ringwal.open(ringwal.Config(dir=cfg["dir"], start_writer=False))
+        extra = {"wait_strategy": cfg["wait"]} if cfg.get("wait") else {}
+        self.h = ringwal.open(ringwal.Config(dir=cfg["dir"], start_writer=False, **extra))
         self._append = self.h.append
 
     def append(self, data):
@@ -359,6 +374,9 @@ class FlockClient:
 
 CLIENTS = {
     "ringwal": RingwalClient,
+    "ringwal-yielding": RingwalClient,
+    "ringwal-busy-spin": RingwalClient,
+    "ceiling": lambda cfg, idx, every: ceiling.CeilingClient(cfg["ceiling"], idx),
     "sqlite": SqliteClient,
     "redis": RedisClient,
     "redis-pipe16": RedisClient,
@@ -411,16 +429,25 @@ class Setup:
 
     segment_size = 64 << 20
 
-    def __init__(self, system, base, every, producers):
+    def __init__(self, system, base, every, producers, size=100):
         self.system = system
         self.dir = tempfile.mkdtemp(dir=base)
         self.durable = bool(every)
+        self.every = every
+        self.size = size
         self.server: subprocess.Popen | None = None
         self.proc = None
+        self.ceiling = None
         self.pid: int | None = None
-        getattr(self, "_start_" + system.replace("-pipe16", "").replace("-", "_"))(producers)
+        if system in RINGWAL_WAITS:
+            self._start_ringwal(producers, RINGWAL_WAITS[system])
+        else:
+            getattr(self, "_start_" + system.replace("-pipe16", "").replace("-", "_"))(producers)
 
-    def _start_ringwal(self, producers):
+    def _start_ringwal(self, producers, wait=None):
+        from ringwal.ring import unlink_names
+
+        unlink_names(self.dir)  # a ring left by a deleted directory that had this one's inode (a killed run)
         self.server = subprocess.Popen(
             [sys.executable, "-m", "ringwal", "serve", "--dir", self.dir, "--segment-size", str(self.segment_size),
              "--producer-slots", str(max(16, producers))],  # the default (16) is sized for a 64 MiB /dev/shm
@@ -430,7 +457,12 @@ class Setup:
         if "serving" not in line:
             raise RuntimeError(f"ringwal serve did not start: {line}")
         self.pid = self.server.pid
-        self.cfg = {"dir": self.dir}
+        self.cfg = {"dir": self.dir, "wait": wait}
+
+    def _start_ceiling(self, producers):
+        self.ceiling = ceiling.Ceiling(self.dir, producers, self.size * max(1, self.every))
+        self.pid = self.ceiling.pid
+        self.cfg = {"ceiling": self.ceiling}
 
     def _start_sqlite(self, producers):
         path = os.path.join(self.dir, "log.db")
@@ -478,6 +510,21 @@ class Setup:
     def _start_flock(self, producers):
         self.cfg = {"path": os.path.join(self.dir, "log")}
 
+    def syncs(self):
+        """fdatasyncs the system's writer has done so far (ringwal and the ceiling), else None."""
+        if self.ceiling is not None:
+            return self.ceiling.syncs()
+        if self.system in RINGWAL_WAITS:
+            from ringwal.ring import RingView
+
+            view = RingView.attach(self.dir)
+            if view is None:
+                return None
+            with view:
+                stats = view.writer_stats()
+            return stats["fsyncs"] if stats else None
+        return None
+
     def stop(self):
         if self.server is not None:
             self.server.send_signal(signal.SIGTERM)
@@ -486,6 +533,8 @@ class Setup:
             except subprocess.TimeoutExpired:
                 self.server.kill()
                 self.server.wait()
+        if self.ceiling is not None:
+            self.ceiling.stop()
         if self.proc is not None:
             self.cfg["queue"].put(None)
             self.proc.join(30)
@@ -496,7 +545,7 @@ class Setup:
 
 def run_one(system, producers, size, every, seconds, base):
     ctx = mp.get_context("fork")
-    setup = Setup(system, base, every, producers)
+    setup = Setup(system, base, every, producers, size)
     start, out = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=producer_main, args=(system, setup.cfg, i, every, size, seconds, start, out)) for i in range(producers)]
     try:
@@ -504,9 +553,11 @@ def run_one(system, producers, size, every, seconds, base):
             p.start()
         time.sleep(0.5)  # every producer connected/attached before the gun
         server_cpu0 = cpu_seconds(setup.pid) if setup.pid else 0.0
+        syncs0 = setup.syncs()
         start.set()
         results = [out.get(timeout=seconds * 20 + 120) for _ in procs]
         server_cpu = (cpu_seconds(setup.pid) - server_cpu0) if setup.pid else 0.0
+        syncs = None if syncs0 is None else setup.syncs() - syncs0
         rss = peak_rss_mb(setup.pid) if setup.pid else None
         for p in procs:
             p.join(30)
@@ -536,6 +587,7 @@ def run_one(system, producers, size, every, seconds, base):
         "cpu_s_per_m_records": (sum(r[3] for r in results) + server_cpu) / total * 1e6,
         "writer_peak_rss_mb": rss,
         "fairness": min(rates) / max(rates),
+        "records_per_fsync": total / syncs if syncs else None,
         "records": total,
     }
 
@@ -697,6 +749,44 @@ def summarize(rows):
     return out
 
 
+def vs_ceiling(run_rows):
+    """Each ringwal variant's figures over the ceiling's of the same run (adjacent in time)."""
+    c = run_rows.get("ceiling")
+    out = []
+    if c is None:
+        return out
+    for system in RINGWAL_WAITS:
+        r = run_rows.get(system)
+        if r is None:
+            continue
+        out.append({
+            "bench": "vs_ceiling", "system": system, "producers": r["producers"], "size": r["size"], "mode": r["mode"],
+            "records_ratio": r["records_per_s"] / c["records_per_s"],
+            "p50_ratio": r["wait_p50_us"] / c["wait_p50_us"] if c["wait_p50_us"] else None,
+            "p99_ratio": r["wait_p99_us"] / c["wait_p99_us"] if c["wait_p99_us"] else None,
+            "cpu_s_per_m_records": r["cpu_s_per_m_records"],
+            "ceiling_cpu_s_per_m_records": c["cpu_s_per_m_records"],
+        })  # fmt: skip
+    return out
+
+
+RATIO_METRICS = ["records_ratio", "p50_ratio", "p99_ratio", "cpu_s_per_m_records", "ceiling_cpu_s_per_m_records"]
+
+
+def summarize_ratios(ratios):
+    """Median over runs of each paired ratio, per (system, producers, size, mode)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in ratios:
+        groups.setdefault((r["system"], r["producers"], r["size"], r["mode"]), []).append(r)
+    out = []
+    for (system, producers, size, mode), rs in groups.items():
+        s = {"system": system, "producers": producers, "size": size, "mode": mode, "runs": len(rs)}
+        for key in RATIO_METRICS:
+            s[key] = med([r[key] for r in rs])
+        out.append(s)
+    return out
+
+
 METRICS = ["records_per_s", "mb_per_s", "wait_p50_us", "wait_p99_us", "wait_p999_us", "cpu_s_per_m_records", "writer_peak_rss_mb", "fairness"]
 
 
@@ -704,12 +794,14 @@ def rebuild(path, report_dir):
     """Report from saved JSON lines; a cell counts only if every run of it finished."""
     from report import write_report
 
-    meta, lim, rep, rows = {}, {}, {}, []
+    meta, lim, rep, rows, ratios = {}, {}, {}, [], []
     for line in open(path):
         d = json.loads(line)
         kind = d.get("bench")
         if kind == "meta":
             meta = d
+        elif kind == "vs_ceiling":
+            ratios.append(d)
         elif kind == "limits":
             lim = d
         elif kind == "replay":
@@ -717,7 +809,8 @@ def rebuild(path, report_dir):
         elif kind is None and "error" not in d:
             rows.append(d)
     summary = [s for s in summarize(rows) if s["runs"] == meta.get("runs")]
-    write_report(report_dir or "docs/benchmarks", meta, lim, summary, rep)
+    ceil = [s for s in summarize_ratios(ratios) if s["runs"] == meta.get("runs")]
+    write_report(report_dir or "docs/benchmarks", meta, lim, summary, rep, ceil)
 
 
 def main() -> None:
@@ -759,7 +852,7 @@ def main() -> None:
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     base = args.dir or tempfile.mkdtemp(prefix="ringwal-compare-", dir=root)
     os.makedirs(base, exist_ok=True)
-    rows, meta = [], {}
+    rows, ratios, meta = [], [], {}
     try:
         meta = {
             "bench": "meta",
@@ -780,7 +873,10 @@ def main() -> None:
                 for mode in args.modes:
                     every = 0 if mode == "buffered" else int(mode)
                     for run in range(args.runs):
+                        run_rows = {}
                         for system in systems:  # interleaved: drift hits every system alike
+                            if system in DURABLE_ONLY and not every:
+                                continue
                             try:
                                 r = run_one(system, producers, size, every, args.seconds, base)
                             except Exception as exc:
@@ -789,6 +885,11 @@ def main() -> None:
                             print(json.dumps(r), flush=True)
                             if "error" not in r:
                                 rows.append(r)
+                                run_rows[system] = r
+                        for v in vs_ceiling(run_rows):
+                            v["run"] = run
+                            print(json.dumps(v), flush=True)
+                            ratios.append(v)
         rep = {}
         if not args.no_replay:
             rep = {"bench": "replay", "records": args.replay_records, **replay_bench(base, args.replay_records, args.runs, have_redis and "redis" in systems)}
@@ -796,10 +897,13 @@ def main() -> None:
         summary = summarize(rows)
         for s in summary:
             print(json.dumps({"bench": "summary", **s}), flush=True)
+        ceil = summarize_ratios(ratios)
+        for s in ceil:
+            print(json.dumps({"bench": "vs_ceiling_summary", **s}), flush=True)
         if args.report:
             from report import write_report
 
-            write_report(args.report, meta, lim, summary, rep)
+            write_report(args.report, meta, lim, summary, rep, ceil)
             print(f"# report written to {args.report}", file=sys.stderr)
     finally:
         if args.dir is None:

@@ -29,6 +29,11 @@ def _fmt(x, digits=1):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _alternative(system):
+    """A system a team would pick instead of ringwal (not a ringwal variant, not the ceiling)."""
+    return not system.startswith("ringwal") and system != "ceiling"
+
+
 class _Table:
     def __init__(self, summary):
         self.rows = {(s["system"], s["producers"], s["size"], s["mode"]): s for s in summary}
@@ -42,10 +47,12 @@ class _Table:
         return None if row is None else row.get(key)
 
 
-def write_report(out_dir, meta, limits, summary, replay):
+def write_report(out_dir, meta, limits, summary, replay, ceiling=None):
+    """``ceiling``: compare.py's ``vs_ceiling`` medians (ringwal over bench/ceiling.py, paired by run)."""
+    ceiling = ceiling or []
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"meta": meta, "limits": limits, "summary": summary, "replay": replay}, f, indent=1)
+        json.dump({"meta": meta, "limits": limits, "summary": summary, "replay": replay, "vs_ceiling": ceiling}, f, indent=1)
     t = _Table(summary)
     plots = _plots(out_dir, t)
     lines = [
@@ -57,14 +64,14 @@ def write_report(out_dir, meta, limits, summary, replay):
         "(`bench/compare.py --report docs/benchmarks`); how each system is set up is in the docstring of `bench/compare.py`.",
         "",
     ]
-    lines += _targets(t, limits, replay)
+    lines += _targets(t, limits, replay, ceiling)
     for size in t.sizes:
         lines += [f"## Records/s, {size}-byte records", ""]
         lines += ["| producers | mode | " + " | ".join(t.systems) + " | ringwal ÷ best other |", "|---|---|" + "---|" * (len(t.systems) + 1)]
         for p in t.producers:
             for m in t.modes:
                 vals = {s: t.get(s, p, size, m) for s in t.systems}
-                others = [v for s, v in vals.items() if s != "ringwal" and v]
+                others = [v for s, v in vals.items() if _alternative(s) and v]
                 ratio = vals.get("ringwal") / max(others) if vals.get("ringwal") and others else None
                 cells = [("**" + _fmt_rate(v) + "**") if s == "ringwal" else _fmt_rate(v) for s, v in vals.items()]
                 lines.append(f"| {p} | {MODE_TITLE[m]} | " + " | ".join(cells) + f" | {_fmt(ratio, 2)}× |")
@@ -116,14 +123,15 @@ def write_report(out_dir, meta, limits, summary, replay):
         "",
     ]
     lines += _fractions(t, limits)
+    lines += _ceiling_section(t, ceiling)
     for name, title in plots:
         lines += [f"![{title}]({name})", ""]
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write("\n".join(lines))
 
 
-def _targets(t, limits, replay):
-    """The issue's targets, each with the measured figure and whether it was met."""
+def _targets(t, limits, replay, ceiling=()):
+    """The issues' targets, each with the measured figure and whether it was met."""
     out = ["## Targets", "", "| target | measured | |", "|---|---|---|"]
 
     def row(text, value, ok):
@@ -152,7 +160,7 @@ def _targets(t, limits, replay):
                 rw = t.get("ringwal", p, size, m)
                 for s in t.systems:
                     o = t.get(s, p, size, m)
-                    if s != "ringwal" and rw and o and o > rw:
+                    if _alternative(s) and rw and o and o > rw:
                         behind.append(f"{s} at {p}p/{size} B/{m} ({_fmt_rate(o)} vs {_fmt_rate(rw)})")
     row("ahead of every alternative in every durable workload with ≥ 4 producers", "behind: " + "; ".join(behind) if behind else "ahead in all", not behind)
     if replay and "ringwal" in replay:
@@ -160,6 +168,45 @@ def _targets(t, limits, replay):
         bare = replay.get("bare_read_and_check")
         if bare:
             row("replay ≥ 0.9× a bare read-and-check loop", f"{replay['ringwal'] / bare:.2f}×", replay["ringwal"] / bare >= 0.9)
+    vs = {(c["system"], c["producers"], c["size"], c["mode"]): c for c in ceiling}
+    for p in (16, 1):
+        c = vs.get(("ringwal", p, 100, "sync_every_1"))
+        if c:
+            row(f"{p} producer{'s' if p > 1 else ''}, sync every record: ≥ 0.9× the ceiling (bench/ceiling.py)",
+                f"{c['records_ratio']:.2f}×", c["records_ratio"] >= 0.9)  # fmt: skip
+            if c["p99_ratio"] is not None:
+                row("… and p99 of sync() ≤ 3× the ceiling's p99", f"{c['p99_ratio']:.1f}×", c["p99_ratio"] <= 3)
+    cpu, flock = t.get("ringwal", 1, 100, "sync_every_1", "cpu_s_per_m_records"), t.get("flock", 1, 100, "sync_every_1", "cpu_s_per_m_records")
+    if cpu and flock:
+        row("CPU per million records, 1 producer syncing every record (default wait strategy): ≤ 1.5× flock's",
+            f"{cpu:.0f} s = {cpu / flock:.2f}× flock's {flock:.0f} s", cpu <= 1.5 * flock)  # fmt: skip
+    return out + [""]
+
+
+def _ceiling_section(t, ceiling):
+    """ringwal's durable figures as fractions of the bare skeleton's, with CPU per million records."""
+    if not ceiling:
+        return []
+    out = [
+        "## Against the ceiling",
+        "",
+        "The ceiling is `bench/ceiling.py`: producers put records in slots of a shared mapping, one writer does one "
+        "pwrite and one fdatasync per round and wakes every sleeper with one futex call; no framing, checksum or seq. "
+        "Each ringwal figure is divided by the ceiling's in the same run (adjacent in time), then the median of those "
+        "ratios is taken. `ringwal` uses the default wait strategy (`blocking`); the other rows are the "
+        "`Config.wait_strategy` choices that trade CPU for latency.",
+        "",
+        "| size | producers | mode | system | records/s ÷ ceiling | p50 ÷ ceiling's | p99 ÷ ceiling's "
+        "| CPU s per M records | ceiling's | flock's |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sorted(ceiling, key=lambda c: (c["size"], c["producers"], c["mode"], c["system"])):
+        flock = t.get("flock", c["producers"], c["size"], c["mode"], "cpu_s_per_m_records")
+        out.append(
+            f"| {c['size']} | {c['producers']} | {MODE_TITLE.get(c['mode'], c['mode'])} | {c['system']} "
+            f"| {_fmt(c['records_ratio'], 2)}× | {_fmt(c['p50_ratio'], 2)}× | {_fmt(c['p99_ratio'], 2)}× "
+            f"| {_fmt(c['cpu_s_per_m_records'])} | {_fmt(c['ceiling_cpu_s_per_m_records'])} | {_fmt(flock)} |"
+        )
     return out + [""]
 
 

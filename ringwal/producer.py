@@ -3,11 +3,11 @@
 A ``Handle`` owns one lane of the ring (see ``ring.py``). ``append`` encodes the record
 straight into the on-disk body layout, copies it into the lane and publishes it with one
 word store; it returns a ``Receipt`` without talking to the writer. ``flush``/``sync`` post
-the writer's semaphore once; when recent waits were short they poll for up to ``SPIN``
-seconds (about one fsync, yielding the CPU between looks), so a waiter whose fsync is
-already running does not pay for a sleep and a wake-up (about 20 us of CPU each on the
-2-core VM this was measured on); then they sleep on the ring's futex word (``_futex.py``)
-until the writer says the records reached the OS / stable storage.
+the writer's semaphore once, then wait until the writer says the records reached the OS /
+stable storage as ``Config.wait_strategy`` says: asleep on the ring's futex word until the
+writer's one wake-up call per fsync (``blocking``, the default: no CPU while waiting), or
+polling the progress words with (``yielding``) or without (``busy-spin``) giving the CPU
+away, which saves the wake-up's latency at the price of a core while waiting.
 
 Every wait is bounded, and no call waits for a lock another producer holds (``ring.py``,
 "Liveness and locks"): ``open`` claims a lane by taking its lock in ``wal.ring.lock`` without
@@ -167,7 +167,7 @@ class Handle:
                 return False
             try:
                 self._check_serializer(ring)
-                side = ProducerSide.claim(ring, self._count)
+                side = ProducerSide.claim(ring, self._count, self.config.wait_strategy)
             except BaseException:
                 ring.close()
                 raise

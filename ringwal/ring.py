@@ -260,6 +260,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 import posix_ipc
@@ -407,8 +408,9 @@ CLAIM_PATIENCE = 0.25
 #: Seconds a new writer tries to take the writer byte. Only a process that kept a dead
 #: writer's lock file open can hold it (the writer holds wal.lock, so no other writer runs).
 WRITER_BYTE_PATIENCE = 2.0
-#: Seconds a waiter polls (yielding the CPU) before it sleeps on the futex, when recent waits were short.
-SPIN = 0.0005
+#: ``Config.wait_strategy`` -> how ``ProducerSide.wait_progress`` passes the time between looks.
+_SLEEP, _YIELD, _SPIN = 0, 1, 2
+WAIT_MODES = {"blocking": _SLEEP, "yielding": _YIELD, "busy-spin": _SPIN}
 #: Seconds a writer waits for the owner lock of its ring's shared-memory object: only a
 #: cleaner (``clean_orphans``) holds it, for a moment, while no writer serves the ring.
 OWNER_PATIENCE = 2.0
@@ -1393,8 +1395,9 @@ class ProducerSide:
 
     _closed = False
 
-    def __init__(self, ring: Ring, lane: int, token: int, count: int) -> None:
+    def __init__(self, ring: Ring, lane: int, token: int, count: int, wait: str = "blocking") -> None:
         self.ring = ring
+        self._wait_mode = WAIT_MODES[wait]
         self.lane = lane
         self._token = token
         self._words = ring.words
@@ -1420,13 +1423,13 @@ class ProducerSide:
         self._spans_end = array("q")
         self._spans_start = array("q")
         self._spans_seq = array("q")
-        self._recent_wait = 0.0  # moving average of recent waits that slept or polled, seconds
         self._room = 0
         self._refresh_room()
 
     @classmethod
-    def claim(cls, ring: Ring, count: int) -> ProducerSide | None:
-        """Take a free lane of a READY ring (or one whose owner died) for this process.
+    def claim(cls, ring: Ring, count: int, wait: str = "blocking") -> ProducerSide | None:
+        """Take a free lane of a READY ring (or one whose owner died) for this process;
+        ``wait`` is its ``Config.wait_strategy``.
 
         None when the ring is not READY (its writer is starting or stopping). Raises
         SlotsExhaustedError when every lane's byte stays held (by live owners) for
@@ -1454,7 +1457,7 @@ class ProducerSide:
                 w[base + L_OWNER_PID] = os.getpid()
                 w[base + L_OWNER_TOKEN] = token  # last: a lane with a token is fully claimed
                 w[RH_ATTACH_GEN] += 1
-                return cls(ring, k, token, count)
+                return cls(ring, k, token, count, wait)
             now = time.monotonic()
             if not deadline:
                 deadline = now + CLAIM_PATIENCE
@@ -1595,20 +1598,23 @@ class ProducerSide:
         ``count``; return the lane's last written (durable) seq then (that of record
         ``count`` or a later one), or None at ``deadline``.
 
-        Polls (yielding the CPU) for about one fsync when recent waits were short and
-        ``spin`` is true, then sleeps on the futex word (``_futex.py``). Every ``POLL``
-        seconds it calls ``check_writer()``, which may start a new writer or raise; True
-        means a new writer took over, and the want is posted again. ``ringwal.aio``'s
-        waiter thread passes ``spin=False``: polling there would hold the GIL that the
-        event loop's thread needs.
+        The wait is posted once (the want word, then the writer's semaphore); between looks
+        at the progress words it passes the time as ``Config.wait_strategy`` says: asleep on
+        the futex word until the writer's wake (``blocking``, the _futex.py protocol), giving
+        the CPU away (``yielding``), or not at all (``busy-spin``). Every ``POLL`` seconds it
+        calls ``check_writer()``, which may start a new writer or raise; True means a new
+        writer took over, and the want is posted again. ``spin=False`` always sleeps, whatever
+        the strategy: ``ringwal.aio``'s waiter thread passes it, since polling there would
+        hold the GIL that the event loop's thread needs.
         """
         t32 = count & M32
         want_word = L_WANT_DURABLE if durable else L_WANT_WRITTEN
-        posted = False
-        spin_until = began = 0.0
         words = self._words
         ctl = self._ctl
-        next_check = time.monotonic() + POLL
+        mode = self._wait_mode if spin else _SLEEP
+        monotonic = time.monotonic
+        posted = False
+        next_check = 0.0
         while True:
             wake = words[RH_WAKE]  # before the progress words: the order _futex.py relies on
             cnt, seq = self._read_progress(durable)
@@ -1622,8 +1628,6 @@ class ProducerSide:
             if cnt >= 0 and ((cnt - t32) & M32) < _HALF:
                 if posted:
                     ctl[want_word] = 0  # lets the writer skip this lane at a glance
-                if spin_until:
-                    self._recent_wait = 0.75 * self._recent_wait + 0.25 * (time.monotonic() - began)
                 return seq
             # Record ``count`` was dropped (it comes after the first dropped one): it never
             # gets a seq. Records before it still do, and are waited for as usual.
@@ -1631,26 +1635,26 @@ class ProducerSide:
                 ctl[want_word] = 0
                 raise self.poison_error()
             if not posted:
-                self._ctl[want_word] = _WANT | t32
+                ctl[want_word] = _WANT | t32
                 self._wsem.release()  # a locked instruction: our want is visible before it
                 posted = True
-                continue  # re-check: the writer may have finished before seeing the want
-            now = time.monotonic()
-            if not spin_until:
-                began = now
-                # Poll only when recent waits were short: with a busy CPU and long waits
-                # (many producers syncing in bulk) polling would only steal their CPU.
-                spin_until = now + SPIN if spin and self._recent_wait < SPIN else now
-            if now < spin_until:
-                os.sched_yield()
+                next_check = monotonic() + POLL
+                # Look again before waiting: a writer that stored its progress and read the wants
+                # in the moment before ours was visible did not wake us, but (its stores are
+                # visible a few ns after it makes them) its progress is there for this look.
                 continue
+            now = monotonic()
             if now >= deadline:
                 return None
-            _futex.wait(self._wake_addr, wake, min(next_check, deadline), self._bit)
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + POLL
+            if now >= next_check:
+                next_check = now + POLL
                 if check_writer():
                     posted = False
+                continue
+            if mode == _SLEEP:
+                _futex.wait(self._wake_addr, wake, min(next_check, deadline), self._bit)
+            elif mode == _YIELD:
+                os.sched_yield()
 
     # ------------------------------------------------------------------ lost records
 
@@ -1857,10 +1861,13 @@ def _nth(n: int) -> str:
 
 
 class _WriterLane:
-    """The writer's view of one lane, with local mirrors of the words only it writes."""
+    """The writer's view of one lane, with local mirrors of the words only it writes (loaded
+    once, when the writer side is made; from then on only this writer stores those words, so
+    the mirror is what the word holds and the hot path never loads it from the ring)."""
 
     __slots__ = (
-        "k", "bit", "ctl", "data", "spans", "tail", "written_count", "durable_count", "posted_w", "posted_d", "poison"
+        "k", "bit", "ctl", "data", "spans", "tail", "written_count", "written_seq", "durable_count", "version",
+        "span_head", "posted_w", "posted_d", "poison",
     )  # fmt: skip
 
     def __init__(self, ring: Ring, k: int) -> None:
@@ -1872,7 +1879,10 @@ class _WriterLane:
         c = self.ctl
         self.tail = c[L_TAIL]
         self.written_count = c[L_WRITTEN_COUNT]
+        self.written_seq = c[L_WRITTEN_SEQ]
         self.durable_count = c[L_DURABLE_COUNT]
+        self.version = c[L_VERSION]  # odd if a dead writer stopped mid-update: the next update evens it
+        self.span_head = c[L_SPAN_HEAD]
         self.posted_w = 0
         self.posted_d = 0
         self.poison = c[L_POISON]  # the token of an owner whose span was dropped (0: none)
@@ -1917,7 +1927,7 @@ class WriterSide:
         self._load_resume()
         self.dropped: list[tuple[int, int, str]] = []
         self._attach_gen = -1
-        self.expect = 0  # producers the last durable notify woke (the commit delay gathers them)
+        self.more = False  # the last drain stopped at its budget: more is published already
 
     @classmethod
     def open(
@@ -2082,6 +2092,7 @@ class WriterSide:
         heads = self._heads.tolist()
         tails = self._tails
         if heads == tails:
+            self.more = False
             return 0
         size = self.ring.ring_size
         mask = size - 1
@@ -2097,6 +2108,7 @@ class WriterSide:
         cut: tuple[int, int] | None = None  # (lane, head): a span cut at a record boundary
         checked = 0  # took[-1] was checked as it was cut (1) or not (0)
         total = count = 0
+        more = True  # unless the loop visits every span (its else below)
         for k, head in visit:
             lane = lanes[k]
             tail = tails[k]
@@ -2151,6 +2163,9 @@ class WriterSide:
                 if new_tail != head and not res[0]:
                     cut = (k, head)
             break
+        else:
+            more = False  # every published span was visited: one drain took all there was
+        self.more = more
         body = b"".join(pieces)
         del pieces
         if len(took) > checked:
@@ -2332,55 +2347,61 @@ class WriterSide:
     def _finish_lane(self, lane: _WriterLane, head: int, first_seq: int, *, redo: bool) -> None:
         """Log the span, publish written progress, advance the tail (step 5)."""
         c = lane.ctl
-        tail = c[L_TAIL]
         end32 = head >> 32
-        start32 = tail >> 32
+        start32 = lane.tail >> 32
         last_seq = first_seq + ((end32 - start32) & M32) - 1
         sl = lane.spans
-        h = c[L_SPAN_HEAD]
+        h = lane.span_head
         entry = (start32 << 32) | end32
         # A redo after a crash between the span entry and the tail store must not log it twice.
         if not (redo and h and sl[((h - 1) % SPAN_LOG) * 2] == entry and sl[((h - 1) % SPAN_LOG) * 2 + 1] == first_seq):
             j = (h % SPAN_LOG) * 2
             sl[j] = entry
             sl[j + 1] = first_seq
-            c[L_SPAN_HEAD] = h + 1
-        v = c[L_VERSION] | 1  # odd: changing
+            lane.span_head = h = h + 1
+            c[L_SPAN_HEAD] = h
+        v = lane.version | 1  # odd: changing
         c[L_VERSION] = v
         c[L_WRITTEN_COUNT] = end32
         c[L_WRITTEN_SEQ] = last_seq
-        c[L_VERSION] = v + 1
+        c[L_VERSION] = lane.version = v + 1
         c[L_TAIL] = head
         lane.tail = head
         self._tails[lane.k] = head
         lane.written_count = end32
+        lane.written_seq = last_seq
 
-    def _publish_durable(self, lane: _WriterLane) -> None:
-        c = lane.ctl
-        wc = c[L_WRITTEN_COUNT]
-        if c[L_DURABLE_COUNT] == wc and lane.durable_count == wc:
+    @staticmethod
+    def _publish_durable(lane: _WriterLane) -> None:
+        wc = lane.written_count
+        if lane.durable_count == wc:
             return
-        v = c[L_VERSION] | 1
+        c = lane.ctl
+        v = lane.version | 1
         c[L_VERSION] = v
         c[L_DURABLE_COUNT] = wc
-        c[L_DURABLE_SEQ] = c[L_WRITTEN_SEQ]
-        c[L_VERSION] = v + 1
+        c[L_DURABLE_SEQ] = lane.written_seq
+        c[L_VERSION] = lane.version = v + 1
         lane.durable_count = wc
 
-    def mark_durable(self, durable_seq: int, fsync_ns: int) -> None:
-        """An fdatasync covering every record written so far returned after ``fsync_ns``:
-        publish durable progress of every lane written since the last one, and the stats."""
-        w = self._w
+    def mark_durable(self, durable_seq: int) -> None:
+        """An fdatasync covering every record written so far returned: publish durable
+        progress of every lane written since the last one. (Call ``notify`` next, then
+        ``count_fsync``: the waiters' wake comes before the statistics.)"""
         # First: nothing above it is acknowledged (a next writer after an fsync failure at its
         # start-up cuts only above what a previous writer acknowledged: seglog.Prior).
-        w[RH_DURABLE_SEQ] = durable_seq
+        self._w[RH_DURABLE_SEQ] = durable_seq
+        for lane in self._dirty:
+            self._publish_durable(lane)
+        self._dirty.clear()
+
+    def count_fsync(self, fsync_ns: int) -> None:
+        """Count an fdatasync that took ``fsync_ns`` in the stats words (``ringwal stats``)."""
+        w = self._w
         w[RH_FSYNCS] += 1
         self._hist[fsync_bucket(fsync_ns // 1000)] += 1
         w[RH_FSYNC_COUNT] += 1
         w[RH_FSYNC_NS] += fsync_ns
-        for lane in self._dirty:
-            self._publish_durable(lane)
-        self._dirty.clear()
 
     # ------------------------------------------------------------------ waking
 
@@ -2391,8 +2412,8 @@ class WriterSide:
             return 0
         lanes = self.lanes
         n = 0
-        for k, want in enumerate(wants):
-            if want and ((lanes[k].durable_count - want) & M32) >= _HALF:
+        for k in compress(range(len(wants)), wants):  # the lanes with a want, found in C
+            if ((lanes[k].durable_count - wants[k]) & M32) >= _HALF:
                 n += 1
         return n
 
@@ -2402,10 +2423,7 @@ class WriterSide:
         The progress words were stored before this; the wake word is bumped after them and
         before the futex wake (the protocol in ``_futex.py``).
         """
-        bits = 0
-        if durable:
-            bits = self._satisfied(self._wants_d.tolist(), True)
-            self.expect = bits.bit_count()
+        bits = self._satisfied(self._wants_d.tolist(), True) if durable else 0
         bits |= self._satisfied(self._wants_w.tolist(), False)
         w = self._w
         w[RH_WAKE] = (w[RH_WAKE] + 1) & M32
@@ -2419,9 +2437,8 @@ class WriterSide:
             return 0
         bits = 0
         lanes = self.lanes
-        for k, want in enumerate(wants):
-            if not want:
-                continue
+        for k in compress(range(len(wants)), wants):
+            want = wants[k]
             lane = lanes[k]
             if durable:
                 if want != lane.posted_d and ((lane.durable_count - want) & M32) < _HALF:
@@ -2450,11 +2467,13 @@ class WriterSide:
             self._wsem.acquire(timeout)
 
     def clear_posts(self) -> None:
-        """Swallow posts already made (the pass that follows serves them), without a syscall each."""
+        """Swallow posts already made (the pass that follows serves them): one read of the
+        value (no syscall) when there are none, as after most passes."""
         sem = self._wsem
-        with contextlib.suppress(posix_ipc.BusyError):
-            while True:
-                sem.acquire(0)
+        if sem.value:
+            with contextlib.suppress(posix_ipc.BusyError):
+                while True:
+                    sem.acquire(0)
 
     # ------------------------------------------------------------------ lanes and owners
 

@@ -642,7 +642,7 @@ class SegmentLog:
                 # at the next open); after it: the new one. Both are complete.
                 self._seg = ActiveSegment.create(
                     self.dir,
-                    SegmentHeader(self.serializer_name, seq, self._clock()),
+                    SegmentHeader(self.serializer_name, seq, self._clock(), self.log_id),
                     self._segment_size,
                     self._fsync,
                 )

@@ -78,7 +78,15 @@ from typing import TYPE_CHECKING, Any
 
 from ._fileutil import ByteLocks
 from .config import Config
-from .errors import ConfigError, LockTimeoutError, MissingExtraError, ShipError, ShipLockedError, WALError
+from .errors import (
+    ConfigError,
+    LockTimeoutError,
+    MissingExtraError,
+    RecordsRemovedError,
+    ShipError,
+    ShipLockedError,
+    WALError,
+)
 from .follow import follow
 from .holes import Hole, load_holes, write_holes
 from .record import Record
@@ -606,6 +614,17 @@ class Shipper:
                     self._progress()
                     continue
                 if reader.done and not reader.buf:
+                    if isinstance(reader.error, RecordsRemovedError):
+                        e = reader.error
+                        raise ShipError(
+                            f"{self.dir}: seqs {e.first_gone}-{e.first_available - 1} are gone from the log "
+                            f"(retention or truncate_before) but were never shipped to stream {self.stream!r}; the "
+                            "stream would have a gap. Run the writer with keep_unshipped (serve --keep-unshipped) "
+                            "so that retention waits for the shipper",
+                            stream=self.stream,
+                            seq=e.first_gone,
+                            path=self.dir,
+                        ) from e
                     if reader.error is not None:
                         raise reader.error
                     if not inflight:

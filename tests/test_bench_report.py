@@ -47,3 +47,28 @@ def test_report_states_each_target_with_its_figure(tmp_path):
     assert "400 µs / 800 µs / 1.60 ms" in text  # ringwal's p50 / p99 / p99.9 cell
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["limits"] == LIMITS and len(saved["summary"]) == len(summary)
+
+
+def test_report_gives_ringwal_as_a_fraction_of_the_ceiling(tmp_path):
+    summary = [
+        row("ringwal", 16, "sync_every_1", 30_000, 900.0),
+        row("ceiling", 16, "sync_every_1", 32_000, 300.0),  # faster, but not an alternative a team would pick
+        row("flock", 16, "sync_every_1", 9_000, 2000.0),
+        row("ringwal", 1, "sync_every_1", 3_000, 400.0),
+        row("flock", 1, "sync_every_1", 3_500, 300.0),
+    ]
+    ratio = {"size": 100, "mode": "sync_every_1", "runs": 3, "cpu_s_per_m_records": 60.0, "ceiling_cpu_s_per_m_records": 35.0}
+    ceiling = [
+        {"system": "ringwal", "producers": 16, "records_ratio": 0.93, "p50_ratio": 1.5, "p99_ratio": 3.5, **ratio},
+        {"system": "ringwal", "producers": 1, "records_ratio": 0.85, "p50_ratio": 1.1, "p99_ratio": 1.2, **ratio},
+        {"system": "ringwal-yielding", "producers": 1, "records_ratio": 0.97, "p50_ratio": 0.8, "p99_ratio": 0.9, **ratio},
+    ]
+    write_report(str(tmp_path), META, LIMITS, summary, {}, ceiling)
+    text = (tmp_path / "README.md").read_text()
+    assert "| 16 producers, sync every record: ≥ 0.9× the ceiling (bench/ceiling.py) | 0.93× | met |" in text
+    assert "| … and p99 of sync() ≤ 3× the ceiling's p99 | 3.5× | **missed** |" in text
+    assert "| 1 producer, sync every record: ≥ 0.9× the ceiling (bench/ceiling.py) | 0.85× | **missed** |" in text
+    assert "≤ 1.5× flock's | 3 s = 1.00× flock's 3 s | met |" in text
+    assert "| 100 | 1 | sync() every record | ringwal-yielding | 0.97× | 0.80× | 0.90× | 60.0 | 35.0 | 3.0 |" in text
+    assert "| ahead of every alternative in every durable workload with ≥ 4 producers | ahead in all | met |" in text
+    assert json.loads((tmp_path / "results.json").read_text())["vs_ceiling"] == ceiling

@@ -246,7 +246,7 @@ def test_a_sync_waiter_is_woken_by_the_durable_notify(rdir):
         os.sched_yield()
     drain_all(w, disk)
     w.notify(durable=False)
-    w.mark_durable(disk.last_seq, 1000)
+    w.mark_durable(disk.last_seq)
     w.notify(durable=True)
     t.join(30)
     assert result == [1]
@@ -533,3 +533,23 @@ def test_a_bad_length_inside_a_span_keeps_the_records_before_it(rdir, budget):
     assert e.value.first_dropped == 6
     a.release()
     w.close()
+
+
+def test_one_writer_pass_writes_all_that_was_published_when_the_frame_budget_cuts_it(rdir):
+    from ringwal import Config, replay
+    from ringwal.writer import Writer
+
+    cfg = Config(dir=rdir, write_buffer_size=4096, ring_size=RING_SIZE, max_record_size=1024, producer_slots=2)
+    w = Writer(cfg)
+    a = producer(rdir)
+    try:
+        for i in range(100):
+            assert a.publish(rec("a", i, size=200), 1) > 0  # 100 x 230 bytes: six frames of at most 4 KiB
+        assert w.step()
+        assert w.wal.last_seq == 100  # one pass, every frame: the writer does not sleep on published records
+        assert not w.side.has_records()
+    finally:
+        a.release()
+        w.stop()
+        w.shutdown()
+    assert [r.seq for r in replay(rdir, 0)] == list(range(1, 101))
