@@ -1405,7 +1405,9 @@ class ProducerSide:
         self._data = ring.lane_data(lane)
         # The mapping itself and the lane's offset in it: mmap's own slice assignment and
         # struct.pack_into on it cost less than through a memoryview (publish_packed).
-        self._mm = ring._mm
+        mm = ring._mm
+        assert mm is not None  # a mapped ring (Ring.close unmaps it only after its sides are gone)
+        self._mm = mm
         self._lane_off = ring.data_off + lane * ring.ring_size
         self._spanlog = ring.span_log(lane)
         self._size = ring.ring_size
