@@ -59,6 +59,17 @@ class Record(_RecordBase):
     __slots__ = ()
 
     def __new__(cls, type: int, time: int, data: bytes | bytearray | memoryview, seq: int = 0) -> Self:  # noqa: A002
+        # The hot path, one expression: exact ints and bytes in range (a bool, an IntEnum, a
+        # bytearray or a bad value takes check_record, which normalises or raises).
+        if (
+            type.__class__ is int
+            and time.__class__ is int
+            and data.__class__ is bytes
+            and not seq
+            and 0 < type <= 0xFFFF
+            and -0x8000_0000_0000_0000 <= time <= 0x7FFF_FFFF_FFFF_FFFF
+        ):
+            return _tuple_new(cls, (type, time, data, 0))
         return _tuple_new(cls, check_record(type, time, data, seq))
 
     # The inherited _make (and so _replace) would skip validation. The ignore: mypy gives

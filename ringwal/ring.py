@@ -129,8 +129,10 @@ Memory ordering: what this relies on
     CPython offers no atomics or fences on an mmap, so the argument is made at the machine
     level, for x86-64 (the platform this is built and tested on):
 
-    * Every control word is read and written as one aligned 8-byte access: a ``'Q'`` item of a
-      ``memoryview.cast('Q')`` is loaded/stored through an ``unsigned long long *`` in C, a
+    * Every control word is read and written as one aligned 8-byte access: an ``'L'`` item of a
+      ``memoryview.cast('L')`` is loaded/stored through an ``unsigned long *`` in C (8 bytes on
+      Linux x86-64, LP64; ``'L'`` rather than ``'Q'`` because CPython converts it with
+      ``PyLong_AsUnsignedLong``, a digit loop, not the generic byte-array path), a
       single ``mov`` on an 8-aligned address, which x86-64 (and AArch64) make single-copy
       atomic. So a word is never observed half-written.
     * x86-64 is total-store-order: stores become visible to other cores in program order, and
@@ -606,7 +608,7 @@ class Ring:
         finally:
             shm.close_fd()
         self.buf = self.keep(memoryview(self._mm))
-        self.words = self.keep(self.buf.cast("Q"))
+        self.words = self.keep(self.buf.cast("L"))
         base = _futex.base_address(self._mm)
         self.wake_addr = base + RH_WAKE * 8
         self.follow_addr = base + RH_FOLLOW_WAKE * 8
@@ -1401,6 +1403,12 @@ class ProducerSide:
         self._words = ring.words
         self._ctl = ring.lane_ctl(lane)
         self._data = ring.lane_data(lane)
+        # The mapping itself and the lane's offset in it: mmap's own slice assignment and
+        # struct.pack_into on it cost less than through a memoryview (publish_packed).
+        mm = ring._mm
+        assert mm is not None  # a mapped ring (Ring.close unmaps it only after its sides are gone)
+        self._mm = mm
+        self._lane_off = ring.data_off + lane * ring.ring_size
         self._spanlog = ring.span_log(lane)
         self._size = ring.ring_size
         self._mask = ring.ring_size - 1
@@ -1498,6 +1506,44 @@ class ProducerSide:
         self._ctl[L_HEAD] = ((c & M32) << 32) | pos  # publish: one 8-byte store, after the copy
         if (old ^ c) >> 8:
             self._harvest()  # about every 256 records: keep up with the span log
+        return c
+
+    def publish_packed(self, pack_into: Callable[..., None], hlen: int, a: int, b: int, data: bytes) -> int:
+        """``publish`` of one record whose frame-body bytes are ``pack_into(buf, off, length,
+        a, b)`` (``hlen`` bytes: the u32 record length, then the serializer's fixed head)
+        followed by ``data``, written straight into the lane: no framed copy is built.
+
+        The append fast path of a serializer with a fixed head (``BinarySerializer``); the
+        same contract as ``publish`` (-1 when there is no room, LanePoisonedError), and the
+        same single head store after the copy. A record that would wrap around the lane's end
+        is built as bytes and goes through ``publish``. ``pack_into`` raises struct.error
+        (nothing published) for values its format cannot hold.
+        """
+        if self._ctl[L_POISON] == self._token:
+            raise self.poison_error()
+        n = hlen + len(data)
+        room = self._room - n
+        if room < 0:
+            self._refresh_room()
+            room = self._room - n
+            if room < 0:
+                return -1
+        pos = self._pos
+        off = pos & self._mask
+        if off + n > self._size:
+            blob = bytearray(hlen)
+            pack_into(blob, 0, n - 4, a, b)
+            return self.publish(bytes(blob) + data, 1)
+        off += self._lane_off
+        mm = self._mm
+        pack_into(mm, off, n - 4, a, b)
+        mm[off + hlen : off + n] = data
+        self._room = room
+        self._pos = pos = (pos + n) & M32
+        self.count = c = self.count + 1
+        self._ctl[L_HEAD] = ((c & M32) << 32) | pos  # publish: one 8-byte store, after the copy
+        if not c & 0xFF:
+            self._harvest()  # every 256 records: keep up with the span log
         return c
 
     def _refresh_room(self) -> None:

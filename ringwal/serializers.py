@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import count as _count
 from itertools import repeat
 from operator import add
@@ -80,6 +80,14 @@ class BaseSerializer(abc.ABC):
     def frame_many(self, records: Iterable[Record]) -> list[bytes]:
         frame = self.frame
         return [frame(r) for r in records]
+
+    def packed_head(self) -> tuple[Callable[..., None], int] | None:
+        """``(pack_into, hlen)`` when ``frame(r)`` is always ``pack_into``'s ``hlen`` bytes of
+        ``(10 + len(r.data), r.type, r.time)`` followed by ``r.data``; None otherwise (the default).
+
+        Lets ``append`` write a record straight into the ring (``ProducerSide.publish_packed``)
+        instead of building its frame as bytes first."""
+        return None
 
     def decode_batch(
         self, body: bytes, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)
@@ -170,6 +178,10 @@ class BinarySerializer(BaseSerializer):
     def frame(self, record: Record) -> bytes:
         data = record[2]
         return self._FRAMED.pack(10 + len(data), record[0], record[1]) + data
+
+    def packed_head(self) -> tuple[Callable[..., None], int] | None:
+        # Only this exact class: a subclass may frame records another way.
+        return (self._FRAMED.pack_into, self._FRAMED.size) if type(self) is BinarySerializer else None
 
     def frame_many(self, records: Iterable[Record]) -> list[bytes]:
         pack = self._FRAMED.pack

@@ -1,0 +1,107 @@
+"""Instructions per operation on the producer's hot path, counted by valgrind (issue 13).
+
+Wall-clock figures on a shared 2-core machine drift with whatever else runs; instruction
+counts from ``valgrind --tool=callgrind`` do not, so this is how two revisions of the hot path
+are compared (run it from each tree's root, or through ``bench/ab.py``). Each piece runs
+``N`` and ``2N`` times in a child under callgrind; the difference divided by ``N`` is the
+cost of one operation, start-up excluded. Prints one JSON line per piece.
+
+Pieces (one process, no writer process: an in-process ``WriterSide`` owns a 16 MiB lane that
+holds every record of a run, so nothing is drained while counting: the producer's cost alone,
+which is what limits a producer process when the writer runs on another core):
+
+* ``record``   ``Record(1, time.time_ns(), data)``
+* ``append``   ``log.append(prebuilt_record)``
+* ``loop``     ``log.append(Record(1, time.time_ns(), data))``
+
+    python bench/hot_instr.py --n 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def child(piece: str, n: int) -> None:
+    import ringwal
+    from ringwal import Config, Record
+    from ringwal.ring import WriterSide, unlink_names
+
+    d = tempfile.mkdtemp(prefix="ringwal-instr-")
+    ringwal.WAL(Config(dir=d)).close()  # a log (its first segment names the log id the ring carries)
+    w = WriterSide.open(d, 1, 1 << 24, 1 << 20, "binary", lambda name: None)
+    w.recover(0, 1)
+    w.publish_ready()
+    nxt = [1]
+
+    def write(body: bytes, count: int) -> int:
+        first = nxt[0]
+        nxt[0] += count
+        return first
+
+    log = ringwal.open(Config(dir=d, start_writer=False, ring_size=1 << 24, producer_slots=1))
+    data = os.urandom(100)
+    tn = time.time_ns
+    R = Record
+    rec = R(1, tn(), data)
+    append = log.append
+    k = 0
+    while k < n:
+        m = min(8192, n - k)
+        if piece == "append":
+            for _ in range(m):
+                append(rec)
+        elif piece == "loop":
+            for _ in range(m):
+                append(R(1, tn(), data))
+        elif piece == "record":
+            for _ in range(m):
+                R(1, tn(), data)
+        k += m
+    side = log._side
+    assert side is not None
+    side.release()
+    log._side = None
+    w.close()
+    unlink_names(d)
+    shutil.rmtree(d)
+
+
+def count(piece: str, n: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--child", piece, str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    m = re.search(r"Collected : (\d+)", out.stderr)
+    if not m:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(m.group(1))
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=50_000, help="at most 70,000: 2N records must fit the lane")
+    ap.add_argument("--pieces", default="record,append,loop")
+    args = ap.parse_args()
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind is needed (Debian: apt-get install valgrind)")
+    for piece in args.pieces.split(","):
+        a, b = count(piece, args.n), count(piece, 2 * args.n)
+        print(json.dumps({"bench": "hot_instr", "piece": piece, "instructions_per_op": round((b - a) / args.n)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
