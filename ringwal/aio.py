@@ -86,7 +86,7 @@ from .config import Config
 from .errors import ClosedError, LanePoisonedError, LogFailedError, RingFullError, WaitTimeoutError, WALError
 from .follow import follow as _follow
 from .log import _as_record, _too_large
-from .producer import Handle, _no_room
+from .producer import Handle
 from .record import Record, check_seq
 from .replay import replay as _replay
 from .ring import ProducerSide
@@ -277,7 +277,7 @@ class AsyncHandle:
         if self._lost is None:
             self._lost = exc
             self._h._lost = exc
-            self._h._publish = _no_room
+            self._h._stop_publishing()
 
     def _on_poison(self, exc: LanePoisonedError) -> None:
         """The writer dropped bytes of our lane (seen by a publish or a wait): refuse all work

@@ -344,7 +344,7 @@ class Handle:
         """
         if self._poisoned is None:
             self._poisoned = exc
-            self._publish, self._publish_packed = _no_room, _no_room_packed
+            self._stop_publishing()
             side, self._side = self._side, None
             if side is not None:
                 self._count = side.count
@@ -363,7 +363,7 @@ class Handle:
         except LogFailedError as exc:
             if self._lost is None:
                 self._lost = exc
-                self._publish = _no_room  # appends take the slow path, which raises it
+                self._stop_publishing()  # appends take the slow path, which raises it
             raise
         except LanePoisonedError as exc:
             if locked:
@@ -496,6 +496,11 @@ class Handle:
         """The ring lane this handle owns (for diagnostics)."""
         return self._side.lane if self._side is not None else -1
 
+    def _stop_publishing(self) -> None:
+        """Send every append to the slow path (``_publish_waiting`` -> ``_usable_side``), which
+        raises why the handle is closed, forked, poisoned or lost records: both publish paths."""
+        self._publish, self._publish_packed = _no_room, _no_room_packed
+
     def _usable_side(self) -> ProducerSide:
         """The lane to use now: raises when the handle is closed; claims a lane after a fork."""
         if self._closed:
@@ -515,7 +520,7 @@ class Handle:
     def _forked_in_child(self) -> None:
         # Runs in the child right after fork, before any other thread exists there.
         self._forked = True
-        self._publish, self._publish_packed = _no_room, _no_room_packed
+        self._stop_publishing()
         self._lock = threading.Lock()
         self._wait_lock = threading.Lock()
 
@@ -552,7 +557,7 @@ class Handle:
                 except WALError as exc:
                     failure = exc
             self._closed = True
-            self._publish, self._publish_packed = _no_room, _no_room_packed
+            self._stop_publishing()
             _handles.discard(self)
             if side is not None:
                 self._count = side.count

@@ -783,6 +783,12 @@ class SegmentLog:
         ``segment_size`` instead of leaving the rest of one unused."""
         return max(0, self._segment_size - self._seg.write_pos - FRAME_HEADER_SIZE - _MAX_PAD)
 
+    @property
+    def fresh_frame_room(self) -> int:
+        """``frame_room`` of a new, empty ``current.wal``: the largest body that keeps a
+        segment that starts with it within ``segment_size`` (0 when even a header does not fit)."""
+        return max(0, self._segment_size - SEGMENT_HEADER_SIZE - FRAME_HEADER_SIZE - _MAX_PAD)
+
     def check_place(self) -> None:
         """Raise LogGoneError when ``dir`` no longer names the directory this log was opened
         in: it was removed (``rm -r``), or moved or replaced (``mv``). Costs a stat and an

@@ -193,14 +193,18 @@ class Writer:
     def drain(self) -> int:
         """Write one frame of whatever producers published; return the records written.
 
-        The frame's body is at most ``write_buffer_size`` and, unless current.wal has less
-        than MIN_FRAME left, at most what fits before ``segment_size``.
+        The frame's body is at most ``write_buffer_size`` and at most what fits before
+        ``segment_size``: in current.wal, or, when it has less than MIN_FRAME left (the frame
+        then starts a new segment), in a new one. A single record larger than that still
+        goes whole (``WriterSide.drain`` takes at least one).
         """
         wal = self.wal
         cap = self._frame_cap
         room = wal.frame_room
+        if room < MIN_FRAME:
+            room = max(MIN_FRAME, wal.fresh_frame_room)
         side = self.side
-        got = side.drain(wal.last_seq + 1, room if MIN_FRAME <= room < cap else cap, self._write_body)
+        got = side.drain(wal.last_seq + 1, min(room, cap), self._write_body)
         if got:
             self._unsynced = True
         if side.dropped:

@@ -220,3 +220,20 @@ def to_version_1(path: str) -> None:
         pos += FRAME_HEADER_SIZE + align8(length)
     with open(path, "wb") as f:
         f.write(b"".join(out) + data[pos:])
+
+
+def wait_exit(p: subprocess.Popen, timeout: float = 30) -> int:
+    """``p.wait(timeout)``; when it does not exit in time, fail saying where it is stuck: its
+    Python stack (py-spy), its signal masks (a SIGINT inherited as ignored or blocked would
+    explain a Ctrl-C that does nothing) and what it printed on stderr."""
+    try:
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        where = masks = ""
+        with contextlib.suppress(Exception):
+            where = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=20).stdout
+        with contextlib.suppress(OSError):
+            masks = "".join(x for x in open(f"/proc/{p.pid}/status") if x.startswith(("Sig", "Shd")))
+        p.kill()
+        _, err = p.communicate(timeout=10)
+        raise AssertionError(f"child did not exit within {timeout}s; stack:\n{where}\nmasks:\n{masks}\nstderr:\n{err}") from None

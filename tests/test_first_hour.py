@@ -532,7 +532,7 @@ def test_stats_counts_only_live_followers(wdir):
     import json
     import signal
 
-    from .ringhelp import start_serve, wait_until
+    from .ringhelp import start_serve, wait_exit, wait_until
 
     p = start_serve(wdir)
     tails = []
@@ -551,7 +551,7 @@ def test_stats_counts_only_live_followers(wdir):
         tails[0].wait(30)
         wait_until(lambda: followers() == 1, what="the killed follower to go uncounted")
         tails[1].send_signal(signal.SIGINT)
-        assert tails[1].wait(30) == 130
+        assert wait_exit(tails[1], 30) == 130
         wait_until(lambda: followers() == 0, what="no follower left")
     finally:
         for t in tails:

@@ -24,7 +24,7 @@ from ringwal import Config, Record, replay, verify
 from ringwal.segment import list_segments
 
 from .conftest import ROOT, rec, write_log
-from .ringhelp import start_serve, wait_until
+from .ringhelp import start_serve, wait_exit, wait_until
 from .test_cli import ringwal_cli
 
 COMMANDS = ["stats", "dump", "replay", "tail", "verify", "repair", "append", "truncate", "serve"]
@@ -162,7 +162,7 @@ def test_tail_follow_across_rotations_and_a_writer_restart(wdir):
         got = [json.loads(x)["seq"] for x in lines.take(60)]
         assert got == list(range(201, 261))
         tail.send_signal(signal.SIGINT)
-        assert tail.wait(timeout=30) == 130  # Ctrl-C, as Unix tools report it
+        assert wait_exit(tail, 30) == 130  # Ctrl-C, as Unix tools report it
         assert lines.q.get(timeout=30) is None  # nothing printed twice after the last record
     finally:
         if tail.poll() is None:

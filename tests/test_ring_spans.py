@@ -137,12 +137,14 @@ def test_a_batch_larger_than_a_lane_is_refused_before_anything_is_written(wdir):
     assert got == [] and len(per_tag["after"]) == 1  # nothing of it; the handle carries on
 
 
-def test_segments_stay_within_segment_size_with_many_small_records(wdir):
+@pytest.mark.parametrize("segment_size, buffer_size", [(65536, 16384), (16384, 1 << 20)])
+def test_segments_stay_within_segment_size_with_many_small_records(wdir, segment_size, buffer_size):
     """Many producers, many small records, no syncs: lanes fill far beyond a segment while
-    the writer rotates. Each frame is cut to the room left in current.wal, so no completed
-    segment passes segment_size (the bound asked for: segment_size plus one frame of at most
-    write_buffer_size), none is left much emptier, and no frame exceeds write_buffer_size."""
-    segment_size, buffer_size = 65536, 16384
+    the writer rotates. Each frame is cut to the room left in current.wal (or in a new one,
+    when the frame starts it), so no completed segment passes segment_size (the bound asked
+    for: segment_size plus one frame of at most write_buffer_size), none is left much
+    emptier, and no frame exceeds write_buffer_size. The second case has a write buffer
+    (the default 1 MiB) larger than a segment: a frame that starts a segment must still fit it."""
     w = start_serve(wdir, "--segment-size", str(segment_size), "--write-buffer-size", str(buffer_size))
     try:
         ps = [spawn(PRODUCER, wdir, f"p{i}", "15000", "15000", "0") for i in range(4)]
