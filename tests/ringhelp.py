@@ -237,3 +237,15 @@ def wait_exit(p: subprocess.Popen, timeout: float = 30) -> int:
         p.kill()
         _, err = p.communicate(timeout=10)
         raise AssertionError(f"child did not exit within {timeout}s; stack:\n{where}\nmasks:\n{masks}\nstderr:\n{err}") from None
+
+
+def ctrl_c_able(*args: str) -> list[str]:
+    """argv running ``python -m ringwal ARGS`` with Ctrl-C (SIGINT) delivered as a
+    KeyboardInterrupt even when this test process was started with SIGINT ignored (a
+    background job of a non-interactive shell: ``scripts/test &``), which the child would
+    inherit: Python leaves an inherited SIG_IGN alone, and ``tail -f`` would not stop."""
+    boot = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'ringwal'; runpy.run_module('ringwal', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", boot, *args]

@@ -532,7 +532,7 @@ def test_stats_counts_only_live_followers(wdir):
     import json
     import signal
 
-    from .ringhelp import start_serve, wait_exit, wait_until
+    from .ringhelp import ctrl_c_able, start_serve, wait_exit, wait_until
 
     p = start_serve(wdir)
     tails = []
@@ -543,7 +543,7 @@ def test_stats_counts_only_live_followers(wdir):
         followers = lambda: json.loads(cli("stats", "--dir", wdir, "--json").stdout)["writer"]["followers"]  # noqa: E731
         for _ in range(2):
             tails.append(
-                subprocess.Popen([sys.executable, "-m", "ringwal", "tail", "--dir", wdir, "-f"], stdout=subprocess.PIPE,
+                subprocess.Popen(ctrl_c_able("tail", "--dir", wdir, "-f"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, cwd=ROOT)
             )  # fmt: skip
         wait_until(lambda: followers() == 2, what="two followers")

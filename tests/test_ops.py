@@ -24,7 +24,7 @@ from ringwal import Config, Record, replay, verify
 from ringwal.segment import list_segments
 
 from .conftest import ROOT, rec, write_log
-from .ringhelp import start_serve, wait_exit, wait_until
+from .ringhelp import ctrl_c_able, start_serve, wait_exit, wait_until
 from .test_cli import ringwal_cli
 
 COMMANDS = ["stats", "dump", "replay", "tail", "verify", "repair", "append", "truncate", "serve"]
@@ -139,8 +139,8 @@ class LineReader:
 def test_tail_follow_across_rotations_and_a_writer_restart(wdir):
     p = start_serve(wdir, "--segment-size", "4096")
     tail = subprocess.Popen(
-        [sys.executable, "-m", "ringwal", "tail", "-f", "--dir", wdir, "--after", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        ctrl_c_able("tail", "-f", "--dir", wdir, "--after", "0"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     try:
         lines = LineReader(tail.stdout)
