@@ -291,6 +291,8 @@ def test_replay_verify_and_follow_of_a_directory_without_a_log_raise_no_log_erro
         (["append", "--type", "0"], "--type"),
         (["tail", "--poll", "0"], "--poll"),
         (["dump", "--after", "-1"], "--after"),
+        (["dump", "--since", "0", "--clock-skew", "-1"], "--clock-skew: must be a number of seconds >= 0"),
+        (["tail", "--since", "0", "--clock-skew", "nan"], "--clock-skew: must be a number of seconds >= 0"),
         (["frobnicate"], "invalid choice"),
     ],
 )
