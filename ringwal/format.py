@@ -8,7 +8,8 @@ Segment file (``current.wal`` or ``NNNNNN.wal``)::
 
     +-------------------+--------+--------+--------+--------+-- ... --+
     | segment header    | frame  | frame  |  ...   | zeros (preallocated, = end)
-    | 64 bytes          | 8-aligned frames start at offset 64       |
+    | hlen = 80 bytes   | 8-aligned frames start at offset hlen     |
+    | (64 in version 1) |                                           |
     +-------------------+--------+--------+--------+--------+-- ... --+
 
 Segment header, version 2 (written by this build), 80 bytes::
@@ -36,8 +37,8 @@ Frame (one checksummed batch of one or more records)::
 
     synced (version 2): the segment's durable end when the frame was written, in units of
     8 bytes: an fdatasync (or fsync) of this file had completed covering every byte below
-    ``synced * 8``. Always <= the frame's own offset / 8, and >= 8 (the header is fsynced
-    when the segment is created). Saturates at 2**32 - 1 (a lower bound stays true).
+    ``synced * 8``. Always <= the frame's own offset / 8, and >= 10 (the 80-byte header
+    is fsynced when the segment is created). Saturates at 2**32 - 1 (a lower bound stays true).
     In version 1 files these bytes were ``flags`` and are always 0.
 
 Record inside a body: ``u32 payload_length`` then the serializer's payload. The record's seq

@@ -218,7 +218,7 @@ def read_fd(fd: int, start: int = 0) -> bytes:
 
 
 def read_header(source: str | int, path: str | None = None) -> SegmentHeader:
-    """Read and check the 64-byte header of a segment, from its path or an open descriptor
+    """Read and check the header of a segment (80 bytes; 64 in version 1), from its path or an open descriptor
     (``path`` then names it in errors). Raises FormatError naming the file when it is bad,
     FileNotFoundError when the path does not exist."""
     if isinstance(source, int):
