@@ -61,7 +61,7 @@ from .serializers import (
 )
 from .verify import verify
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AccessError",

@@ -77,7 +77,8 @@ SERVE_OPTIONS: dict[str, tuple[str, type, str, str]] = {
 #: Error attributes carried over the ready pipe, so the rebuilt exception keeps its coordinates.
 _ATTRS = (
     "path", "offset", "pid", "expected", "computed", "first_seq", "last_seq", "reason", "needed", "available",
-    "uid", "mode",
+    "uid", "mode", "extra", "system", "machine", "stream", "seq", "directory", "first_gone", "first_available",
+    "lane", "first_dropped",
 )  # fmt: skip
 
 

@@ -473,6 +473,19 @@ def _cmd_rings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _skew_arg(text: str) -> float:
+    from .since import check_skew
+
+    try:
+        value = float(text)
+        check_skew(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds >= 0 (inf: read every segment), got {text}"
+        ) from exc
+    return value
+
+
 def _time_arg(text: str) -> int:
     from .since import parse_time
 
@@ -485,16 +498,19 @@ def _time_arg(text: str) -> int:
 # ---------------------------------------------------------------------- ship, restore (issue 16)
 
 
-def _stop_on_signals() -> tuple[Any, dict[int, Any]]:
+def _stop_on_signals() -> tuple[Any, dict[int, Any], list[int]]:
+    """(stop event set by SIGTERM/SIGINT, the handlers replaced, the signals received)."""
     import signal
     import threading
 
     stop = threading.Event()
+    got: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
+        got.append(signum)
         stop.set()
 
-    return stop, {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    return stop, {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}, got
 
 
 def _restore_signals(old: dict[int, Any]) -> None:
@@ -522,13 +538,16 @@ def _cmd_ship(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
     )
     until = _durable_seq(d) if args.until_caught_up else None
-    stop, old = _stop_on_signals()
+    stop, old, got = _stop_on_signals()
     print(f"ringwal ship: pid {os.getpid()} shipping {d} to stream {args.stream} ({shipper.subject})",
           file=sys.stderr, flush=True)  # fmt: skip
     try:
         last = shipper.run(stop, until_seq=until)
     finally:
         _restore_signals(old)
+    if got and until is not None and last < until:
+        print(f"ringwal ship: interrupted at seq {last} of {until}: not caught up", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"shipped up to seq {last} to stream {args.stream}", file=sys.stderr)
     return 0
 
@@ -536,7 +555,7 @@ def _cmd_ship(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .ship import restore
 
-    stop, old = _stop_on_signals()
+    stop, old, got = _stop_on_signals()
     try:
         last = restore(
             args.dir,
@@ -551,6 +570,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         )
     finally:
         _restore_signals(old)
+    if got and not args.follow:
+        print(f"ringwal restore: interrupted at seq {last}: {os.path.abspath(args.dir)} is not complete; "
+              "run restore again to go on", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     print(f"restored {os.path.abspath(args.dir)} from stream {args.stream} up to seq {last}", file=sys.stderr)
     return 0
 
@@ -635,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         c.add_argument(
             "--clock-skew",
-            type=float,
+            type=_skew_arg,
             default=DEFAULT_CLOCK_SKEW,
             metavar="S",
             help="how far (s) a producer's clock may run ahead of the writer's for --since to be exact; "

@@ -51,8 +51,9 @@
         │                                 or an index that cannot be rebuilt
         ├── CorruptRecordError            a bad checksum or impossible length *before* the
         │                                 tail; carries path, offset, expected and computed
-        └── RecordsLostError              replay reached seqs that ``ringwal repair`` recorded
-                                          as lost (``wal_holes.json``); carries the range
+        └── RecordsLostError              replay reached seqs recorded as lost in
+                                          ``wal_holes.json``, by ``ringwal repair`` or after a
+                                          failed fsync; carries the range
 
 A torn tail (the last frame of the active segment left incomplete by a crash) is not an
 error: readers stop there and the next writer truncates it.

@@ -8,7 +8,8 @@ Segment file (``current.wal`` or ``NNNNNN.wal``)::
 
     +-------------------+--------+--------+--------+--------+-- ... --+
     | segment header    | frame  | frame  |  ...   | zeros (preallocated, = end)
-    | 64 bytes          | 8-aligned frames start at offset 64       |
+    | hlen = 80 bytes   | 8-aligned frames start at offset hlen     |
+    | (64 in version 1) |                                           |
     +-------------------+--------+--------+--------+--------+-- ... --+
 
 Segment header, version 2 (written by this build), 80 bytes::
@@ -36,8 +37,8 @@ Frame (one checksummed batch of one or more records)::
 
     synced (version 2): the segment's durable end when the frame was written, in units of
     8 bytes: an fdatasync (or fsync) of this file had completed covering every byte below
-    ``synced * 8``. Always <= the frame's own offset / 8, and >= 8 (the header is fsynced
-    when the segment is created). Saturates at 2**32 - 1 (a lower bound stays true).
+    ``synced * 8``. Always <= the frame's own offset / 8, and >= 10 (the 80-byte header
+    is fsynced when the segment is created). Saturates at 2**32 - 1 (a lower bound stays true).
     In version 1 files these bytes were ``flags`` and are always 0.
 
 Record inside a body: ``u32 payload_length`` then the serializer's payload. The record's seq
@@ -517,7 +518,8 @@ def describe_walk(result: WalkResult, count: int, nbytes: int, max_record: int |
 #        1280..4095, right after the histogram, cut at 2816 bytes. For ``ringwal rings``:
 #        which log a ring is, and whether that log is gone (an orphan)
 #     64-159 fsync latency histogram (W): word 64+b counts fsyncs in bucket b (fsync_bucket;
-#        96 buckets, 4 per power of two of microseconds, the last from about 16.8 s up)
+#        96 buckets, 4 per power of two of microseconds, the last from 7 * 2**22 us (about
+#        29.4 s) up); every word not named here (10, 18, 25-31, 34-39, 51, 57-63) is zero
 #
 # Lane control block, 32 words; each group on its own 64-byte line so that producer and
 # writer stores never share a cache line::
@@ -599,8 +601,9 @@ FSYNC_BUCKETS: Final = 96
 
 def fsync_bucket(us: int) -> int:
     """Histogram bucket of an fsync of ``us`` microseconds: 4 buckets per power of two
-    (about 19% wide), exact below 4 us; bucket 95 holds 2**24 us (16.8 s) and everything
-    longer, so any fsync up to 16.8 s is placed within 19% (a 10 s fsync reads as <= 11.5 s)."""
+    (about 19% wide), exact below 4 us; bucket 95 holds 7 * 2**22 us (about 29.4 s) and
+    everything longer, so any fsync up to 29.4 s is placed within 19% (a 10 s fsync reads as
+    <= 11.5 s)."""
     if us < 4:
         return max(us, 0)
     bl = us.bit_length()

@@ -11,7 +11,7 @@ The check (``reconcile``; every user of the index goes through it: the writer's 
 replay's plan, stats, repair). An entry is trusted only when
 
 1. a completed segment file of that name exists, with that size;
-2. the first seq in that file's 64-byte header is the entry's ``first_seq``;
+2. the first seq in that file's header (80 bytes; 64 in version 1) is the entry's ``first_seq``;
 3. its ``last_seq`` (>= ``first_seq``) joins the next segment: ``last_seq + 1`` is the first
    seq in the header of the next completed segment, or of ``current.wal`` after the last
    one, unless every seq between is a hole recorded by repair (``holes.py``).
@@ -19,7 +19,7 @@ replay's plan, stats, repair). An entry is trusted only when
 Anything else (a wrong seq, a segment missing from the index, an entry naming a file that is
 gone) makes the index stale: the entries are rebuilt from the files, and the caller decides
 what to do with the stale index (the writer rewrites it; readers just use the rebuilt view).
-This costs one 64-byte header read per segment, never a scan of a segment the index
+This costs one header read (80 bytes, 64 in version 1) per segment, never a scan of a segment the index
 describes correctly. The last completed segment when there is no ``current.wal`` (a crash
 between steps 2 and 3 of a rotation) has no next header: the writer scans it, readers treat
 its ``last_seq`` as unknown.

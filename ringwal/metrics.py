@@ -43,9 +43,6 @@ another process; these come from that file and the durable seq, ``shipped.shippi
 ``ship_lag_seconds``                 gauge      age of the oldest of them, by its record time
 ``shipper_up``                       gauge      1 while a shipper holds ``wal.ship.lock``
 ===================================  =========  ==============================================
-
-Other components with figures of their own register a source with :func:`add_source`, a
-callable returning metric families, collected at each scrape after the ones above.
 """
 
 from __future__ import annotations
@@ -53,7 +50,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import MissingExtraError
@@ -64,22 +61,12 @@ from .segment import CURRENT
 if TYPE_CHECKING:
     from .writer import Writer
 
-__all__ = ["FSYNC_BOUNDS", "MetricsEndpoint", "add_source", "start_metrics"]
+__all__ = ["FSYNC_BOUNDS", "MetricsEndpoint", "start_metrics"]
 
 #: ``le`` bounds of ``ringwal_fsync_seconds``, seconds (then +Inf).
 FSYNC_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _SEGMENT_FILE = re.compile(r"^\d{6}\.wal$")
-
-#: Extra sources of metric families, collected at each scrape (``add_source``).
-_sources: list[Callable[[], Iterable[Any]]] = []
-
-
-def add_source(source: Callable[[], Iterable[Any]]) -> None:
-    """Collect ``source()`` (prometheus_client metric families) at every scrape, after the
-    writer's own. For components of the writer process that have figures of their own:
-    the shipper's lag (issue 16) goes here."""
-    _sources.append(source)
 
 
 def _shipping(core: Any, directory: str, durable_seq: int) -> Iterator[Any]:
@@ -212,8 +199,6 @@ class _Collector:
         yield core.GaugeMetricFamily("ringwal_producers", "producer processes attached", value=alive)
         yield core.GaugeMetricFamily("ringwal_followers", "followers alive (follow, tail -f)", value=stats["followers"])
         yield from _shipping(core, self.dir, stats["durable_seq"])
-        for source in list(_sources):
-            yield from source()
 
     def _files(self) -> tuple[int, int]:
         n = size = 0

@@ -2,7 +2,7 @@
 
 Vocabulary: records, sequence numbers and corruption reports. ``replay(dir, after_seq)``
 yields every record with ``seq > after_seq`` in order, opening only the segments it needs
-(the index, checked against the 64-byte segment headers, says where each starts and ends;
+(the index, checked against the segment headers, says where each starts and ends;
 where it disagrees with them the headers decide: ``index.reconcile``).
 
 Reading while a writer appends:
@@ -113,7 +113,7 @@ def _plan(directory: str, holes: Holes) -> list[_Seg]:
     """Completed segments plus ``current.wal``, as one consistent picture.
 
     The index says where each completed segment starts and ends only after ``reconcile``
-    checked it against the segment headers (one 64-byte read per segment); where it
+    checked it against the segment headers (one header read per segment); where it
     disagrees, the plan uses the headers and reads the segment to learn where it ends.
 
     A rotation between listing the segments and opening ``current.wal`` would pair a listing

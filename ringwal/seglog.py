@@ -528,6 +528,8 @@ class SegmentLog:
                 seg = self._seg
             first = seg.next_seq
             seg.append_frame(body, count)
+        except LogFailedError:
+            raise  # latched by _fsync_failed: keep its cause (the OSError)
         except BaseException as exc:
             raise self._fail(exc, "writing to current.wal") from exc
         return first
@@ -569,6 +571,8 @@ class SegmentLog:
                 seg.append_frame(body, j - i)
                 total -= size
                 i = j
+        except LogFailedError:
+            raise  # latched by _fsync_failed: keep its cause (the OSError)
         except BaseException as exc:
             raise self._fail(exc, "writing to current.wal") from exc
         return first
@@ -596,6 +600,8 @@ class SegmentLog:
                 seg.sync(self._fdatasync)
             except OSError as exc:
                 raise self._fsync_failed(exc, FSYNC_DATASYNC) from exc
+            except LogFailedError:
+                raise  # latched by _fsync_failed: keep its cause (the OSError)
             except BaseException as exc:
                 raise self._fail(exc, "fdatasync of current.wal") from exc
             self._durable_seq = seg.next_seq - 1
@@ -648,6 +654,8 @@ class SegmentLog:
                 )
                 old.close()
                 self._seg_born = self._mono()
+        except LogFailedError:
+            raise  # latched by _fsync_failed: keep its cause (the OSError)
         except BaseException as exc:
             raise self._fail(exc, f"continuing the log at seq {seq}") from exc
         self._durable_seq = seq - 1
@@ -662,6 +670,8 @@ class SegmentLog:
         if self._segment_expired():
             try:
                 self._rotate()
+            except LogFailedError:
+                raise  # latched by _fsync_failed: keep its cause (the OSError)
             except BaseException as exc:
                 raise self._fail(exc, "rotating current.wal") from exc
 
@@ -760,6 +770,8 @@ class SegmentLog:
                 for e in victims:
                     self._closed_at.pop(e.file, None)
                 write_index(self.dir, self.serializer_name, self._entries, self._fsync)
+            except LogFailedError:
+                raise  # latched by _fsync_failed: keep its cause (the OSError)
             except BaseException as exc:
                 raise self._fail(exc, "removing old segments") from exc
         return victims, self.first_seq

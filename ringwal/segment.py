@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._fileutil import FsyncFn, create_file, fsync_dir, preallocate, writer_holds_lock
+from ._fileutil import Access, FsyncFn, create_file, fsync_dir, preallocate, writer_holds_lock
 from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError, NoLogError
 from .format import (
     FORMAT_VERSION,
@@ -218,7 +218,7 @@ def read_fd(fd: int, start: int = 0) -> bytes:
 
 
 def read_header(source: str | int, path: str | None = None) -> SegmentHeader:
-    """Read and check the 64-byte header of a segment, from its path or an open descriptor
+    """Read and check the header of a segment (80 bytes; 64 in version 1), from its path or an open descriptor
     (``path`` then names it in errors). Raises FormatError naming the file when it is bad,
     FileNotFoundError when the path does not exist."""
     if isinstance(source, int):
@@ -796,16 +796,21 @@ def data_end(buf: bytes, start: int, version: int) -> int:
 def keep_aside(directory: str, name: str, data: bytes, fsync: FsyncFn) -> str:
     """Write ``data`` to a new file ``name`` in ``directory`` (``name.1``, ``name.2``, ... if
     taken), fsync it and the directory; return the name used. For bytes a writer cuts from
-    ``current.wal`` (a torn tail, a failed fsync's range), kept for a human to look at."""
+    ``current.wal`` (a torn tail, a failed fsync's range), kept for a human to look at.
+    Record bytes: the file gets the mode and group every log file gets (``Access.file_mode``,
+    0600 or 0660 with ``Config.group``), whatever the umask."""
+    access = Access.of(directory)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     k = 0
     while True:
         used = name if not k else f"{name}.{k}"
         try:
-            fd = os.open(os.path.join(directory, used), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(os.path.join(directory, used), flags, access.file_mode)
             break
         except FileExistsError:
             k += 1
     try:
+        access.apply(fd, access.file_mode)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

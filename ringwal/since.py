@@ -21,8 +21,8 @@ Finding the start without reading the whole log
     closed it; for an entry rebuilt from the files, the next segment's header ``created``
     time, which the writer stamps after sealing this one) is below ``T - clock_skew``. The
     first segment not skipped is read from its first record (``replay``), and the start is
-    the first record there, or later, with ``time >= T``. Costs: the index check (one 64-byte
-    header read per segment, as every replay does), then about one segment of records.
+    the first record there, or later, with ``time >= T``. Costs: the index check (one header
+    read per segment, as every replay does), then about one segment of records.
 
     Skipping is exact when no producer's clock runs more than ``clock_skew`` (default
     1 s) ahead of the writer's, and records carry the time they were appended: a record

@@ -30,7 +30,7 @@ from .shipped import shipping_lag
 
 __all__ = ["format_stats", "log_stats"]
 
-_STATES = {0: "starting", 1: "ready", 2: "stopped", 3: "closed"}
+_STATES = {0: "starting", 1: "ready", 2: "stopped", 3: "closed", 4: "gone"}  # format.RING_*
 
 
 def log_stats(directory: str | os.PathLike[str]) -> dict[str, Any]:

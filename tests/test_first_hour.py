@@ -291,6 +291,8 @@ def test_replay_verify_and_follow_of_a_directory_without_a_log_raise_no_log_erro
         (["append", "--type", "0"], "--type"),
         (["tail", "--poll", "0"], "--poll"),
         (["dump", "--after", "-1"], "--after"),
+        (["dump", "--since", "0", "--clock-skew", "-1"], "--clock-skew: must be a number of seconds >= 0"),
+        (["tail", "--since", "0", "--clock-skew", "nan"], "--clock-skew: must be a number of seconds >= 0"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -513,6 +515,33 @@ sys.exit(main(["serve", "--dir", sys.argv[1], "--metrics-port", "0"]))
     from .ringhelp import ring_objects
 
     assert ring_objects(wdir) == []  # the writer it had opened shut down cleanly
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ringwal.MissingExtraError("no prometheus_client: pip install 'ringwal[metrics]'", extra="metrics"),
+        UnsupportedPlatformError("not here", system="Darwin", machine="arm64"),
+        ringwal.errors.RecordsRemovedError("gone", directory="/d", first_gone=3, first_available=9),
+        ringwal.errors.ShipError("nats said no", stream="S", seq=7, path="/d/seg"),
+        ringwal.errors.LanePoisonedError("poisoned", lane=2, first_dropped=5, reason="torn"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_writers_error_line_rebuilds_its_own_type_with_its_coordinates(exc):
+    """A writer started by open reports its error as a JSON line; the producer raises that
+    type with the same keyword attributes, not WriterGoneError."""
+    import json
+
+    from ringwal._launch import _rebuild, report_error
+
+    r, w = os.pipe()
+    report_error(w, exc)
+    with os.fdopen(r, "rb") as f:
+        message = json.loads(f.readline())
+    got = _rebuild(message, "/d")
+    assert type(got) is type(exc) and str(got) == str(exc)
+    assert vars(got) == vars(exc)
 
 
 def test_fsync_buckets_become_cumulative_prometheus_buckets_never_below_the_truth():

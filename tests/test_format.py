@@ -71,9 +71,12 @@ GOLDEN_FRAME_V1 = bytes.fromhex(
     # padding to a multiple of 8
     "0000"
 )
-# The same records as a version 2 frame with synced = 8 (the segment's durable end was 64, in
-# 8-byte units, when it was written); only bytes 16-23 differ (docs/FORMAT.md walks through it).
+# The same records as a version 2 frame with synced = 8 (a durable end of 64, in 8-byte units);
+# only bytes 16-23 differ. A segment of this build never holds synced 8 (its header is 80 bytes,
+# so the lowest is 10: GOLDEN_FIRST_FRAME_HEADER); the pin keeps synced and crc apart.
 GOLDEN_FRAME = bytes.fromhex("3e000000" "03000000" "0100000000000000" "08000000" "efaa1b34") + GOLDEN_FRAME_V1[24:]
+#: The header of GOLDEN_FRAME as the first frame of a fresh version 2 segment (docs/FORMAT.md).
+GOLDEN_FIRST_FRAME_HEADER = bytes.fromhex("3e000000" "03000000" "0100000000000000" "0a000000" "99e2290c")
 #: The log id of the examples in docs/FORMAT.md (a real log's is random).
 EXAMPLE_LOG_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
 # Version 2 (written): binary, first seq 1, created 1_700_000_000_000_000_000, EXAMPLE_LOG_ID.
@@ -119,6 +122,7 @@ def test_golden_frame_bytes():
     assert header + body + pad == GOLDEN_FRAME
     assert len(GOLDEN_FRAME) % 8 == 0
     assert len(GOLDEN_FRAME) == FRAME_HEADER_SIZE + align8(len(body))
+    assert encode_frame(golden_body(), 3, 1, durable_end=80)[0] == GOLDEN_FIRST_FRAME_HEADER
     header, body, pad = encode_frame(golden_body(), 3, 1)  # a frame continuing a version 1 segment
     assert header + body + pad == GOLDEN_FRAME_V1
 

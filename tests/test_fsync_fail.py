@@ -282,6 +282,31 @@ def test_failed_directory_fsync_at_rotation_loses_nothing_and_the_next_open_fsyn
     assert not load_holes(cfg.dir)
 
 
+def test_a_failed_seal_fsync_keeps_the_oserror_as_the_cause_of_the_log_failed_error(tmp_path):
+    """The seal's fsync fails inside rotation: the LogFailedError latched by _fsync_failed
+    must reach the caller with the OSError still chained, not chained to itself."""
+    cfg = Config(dir=str(tmp_path / "wal"), segment_size=2048)
+    fail = {"on": False}
+
+    def fsync(fd: int) -> None:
+        if fail["on"] and not _is_dir(fd):
+            raise OSError(EIO, "injected seal EIO")
+        os.fsync(fd)
+
+    sl = SegmentLog(cfg, "binary", fsync=fsync)
+    fail["on"] = True
+    ser = BinarySerializer()
+    with pytest.raises(LogFailedError) as info:
+        for i in range(100):
+            sl.write_body(ser.frame(rec(i)), 1)
+    sl.close()
+    causes, e = [], info.value.__cause__
+    while e is not None and e not in causes:
+        causes.append(e)
+        e = e.__cause__
+    assert any(isinstance(c, OSError) and c.errno == EIO for c in causes), (info.value, causes)
+
+
 CRASHED_WRITER = """
 import os, sys
 from ringwal import WAL, Config, Record

@@ -121,6 +121,22 @@ def test_an_unsynced_frame_lost_before_a_later_one_kept_is_a_torn_tail(powered_o
     assert verify(d).ok and not load_holes(d)
 
 
+def test_a_kept_torn_tail_is_private_whatever_the_umask(powered_off):
+    """The kept bytes are records: mode 0600 like every log file (README "Trust model"),
+    not the 0644 a umask of 022 leaves on a plain create."""
+    d, cur, offs, _ = powered_off
+    hit = offs[SYNCED + 1]
+    punch(cur, hit, bytes(offs[SYNCED + 2] - hit))
+    old = os.umask(0o022)
+    try:
+        with WAL(Config(dir=d)) as w:
+            assert w.last_seq == SYNCED + 1
+    finally:
+        os.umask(old)
+    kept = os.path.join(d, f"{CURRENT}.torn-{SYNCED + 2}")
+    assert oct(os.stat(kept).st_mode & 0o7777) == oct(0o600)
+
+
 def test_repair_cuts_reordered_unsynced_writes_as_a_torn_tail_recording_no_hole(powered_off):
     d, cur, offs, _end = powered_off
     punch(cur, offs[SYNCED], bytes(offs[SYNCED + 1] - offs[SYNCED]))  # the first unsynced frame lost

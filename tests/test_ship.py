@@ -638,3 +638,40 @@ def test_continue_at_needs_recorded_holes(tmp_path):
             s.continue_at(3)
     assert [r.seq for r in replay(d, skip_holes=True)] == [5, 9]
     assert verify(d).ok
+
+
+# ------------------------------------------------------------- Ctrl-C before the target (exit 130)
+
+INTERRUPTED = """
+import os, signal, sys
+from ringwal import cli
+
+installed = cli._stop_on_signals
+
+
+def and_ctrl_c():  # a real SIGINT, delivered the moment the command's handler is in place
+    got = installed()
+    os.kill(os.getpid(), signal.SIGINT)
+    return got
+
+
+cli._stop_on_signals = and_ctrl_c
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["ship", "restore"])
+def test_ctrl_c_before_the_target_exits_130_and_says_where_it_stopped(tmp_path, command):
+    """``ship --until-caught-up`` and ``restore`` (no --follow) interrupted before they got
+    there must not exit 0 with "shipped/restored up to seq N" as if complete. The server is
+    unreachable, so nothing is shipped or restored before the SIGINT is seen."""
+    if command == "ship":
+        d = write_log(str(tmp_path / "wal"), 10).dir
+        args = ["ship", "--dir", d, "--until-caught-up"]
+    else:
+        d = str(tmp_path / "restored")
+        args = ["restore", "--dir", d]
+    args += ["--server", "nats://127.0.0.1:9", "--stream", "S"]
+    r = subprocess.run([sys.executable, "-c", INTERRUPTED, d, *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert "interrupted at seq 0" in r.stderr and "up to seq" not in r.stderr, r.stderr
