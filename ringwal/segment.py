@@ -54,17 +54,26 @@ Reading a live ``current.wal`` (the rule, in full in ``docs/FORMAT.md``)
     if ``current.wal`` was renamed meanwhile, the rest of the file is read as the sealed
     segment it became; otherwise it is corruption.
 
-Sealing and creating (the rotation steps that touch segment files; ``seglog.py`` orders them):
+Sealing and creating (the rotation steps that touch segment files; ``seglog.py`` orders them
+and names the crash window after each):
 
-1. ``seal``: ftruncate the preallocated tail away, fsync. A crash here leaves a complete
-   ``current.wal`` that recovery simply continues.
-2. rename ``current.wal`` -> ``NNNNNN.wal``, fsync the directory. A crash before the
-   directory fsync shows either name after reboot; both states open correctly (with no
-   ``current.wal`` the next writer starts one after the last completed segment).
-3. ``ActiveSegment.create``: the new active segment is built as ``current.wal.tmp`` (header
-   written, space preallocated, fsynced) and renamed into place, then the directory is
-   fsynced. So a ``current.wal`` always has a valid header; a crash leaves at most a stray
-   ``.tmp`` that the next writer deletes.
+* ``prepare_spare`` (ahead of time, off the writer's path): ``next.wal.tmp`` is created,
+  preallocated to ``segment_size`` and fsynced. The name is never a segment's, so no reader
+  opens it and recovery removes it.
+* ``seal``: ftruncate the preallocated tail away, fsync. A crash here leaves a complete
+  ``current.wal`` that recovery simply continues.
+* ``ActiveSegment.from_spare``: the new segment's header is written into the spare and
+  fdatasynced (an overwrite of allocated space), so ``current.wal`` never names a file
+  whose header is not durable.
+* rename ``current.wal`` -> ``NNNNNN.wal``, fsync the directory (before the next rename:
+  that one must never become durable without this one).
+* ``become_current``: rename ``next.wal.tmp`` -> ``current.wal``. Its directory fsync may
+  come later, but before anything in the new segment is acknowledged.
+* ``ActiveSegment.create`` (a new log, or no ``current.wal`` at open): built as
+  ``current.wal.tmp`` (header written, space preallocated, fsynced), renamed into place, the
+  directory fsynced. A crash leaves at most a stray ``.tmp`` that the next writer deletes.
+
+So a ``current.wal`` always has a valid, durable header.
 """
 
 from __future__ import annotations
@@ -108,6 +117,7 @@ __all__ = [
     "NO_WRITER",
     "REREAD_DELAYS",
     "Reporter",
+    "SPARE",
     "SegmentScan",
     "TORN",
     "UNWRITTEN",
@@ -116,6 +126,7 @@ __all__ = [
     "keep_aside",
     "list_segments",
     "max_durable_claim",
+    "prepare_spare",
     "read_fd",
     "read_file",
     "read_header",
@@ -126,6 +137,10 @@ __all__ = [
 ]
 
 CURRENT = "current.wal"
+#: The next segment, prepared ahead of a rotation (``prepare_spare``). Never a segment name
+#: (neither ``current.wal`` nor ``NNNNNN.wal``), so no reader ever opens it; a writer removes
+#: one it finds at open (docs/FORMAT.md, "Rotation").
+SPARE = "next.wal.tmp"
 _SEGMENT_RE = re.compile(r"^(\d{6,})\.wal$")
 
 #: ``SegmentScan.outcome`` after a walk.
@@ -790,6 +805,26 @@ def scan_file(path: str, *, sealed: bool, holes: Holes | None = None) -> tuple[S
     return scan.header, scan
 
 
+def prepare_spare(directory: str, size: int, fsync: FsyncFn) -> int:
+    """Create (or empty) ``next.wal.tmp`` in ``directory``, preallocate ``size`` bytes (at least
+    a header's) and fsync it; return its descriptor (read-write). Its header is written at the
+    rotation that uses it (``ActiveSegment.from_spare``), when the first seq is known.
+
+    The fsync makes the allocation durable ahead of time, so that the rotation's fdatasync of
+    the header is an overwrite of allocated space. The name is not fsynced into the directory:
+    a spare lost in a crash is only made again (the rotation that uses it fsyncs the
+    directory before acknowledging anything in it). Raises OSError; the caller latches.
+    """
+    fd = os.open(os.path.join(directory, SPARE), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        preallocate(fd, max(size, SEGMENT_HEADER_SIZE))
+        fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class ActiveSegment:
     """The open ``current.wal``: appends whole frames at ``write_pos``, syncs, seals.
 
@@ -849,6 +884,21 @@ class ActiveSegment:
             os.close(fd)
             raise
         return cls(path, fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
+
+    @classmethod
+    def from_spare(cls, directory: str, fd: int, header: SegmentHeader, datasync: FsyncFn) -> ActiveSegment:
+        """The prepared ``next.wal.tmp`` (``prepare_spare``, descriptor ``fd``) as the next active
+        segment: ``header`` is written into it and fdatasynced. It keeps the spare's name until
+        ``become_current``. On an OSError the descriptor is left open (the caller owns it)."""
+        os.pwrite(fd, header.encode(), 0)
+        datasync(fd)
+        return cls(os.path.join(directory, SPARE), fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
+
+    def become_current(self) -> None:
+        """Rename the segment (a spare) to ``current.wal``; no directory fsync (the caller's)."""
+        path = os.path.join(os.path.dirname(self.path), CURRENT)
+        os.rename(self.path, path)
+        self.path = path
 
     @classmethod
     def recover(

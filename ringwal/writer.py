@@ -105,7 +105,7 @@ class Writer:
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
         name = config.serializer.name
-        self.wal = wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync, prior=self._prior)
+        self.wal = wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync, prior=self._prior, at=self._at)
         side: WriterSide | None = None
         try:
             self.dir = wal.dir
@@ -205,7 +205,9 @@ class Writer:
             pass
 
     def _at(self, point: str) -> None:
-        """A named crash point: the tests' subclass kills the process here."""
+        """A named crash point: the tests' subclass kills the process here. The drain's
+        (``ring.py``), ``synced``, and the rotation's (``seglog.py``, "Rotation"; ``spare``,
+        ``named`` and ``indexed`` on the log's background thread)."""
 
     def sync(self) -> None:
         """One fdatasync covering every record written so far (group commit); wake its waiters."""
