@@ -64,15 +64,15 @@ Rotation order and its crash windows (each is killed at, with a real SIGKILL, in
 The next segment is prepared ahead of time by a background thread (``_Background``: one
 thread of this process, jobs in order): ``next.wal.tmp`` is created, preallocated to
 ``segment_size`` and fsynced (``segment.prepare_spare``). So the writer, which drains the
-ring on its own thread, waits at a rotation only for the seal of the segment it closes, one
-fdatasync of a 64-byte header, two renames and one directory fsync; never for a
-preallocation, a file creation or the index. The steps, on the writer's thread:
+ring on its own thread, makes two fsync calls at a rotation: the seal of the segment it
+closes and one directory fsync (and two renames); never a preallocation, a file creation
+or the index. The steps (the writer waits for the spare first if it is not ready yet):
 
 1. seal ``current.wal`` (truncate the preallocated tail, fsync)                 ``sealed``
    -> crash: a complete current.wal (and maybe next.wal.tmp); the next open continues
    current.wal and removes next.wal.tmp.
-2. write the new header (first seq = the next seq) into next.wal.tmp, fdatasync   ``header``
-   (waiting first for the spare if the thread has not finished it)
+2. write the new header (first seq = the next seq) into next.wal.tmp; its fdatasync runs
+   on the background thread while this one runs step 1; both done before 3       ``header``
    -> crash: the same; the spare's header is never read (it is not a segment's name).
 3. rename current.wal to the next ``NNNNNN.wal`` (one above the highest on disk), fsync
    the directory                                                                  ``renamed``
@@ -650,33 +650,43 @@ class SegmentLog:
         module docstring, "Rotation", names the crash window after each step)."""
         d = self.dir
         seg = self._seg
-        # 1. Crash after this: a complete, fsynced current.wal that the next open continues.
-        try:
-            seg.seal(self._fsync)
-        except OSError as exc:
-            raise self._fsync_failed(exc, FSYNC_SEAL) from exc
-        self._at("sealed")
         name = segment_name(self._next_number)
         target = os.path.join(d, name)
         if os.path.exists(target):
             raise CorruptSegmentError(f"{target} already exists; refusing to overwrite a segment", path=target)
         try:
-            fd = self._take_spare()
-            # 2. Crash after this: as after 1; next.wal.tmp holds a header nobody reads.
-            try:
-                new = ActiveSegment.from_spare(
-                    d, fd, SegmentHeader(self.serializer_name, seg.next_seq, self._clock()), self._fdatasync
-                )
-            except BaseException:
-                os.close(fd)
-                raise
-            self._at("header")
+            new = ActiveSegment.from_spare(
+                d, self._take_spare(), SegmentHeader(self.serializer_name, seg.next_seq, self._clock())
+            )
+        except BaseException as exc:
+            raise self._fail(exc, "rotating current.wal") from exc
+        # Steps 1 and 2 run at once: the new header's fdatasync on the background thread
+        # while this one seals; both are done before step 3.
+        header = self._background().submit("the fdatasync of the new header in next.wal.tmp", new.sync, self._fdatasync)
+        # 1. Crash after this: a complete, fsynced current.wal that the next open continues.
+        try:
+            seg.seal(self._fsync)
+        except OSError as exc:
+            _wait(header)
+            new.close()
+            raise self._fsync_failed(exc, FSYNC_SEAL) from exc
+        self._at("sealed")
+        # 2. Crash after this: as after 1; next.wal.tmp holds a header nobody reads.
+        _wait(header)
+        try:
+            self._check_background()
+        except BaseException:
+            new.close()
+            raise
+        self._at("header")
+        try:
             # 3. Crash after the rename: NNNNNN.wal, no current.wal; the next open removes the
             #    spare and starts a current.wal after NNNNNN.wal. Either name may be what a
             #    power cut shows until the directory fsync, which must come before step 4.
             os.rename(seg.path, target)
             fsync_dir(d, self._fsync)
         except BaseException as exc:
+            new.close()
             raise self._fail(exc, "rotating current.wal") from exc
         self._at("renamed")
         self._next_number += 1
@@ -918,6 +928,12 @@ class SegmentLog:
         last = seg.next_seq - 1 if seg is not None else 0
         name = getattr(self, "serializer_name", "?")
         return f"<SegmentLog {getattr(self, 'dir', '?')} {state} serializer={name!r} last_seq={last}>"
+
+
+def _wait(job: Future[Any]) -> None:
+    """Wait for a background job; its failure, if any, is in ``_Background.error``."""
+    with contextlib.suppress(BaseException):
+        job.result()
 
 
 def _fsync_quietly(fsync: FsyncFn) -> FsyncFn:

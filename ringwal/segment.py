@@ -886,12 +886,16 @@ class ActiveSegment:
         return cls(path, fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
 
     @classmethod
-    def from_spare(cls, directory: str, fd: int, header: SegmentHeader, datasync: FsyncFn) -> ActiveSegment:
-        """The prepared ``next.wal.tmp`` (``prepare_spare``, descriptor ``fd``) as the next active
-        segment: ``header`` is written into it and fdatasynced. It keeps the spare's name until
-        ``become_current``. On an OSError the descriptor is left open (the caller owns it)."""
-        os.pwrite(fd, header.encode(), 0)
-        datasync(fd)
+    def from_spare(cls, directory: str, fd: int, header: SegmentHeader) -> ActiveSegment:
+        """The prepared ``next.wal.tmp`` (``prepare_spare``, descriptor ``fd``, now owned by the
+        segment) as the next active segment: ``header`` is written into it, not synced (the
+        caller fdatasyncs it, ``sync``, before the file may take the name ``current.wal``).
+        It keeps the spare's name until ``become_current``. On an OSError ``fd`` is closed."""
+        try:
+            os.pwrite(fd, header.encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(os.path.join(directory, SPARE), fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
 
     def become_current(self) -> None:
