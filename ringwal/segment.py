@@ -217,12 +217,15 @@ def read_file(path: str) -> bytes:
 
 
 def read_fd(fd: int, start: int = 0) -> bytes:
-    """Everything in an open file from ``start`` to its end (the file may be growing)."""
+    """Everything in an open file from ``start`` to its end (the file may be growing).
+
+    One read of the size ``fstat`` gives, then reads of at most 64 KiB past it until one
+    returns nothing: a reader holds one segment's bytes, not a megabyte more for the probe."""
     size = os.fstat(fd).st_size
     chunks = []
     pos = start
     while True:
-        chunk = os.pread(fd, max(size - pos, 1 << 20), pos)
+        chunk = os.pread(fd, max(size - pos, 1 << 16), pos)
         if not chunk:
             break
         chunks.append(chunk)
