@@ -557,6 +557,7 @@ class SegmentLog:
             seg.append_frame(body, count)
         except BaseException as exc:
             raise self._fail(exc, "writing to current.wal") from exc
+        self._write_back(seg)
         return first
 
     def write_records(self, records: Sequence[bytes]) -> int:
@@ -598,7 +599,17 @@ class SegmentLog:
                 i = j
         except BaseException as exc:
             raise self._fail(exc, "writing to current.wal") from exc
+        self._write_back(seg)
         return first
+
+    def _write_back(self, seg: ActiveSegment) -> None:
+        """Have the kernel start writing what gathered in current.wal (``segment.WRITEBACK_EVERY``).
+        A failure is taken as a failed fdatasync (poison on doubt): the frames after the
+        durable end are declared lost, never acknowledged."""
+        try:
+            seg.write_back()
+        except OSError as exc:
+            raise self._fsync_failed(exc, FSYNC_DATASYNC) from exc
 
     def flush(self) -> None:
         """Rotate ``current.wal`` if it holds records and is older than ``segment_duration``.
@@ -886,13 +897,21 @@ class SegmentLog:
         return LogFailedError(f"{self.dir}: {what} failed ({exc!r}); the log accepts no more work: close and reopen it")
 
     def close(self) -> None:
-        """Sync (unless the log failed), wait for the background thread (the index), close
-        current.wal and remove the spare, release the lock. Idempotent."""
+        """Sync (unless the log failed), give back current.wal's preallocated space, wait for
+        the background thread (the index), close current.wal and remove the spare, release the
+        lock. Idempotent. A closed log holds its frames and no preallocated space; the next
+        writer preallocates again."""
         if self._closed:
             return
         try:
             if self._failed is None:
                 self.sync()
+                # After the sync: what goes is zeros past the last frame. Not fsynced: after a
+                # power cut either length reads the same (zeros are the end of the data).
+                try:
+                    self._seg.trim()
+                except OSError as exc:
+                    log.warning("%s: could not give back current.wal's preallocated space: %r", self.dir, exc)
         finally:
             self._closed = True
             self._seg.close()

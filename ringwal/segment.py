@@ -85,7 +85,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._fileutil import FsyncFn, fsync_dir, preallocate, writer_holds_lock
+from ._fileutil import FsyncFn, fsync_dir, preallocate, start_writeback, writer_holds_lock
 from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError, NoLogError
 from .format import (
     FORMAT_VERSION,
@@ -167,6 +167,12 @@ REREAD_DELAYS: tuple[float, ...] = (0.0, 0.002, 0.01, 0.04, 0.15, 0.3, 0.5)
 
 #: Bytes a scan that does not read a whole file loads at a time (a larger frame is read whole).
 READ_CHUNK = 1 << 20
+
+#: The active segment asks the kernel to start writing its frames to the disk every this many
+#: bytes (``ActiveSegment.write_back``), so that the fsync that seals it at a rotation, and a
+#: group commit's fdatasync, find little left to write: the writer does not stall for a
+#: whole segment's worth of writes at each rotation (RocksDB's ``wal_bytes_per_sync``).
+WRITEBACK_EVERY = 1 << 20
 
 _FileState = tuple[int, int, int, int, int]  # offset, inode, size, mtime, ctime
 
@@ -844,6 +850,7 @@ class ActiveSegment:
 
     fd: int | None = None
     kept: str | None = None  # recover: the file the cut bytes were kept in
+    _written_back = 0  # write_back started the kernel's writeback up to here
 
     def __init__(
         self,
@@ -971,6 +978,15 @@ class ActiveSegment:
         self.records += count
         return size
 
+    def write_back(self) -> None:
+        """Start the kernel writing the frames written since the last call to the disk, once
+        ``WRITEBACK_EVERY`` bytes have gathered (``_fileutil.start_writeback``; no waiting, no
+        durability: only ``sync`` and ``seal`` make frames durable). Raises OSError."""
+        start = self._written_back
+        if self.write_pos - start >= WRITEBACK_EVERY:
+            start_writeback(self._fd(), start, self.write_pos - start)
+            self._written_back = self.write_pos
+
     def sync(self, datasync: FsyncFn) -> None:
         """fdatasync the file; on success every frame written so far is durable."""
         pos, nxt = self.write_pos, self.next_seq
@@ -983,6 +999,11 @@ class ActiveSegment:
         os.ftruncate(fd, self.write_pos)
         fsync(fd)
         self.durable_pos, self.durable_next = self.write_pos, self.next_seq
+
+    def trim(self) -> None:
+        """Drop the preallocated zeros after the last frame (an ftruncate, no fsync: a file of
+        either length reads the same). For a log being closed; the next writer preallocates."""
+        os.ftruncate(self._fd(), self.write_pos)
 
     def cut_back(self, pos: int) -> None:
         """Drop every frame from ``pos`` on (an ftruncate, no fsync: after a failed fsync this

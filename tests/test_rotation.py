@@ -172,6 +172,39 @@ def test_close_removes_the_spare_and_the_next_open_removes_a_stray_one(tmp_path)
     assert [x.seq for x in replay(cfg.dir)] == list(range(1, first + 2))
 
 
+def test_a_clean_close_gives_back_the_preallocated_space_and_the_next_open_takes_it_again(tmp_path):
+    cfg = Config(dir=str(tmp_path / "wal"), segment_size=1 << 20)
+    cur = os.path.join(cfg.dir, CURRENT)
+    with SegmentLog(cfg, "binary") as sl:
+        sl.write_body(frame(rec(1)), 1)
+        end = sl._seg.write_pos
+        assert os.path.getsize(cur) == 1 << 20  # preallocated while open
+    assert os.path.getsize(cur) == end and SPARE not in os.listdir(cfg.dir)
+    with SegmentLog(cfg, "binary") as sl:
+        assert os.path.getsize(cur) == 1 << 20
+        assert sl.write_body(frame(rec(2)), 1) == 2
+    assert [x.seq for x in replay(cfg.dir)] == [1, 2]
+
+
+def test_start_writeback_starts_writing_and_reports_a_call_that_fails(tmp_path):
+    from ringwal._fileutil import start_writeback
+
+    fd = os.open(str(tmp_path / "f"), os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"x" * (3 << 20))
+        start_writeback(fd, 0, 3 << 20)  # the kernel starts writing; nothing to wait for
+    finally:
+        os.close(fd)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError) as info:
+            start_writeback(w, 0, 4096)
+        assert info.value.errno == errno.ESPIPE
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 # ----------------------------------------------------------------- a real writer, SIGKILLed
 
 ROTATION_POINTS = ["sealed", "header", "renamed", "current", "named", "spare", "indexed"]
