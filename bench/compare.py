@@ -561,7 +561,7 @@ def replay_bench(base, n, runs, have_redis):
     data = b"r" * 100
     try:
         wdir = os.path.join(d, "wal")
-        with WAL(Config(dir=wdir)) as w:  # default 2 MiB segments
+        with WAL(Config(dir=wdir)) as w:  # the default Config (16 MiB segments)
             recs = [Record(1, 0, data)] * 10_000
             for _ in range(n // 10_000):
                 w.append_many(recs)
