@@ -249,7 +249,8 @@ class SegmentLog:
     From ``config`` it uses ``dir``, ``segment_size`` and ``segment_duration``.
     ``clock`` (wall, ns since the epoch), ``monotonic`` (ns, any origin), ``fsync`` and
     ``fdatasync`` are fault seams for tests; ages are measured on ``monotonic`` (see the
-    module docstring, "Clocks"). ``fsync`` is also called from the background thread.
+    module docstring, "Clocks"). ``fsync`` and ``fdatasync`` are also called from the background
+    thread (module docstring, "Rotation"), so a seam must be thread-safe.
     ``at(name)`` is called at each named crash point of a rotation (module docstring,
     "Rotation"; the writer passes its own, which tests override to SIGKILL there).
     """
