@@ -4,9 +4,9 @@ Every system runs the same workload on the same disk, each producer a separate p
 (forked), the systems interleaved run by run so that drift on a noisy machine hits all alike:
 
 * ``ringwal``      ringwal.open handles and a ``ringwal serve`` writer (group commit) with
-                   ``--segment-size`` 64 MiB (``--ringwal-segment-size``): the default 2 MiB
-                   rotates hundreds of times a second at these rates, each rotation several
-                   fsyncs (the default is measured too: ``--ringwal-segment-size 2097152``);
+                   the default ``Config`` (``--ringwal-segment-size`` sets another
+                   ``segment_size``); each producer builds a ``Record(1, time.time_ns(), data)``
+                   per append, as a user writes it;
 * ``sqlite``       stdlib sqlite3, WAL mode, ``busy_timeout`` 10 s, one row per record in an
                    ``INTEGER PRIMARY KEY`` table; ``synchronous=FULL`` when durable,
                    ``NORMAL`` when OS-buffered; ``BEGIN IMMEDIATE`` ... ``COMMIT`` per batch;
@@ -139,7 +139,7 @@ class RingwalClient:
         self._append = self.h.append
 
     def append(self, data):
-        self._append(Record(1, 0, data))
+        self._append(Record(1, time.time_ns(), data))
 
     def sync(self):
         self.h.sync()
@@ -427,7 +427,7 @@ def producer_main(system, cfg, idx, every, size, seconds, start, out):
 class Setup:
     """Starts what a system needs for one run; ``cfg`` goes to every producer."""
 
-    segment_size = 64 << 20
+    segment_size: int | None = None  # None: the default Config's
 
     def __init__(self, system, base, every, producers, size=100):
         self.system = system
@@ -448,8 +448,9 @@ class Setup:
         from ringwal.ring import unlink_names
 
         unlink_names(self.dir)  # a ring left by a deleted directory that had this one's inode (a killed run)
+        size = [] if self.segment_size is None else ["--segment-size", str(self.segment_size)]
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "ringwal", "serve", "--dir", self.dir, "--segment-size", str(self.segment_size),
+            [sys.executable, "-m", "ringwal", "serve", "--dir", self.dir, *size,
              "--producer-slots", str(max(16, producers))],  # the default (16) is sized for a 64 MiB /dev/shm
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -612,7 +613,7 @@ def replay_bench(base, n, runs, have_redis):
     data = b"r" * 100
     try:
         wdir = os.path.join(d, "wal")
-        with WAL(Config(dir=wdir)) as w:  # default 2 MiB segments
+        with WAL(Config(dir=wdir)) as w:  # the default Config (16 MiB segments)
             recs = [Record(1, 0, data)] * 10_000
             for _ in range(n // 10_000):
                 w.append_many(recs)
@@ -825,7 +826,7 @@ def main() -> None:
     ap.add_argument("--no-replay", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 run, 0.5 s, 100-byte records, 4 and 16 producers")
     ap.add_argument("--report", metavar="DIR", help="write results.json, README.md and PNG plots here")
-    ap.add_argument("--ringwal-segment-size", type=int, default=64 << 20, help="segment_size of the ringwal writer (bytes)")
+    ap.add_argument("--ringwal-segment-size", type=int, default=None, help="segment_size of the ringwal writer (bytes; default: the default Config's)")
     ap.add_argument("--from-jsonl", metavar="FILE", help="rebuild the report from a saved run's JSON lines (complete cells only)")
     ap.add_argument("--dir", help="where the logs go (default: a temp dir on the project's disk)")
     args = ap.parse_args()
@@ -863,7 +864,7 @@ def main() -> None:
             "runs": args.runs,
             "seconds": args.seconds,
             "systems": systems,
-            "ringwal_segment_size": args.ringwal_segment_size,
+            "ringwal_segment_size": args.ringwal_segment_size or ringwal.Config().segment_size,
         }
         print(json.dumps(meta), flush=True)
         lim = {"bench": "limits", **limits(base, args.runs)}

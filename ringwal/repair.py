@@ -57,6 +57,7 @@ from .holes import Hole, load_holes, write_holes
 from .index import INDEX_NAME, load_index, reconcile, write_index
 from .segment import (
     CURRENT,
+    SPARE,
     TORN,
     Damage,
     Reporter,
@@ -155,7 +156,9 @@ class _Repair:
                 f"{file}: the damaged bytes at offset {off} ({reason}) were the end of the log; whatever seqs they "
                 f"held, if any, are unknown (never readable); the log goes on at seq {expected}"
             )
-        strays = [n for n in os.listdir(d) if n.endswith(_TMP_SUFFIX) or n in ("current.wal.tmp", "wal_index.json.tmp")]
+        strays = [
+            n for n in os.listdir(d) if n.endswith(_TMP_SUFFIX) or n in ("current.wal.tmp", "wal_index.json.tmp", SPARE)
+        ]
         for n in sorted(strays):
             self.say(f"{n}: removed (left by an interrupted writer or repair)")
         index_bad = self._index_needs_rebuild()

@@ -267,7 +267,7 @@ def _serializer_for(header: SegmentHeader, path: str, serializer: Serializer | N
 def _records(scan: SegmentScan, want: int, ser: Serializer, holes: _HoleCheck) -> Iterator[Iterable[Record]]:
     """The records with seq >= want of each valid frame of ``scan``, one iterable per frame."""
     path = scan.path
-    decode = with_batch_methods(ser).decode_batch
+    decode = with_batch_methods(ser).decode_span  # in place: no frame body is copied out
     crossed = scan.crossed
     seen = len(crossed)
     for off, first, count, length in scan.frames():
@@ -278,9 +278,7 @@ def _records(scan: SegmentScan, want: int, ser: Serializer, holes: _HoleCheck) -
                 holes.cross(max(lo, want), found - 1, path)
         if first + count <= want:
             continue
-        start = off - scan.base + FRAME_HEADER_SIZE
-        body = scan.buf[start : start + length]
-        recs = decode(body, count, first, (path, off))
+        recs = decode(scan.buf, off - scan.base + FRAME_HEADER_SIZE, length, count, first, (path, off))
         if first < want:
             recs = islice(recs, want - first, None)
         yield recs

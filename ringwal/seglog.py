@@ -9,7 +9,9 @@ checks against the segments already on disk.
 Two callers drive it: the writer process (``write_body``: a body straight from the ring)
 and ``log.WAL`` (records encoded and buffered in this process, written with
 ``write_records``). It is not thread-safe: one call at a time (``WAL`` holds its mutex
-around every call; the writer process is a single thread).
+around every call; the writer process drains on one thread). It runs one thread of its own,
+which prepares the next segment and writes the index ("Rotation", below) and touches
+nothing a call uses but the files it is given.
 
 Invariants:
 
@@ -19,8 +21,9 @@ Invariants:
   skipped);
 * a frame is written whole at the end of ``current.wal`` and never rewritten; ``sync()``
   returns only after ``fdatasync`` of ``current.wal``; every completed segment was fsynced
-  before its rename and every create/rename/unlink is followed by a directory fsync, so a
-  returned ``sync()`` covers directory entries too; frames a dead writer left in the page
+  before its rename and every create/rename/unlink is followed by a directory fsync before
+  ``sync()`` next returns (the one after a rotation's last rename runs in the background and
+  ``sync()`` waits for it), so a returned ``sync()`` covers directory entries too; frames a dead writer left in the page
   cache are fdatasynced at open, before ``durable_seq`` counts them;
 * any failed write, fsync, rotation or removal step latches the log: every later call raises
   LogFailedError (an fsync is never retried; see ``_fileutil``). Reopen to recover;
@@ -59,16 +62,47 @@ When an fsync fails (docs/FORMAT.md, "When fsync fails")
     (``Prior.acked_seq``), whichever is further. A failed directory fsync loses no record
     (the segment was fsynced before its rename, and every open fsyncs the directory).
 
-Rotation order and its crash windows (each is tested in ``tests/test_crash.py``):
+Rotation order and its crash windows (each is killed at, with a real SIGKILL, in
+``tests/test_crash.py``; the names are the ``at`` crash points)
 
-1. seal ``current.wal`` (truncate the preallocated tail, fsync)
-   -> crash: a complete current.wal; the next open continues it.
-2. rename it to the next ``NNNNNN.wal`` (one above the highest on disk), fsync the directory
-   -> crash: NNNNNN.wal and no current.wal; the next open starts one after it.
-3. create the new ``current.wal`` (via ``current.wal.tmp``)
-   -> crash: a stray .tmp, deleted on the next open.
-4. replace ``wal_index.json`` atomically
-   -> crash: a stale index, rebuilt from the segments on the next open (with a warning).
+The next segment is prepared ahead of time by a background thread (``_Background``: one
+thread of this process, jobs in order): ``next.wal.tmp`` is created, preallocated to
+``segment_size`` and fsynced (``segment.prepare_spare``). So the writer, which drains the
+ring on its own thread, makes two fsync calls at a rotation: the seal of the segment it
+closes and one directory fsync (and two renames); never a preallocation, a file creation
+or the index. The steps (the writer waits for the spare first if it is not ready yet):
+
+1. seal ``current.wal`` (truncate the preallocated tail, fsync)                 ``sealed``
+   -> crash: a complete current.wal (and maybe next.wal.tmp); the next open continues
+   current.wal and removes next.wal.tmp.
+2. write the new header (first seq = the next seq) into next.wal.tmp; its fdatasync runs
+   on the background thread while this one runs step 1; both done before 3       ``header``
+   -> crash: the same; the spare's header is never read (it is not a segment's name).
+3. rename current.wal to the next ``NNNNNN.wal`` (one above the highest on disk), fsync
+   the directory                                                                  ``renamed``
+   -> crash: NNNNNN.wal, no current.wal, next.wal.tmp with a header; the next open removes
+   the spare and creates a current.wal after the last segment (as before spares existed).
+   This fsync comes before step 4 so that step 4's rename can never be durable without
+   this one: current.wal would then name the new file and the sealed one be lost.
+4. rename next.wal.tmp to current.wal                                            ``current``
+   -> crash (process): the new, empty current.wal; the next open continues it. Power loss
+   before the directory fsync of step 5: either name may be what the disk shows; with
+   next.wal.tmp it is the case after step 3. Nothing in it was acknowledged (step 5).
+5. in the background: fsync the directory (current.wal's name durable)            ``named``;
+   ``sync()`` waits for this job before it reports any seq durable, so an acknowledged
+   record is never in a file whose name a power loss could take back. Then prepare the
+   next spare (``spare``), then replace ``wal_index.json`` atomically           ``indexed``
+   -> crash before the index: a stale index, rebuilt from the segments on the next open
+   (with a warning); before the spare: none, or a partly built next.wal.tmp (removed).
+
+The background thread's first failure (an fsync, a preallocation on a full disk) is kept
+and every later job skipped; it latches the log at the next rotation, ``sync`` or
+``close`` (LogFailedError, as a failure on the writer's thread would): an fsync is never
+retried. None of these failures loses a record: the sealed segment was fsynced before its
+rename, and every open fsyncs the directory. ``close`` waits for the thread (so the index is
+current for the next writer), then closes and removes the spare. The index written at open
+and by retention goes through the same thread once it runs, so two writes of
+``wal_index.json.tmp`` never overlap.
 
 Clocks. Two are used, both seams: ``clock`` (wall, ns since the epoch) for what humans read
 and what outlives this process -- the segment header's created time and the index's
@@ -95,12 +129,14 @@ writer whose clock was later corrected.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple, TypeVar
 
 from . import _fileutil
 from ._fileutil import DirLock, FsyncFn, check_directory, fsync_dir
@@ -134,11 +170,13 @@ from .record import check_seq
 from .segment import (
     CURRENT,
     LOST,
+    SPARE,
     TORN,
     ActiveSegment,
     SegmentScan,
     data_end,
     keep_aside,
+    prepare_spare,
     read_file,
     read_header,
     segment_name,
@@ -150,7 +188,49 @@ __all__ = ["LostRange", "Prior", "SegmentLog"]
 
 log = logging.getLogger("ringwal")
 
-_TMP_NAMES = ("current.wal.tmp", "wal_index.json.tmp")
+_TMP_NAMES = ("current.wal.tmp", "wal_index.json.tmp", SPARE)
+
+_T = TypeVar("_T")
+
+
+def _no_crash_point(name: str) -> None:
+    """The default ``at`` seam: crash points are named, nothing happens at them."""
+
+
+class _Background:
+    """One thread that runs jobs in order, off the writer's path (module docstring, "Rotation").
+
+    ``error`` is (what, exception) of the first job that failed; every job after it is
+    skipped (its future raises RuntimeError), so an fsync is never retried. The owner turns
+    ``error`` into its latch.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringwal-segments")
+        self._pid = os.getpid()
+        self.error: tuple[str, BaseException] | None = None
+
+    def submit(self, what: str, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        if os.getpid() != self._pid:
+            # A fork copies no threads: a job submitted here would never run, and whoever
+            # waits for it would wait forever. The log belongs to the process that opened it.
+            raise ClosedError(
+                f"{what}: this log was opened in process {self._pid}, before a fork; open it again in this process"
+            )
+        return self._pool.submit(self._run, what, fn, *args)
+
+    def _run(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
+        if self.error is not None:
+            raise RuntimeError(f"{what}: skipped after an earlier failure ({self.error[0]})")
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            self.error = (what, exc)
+            raise
+
+    def close(self) -> None:
+        """Wait for every job submitted, then stop the thread. Idempotent."""
+        self._pool.shutdown(wait=True)
 
 
 class Prior(NamedTuple):
@@ -191,7 +271,10 @@ class SegmentLog:
     From ``config`` it uses ``dir``, ``segment_size`` and ``segment_duration``.
     ``clock`` (wall, ns since the epoch), ``monotonic`` (ns, any origin), ``fsync`` and
     ``fdatasync`` are fault seams for tests; ages are measured on ``monotonic`` (see the
-    module docstring, "Clocks").
+    module docstring, "Clocks"). ``fsync`` and ``fdatasync`` are also called from the background
+    thread (module docstring, "Rotation"), so a seam must be thread-safe.
+    ``at(name)`` is called at each named crash point of a rotation (module docstring,
+    "Rotation"; the writer passes its own, which tests override to SIGKILL there).
     """
 
     # Class-level defaults, so close() and repr work on a half-built object.
@@ -202,6 +285,9 @@ class SegmentLog:
     lost: LostRange | None = None
     #: The lost range recovery continued after (a recorded hole at the end of the log); None otherwise.
     recovered_loss: LostRange | None = None
+    _bg: _Background | None = None
+    _spare: Future[int] | None = None  # the next segment, being prepared (a descriptor)
+    _named: Future[None] | None = None  # the directory fsync after a rotation's last rename
     _seg: ActiveSegment  # set by _open_storage; absent while it has not succeeded
     log_id: bytes  # the log's identity (LOG_ID_SIZE bytes), in every segment header it writes
     _seg_born: int  # monotonic ns at which current.wal had age 0
@@ -217,6 +303,7 @@ class SegmentLog:
         fsync: FsyncFn = os.fsync,
         fdatasync: FsyncFn = _fileutil.fdatasync,
         prior: Callable[[], Prior | None] | None = None,
+        at: Callable[[str], None] = _no_crash_point,
     ) -> None:
         config.validate()
         _check_name(serializer_name)
@@ -226,6 +313,7 @@ class SegmentLog:
         self._mono = monotonic
         self._fsync = fsync
         self._fdatasync = fdatasync
+        self._at = at
         self._segment_size = config.segment_size
         self._duration_ns = int(config.segment_duration * 1e9)
         self.dir = check_directory(config.dir, create=True, group=config.group)
@@ -259,6 +347,8 @@ class SegmentLog:
             os.close(self._dir_fd)
             raise
         self._durable_seq = self._seg.next_seq - 1
+        self._bg = _Background()
+        self._prepare_next()
         self._closed = False
 
     # ----------------------------------------------------------------- recovery
@@ -532,6 +622,7 @@ class SegmentLog:
             raise  # latched by _fsync_failed: keep its cause (the OSError)
         except BaseException as exc:
             raise self._fail(exc, "writing to current.wal") from exc
+        self._write_back(seg)
         return first
 
     def write_records(self, records: Sequence[bytes]) -> int:
@@ -575,7 +666,17 @@ class SegmentLog:
             raise  # latched by _fsync_failed: keep its cause (the OSError)
         except BaseException as exc:
             raise self._fail(exc, "writing to current.wal") from exc
+        self._write_back(seg)
         return first
+
+    def _write_back(self, seg: ActiveSegment) -> None:
+        """Have the kernel start writing what gathered in current.wal (``segment.WRITEBACK_EVERY``).
+        A failure is taken as a failed fdatasync (poison on doubt): the frames after the
+        durable end are declared lost, never acknowledged."""
+        try:
+            seg.write_back()
+        except OSError as exc:
+            raise self._fsync_failed(exc, FSYNC_DATASYNC) from exc
 
     def flush(self) -> None:
         """Rotate ``current.wal`` if it holds records and is older than ``segment_duration``.
@@ -584,6 +685,7 @@ class SegmentLog:
         periodically so that an idle log still closes its segment on time.
         """
         self.check_open()
+        self._check_background()
         self._rotate_if_expired()
 
     def sync(self) -> int:
@@ -604,7 +706,10 @@ class SegmentLog:
                 raise  # latched by _fsync_failed: keep its cause (the OSError)
             except BaseException as exc:
                 raise self._fail(exc, "fdatasync of current.wal") from exc
+            # A record is acknowledged only once a power cut cannot take back the name of its file.
+            self._await_named()
             self._durable_seq = seg.next_seq - 1
+        self._check_background()
         return self._durable_seq
 
     def continue_at(self, seq: int) -> None:
@@ -676,37 +781,140 @@ class SegmentLog:
                 raise self._fail(exc, "rotating current.wal") from exc
 
     def _rotate(self, next_first: int | None = None) -> None:
-        """Seal current.wal and start a new one at ``next_first`` (default: the next seq; a
-        larger one only over recorded holes, see ``continue_at``)."""
+        """Close current.wal as the next NNNNNN.wal and continue in the prepared spare, which
+        starts at ``next_first`` (default: the next seq; a larger one only over recorded
+        holes, see ``continue_at``). The module docstring, "Rotation", names the crash window
+        after each step."""
         d = self.dir
         seg = self._seg
-        # 1. Crash after this: a complete, fsynced current.wal that the next open continues.
-        try:
-            seg.seal(self._fsync)
-        except OSError as exc:
-            raise self._fsync_failed(exc, FSYNC_SEAL) from exc
         name = segment_name(self._next_number)
         target = os.path.join(d, name)
         if os.path.exists(target):
             raise CorruptSegmentError(f"{target} already exists; refusing to overwrite a segment", path=target)
-        # 2. Crash after the rename: NNNNNN.wal and no current.wal; the next open starts a new
-        #    current.wal after it. Either name may be what a reboot shows until the dir fsync.
-        os.rename(seg.path, target)
-        fsync_dir(d, self._fsync)
+        try:
+            new = ActiveSegment.from_spare(
+                d,
+                self._take_spare(),
+                SegmentHeader(
+                    self.serializer_name,
+                    seg.next_seq if next_first is None else next_first,
+                    self._clock(),
+                    self.log_id,
+                ),
+            )
+        except BaseException as exc:
+            raise self._fail(exc, "rotating current.wal") from exc
+        # Steps 1 and 2 run at once: the new header's fdatasync on the background thread
+        # while this one seals; both are done before step 3.
+        header = self._background().submit("the fdatasync of the new header in next.wal.tmp", new.sync, self._fdatasync)
+        # 1. Crash after this: a complete, fsynced current.wal that the next open continues.
+        try:
+            seg.seal(self._fsync)
+        except OSError as exc:
+            _wait(header)
+            new.close()
+            raise self._fsync_failed(exc, FSYNC_SEAL) from exc
+        self._at("sealed")
+        # 2. Crash after this: as after 1; next.wal.tmp holds a header nobody reads.
+        _wait(header)
+        try:
+            self._check_background()
+        except BaseException:
+            new.close()
+            raise
+        self._at("header")
+        try:
+            # 3. Crash after the rename: NNNNNN.wal, no current.wal; the next open removes the
+            #    spare and starts a current.wal after NNNNNN.wal. Either name may be what a
+            #    power cut shows until the directory fsync, which must come before step 4.
+            os.rename(seg.path, target)
+            fsync_dir(d, self._fsync)
+        except BaseException as exc:
+            new.close()
+            raise self._fail(exc, "rotating current.wal") from exc
+        self._at("renamed")
         self._next_number += 1
         entry = IndexEntry(name, seg.first_seq, seg.next_seq - 1, seg.write_pos, seg.header.created_ns, self._clock())
         self._entries.append(entry)
         self._closed_at[name] = self._mono()
         seg.close()
-        # 3. Crash here: no current.wal, maybe a current.wal.tmp; the next open recreates it.
-        first = seg.next_seq if next_first is None else next_first
-        self._seg = ActiveSegment.create(
-            d, SegmentHeader(self.serializer_name, first, self._clock(), self.log_id), self._segment_size, self._fsync
-        )
+        self._seg = new
         self._seg_born = self._mono()
-        # 4. Crash before this completes: a stale index, rebuilt on the next open.
-        write_index(d, self.serializer_name, self._entries, self._fsync)
+        # 4. Crash after the rename (a process): the new, empty current.wal, continued. A
+        #    power cut before step 5's directory fsync may show next.wal.tmp instead: as 3.
+        try:
+            new.become_current()
+        except BaseException as exc:
+            raise self._fail(exc, "rotating current.wal") from exc
+        self._at("current")
+        # 5. In the background: current.wal's name made durable (sync() waits for it), the
+        #    next spare, the index. A crash before the index is written: a stale index,
+        #    rebuilt (with a warning) on the next open.
+        bg = self._background()
+        self._named = bg.submit("the directory fsync after a rotation", self._name_current)
+        self._prepare_next()
+        self._write_index()
         log.debug("rotated %s (seqs %d-%d, %d bytes)", name, entry.first_seq, entry.last_seq, entry.size)
+
+    # ----------------------------------------------------------------- the background thread
+
+    def _background(self) -> _Background:
+        bg = self._bg
+        if bg is None:
+            raise ClosedError(f"the log in {self.dir} is closed")
+        return bg
+
+    def _name_current(self) -> None:
+        fsync_dir(self.dir, self._fsync)
+        self._at("named")
+
+    def _prepare_next(self) -> None:
+        """Have the background thread prepare the next segment (next.wal.tmp)."""
+        self._spare = self._background().submit("preparing next.wal.tmp", self._make_spare)
+
+    def _make_spare(self) -> int:
+        fd = prepare_spare(self.dir, self._segment_size, self._fsync)
+        self._at("spare")
+        return fd
+
+    def _take_spare(self) -> int:
+        """The prepared spare's descriptor (waiting for the thread if it is still at it)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(BaseException):
+                return spare.result()  # a failure is in bg.error
+        self._check_background()
+        raise LogFailedError(f"{self.dir}: no next segment was prepared")  # not reached: the thread failed
+
+    def _write_index(self, *, wait: bool = False) -> None:
+        """Replace wal_index.json with the current entries on the background thread (in order
+        with every other write of it); with ``wait``, return once it is replaced."""
+        entries = list(self._entries)
+
+        def write() -> None:
+            write_index(self.dir, self.serializer_name, entries, self._fsync)
+            self._at("indexed")
+
+        done = self._background().submit("writing wal_index.json", write)
+        if wait:
+            with contextlib.suppress(BaseException):
+                done.result()  # a failure is in bg.error
+            self._check_background()
+
+    def _check_background(self) -> None:
+        """Latch with the background thread's first failure, if it had one."""
+        bg = self._bg
+        if bg is not None and bg.error is not None:
+            what, exc = bg.error
+            raise self._fail(exc, what)
+
+    def _await_named(self) -> None:
+        """Wait until current.wal's name is durable (step 5 of the last rotation)."""
+        named, self._named = self._named, None
+        if named is not None:
+            with contextlib.suppress(BaseException):
+                named.result()  # a failure (its own or an earlier job's) is in bg.error
+            self._check_background()
 
     # ----------------------------------------------------------------- retention
 
@@ -769,9 +977,12 @@ class SegmentLog:
                 self._entries = self._entries[n:]
                 for e in victims:
                     self._closed_at.pop(e.file, None)
-                write_index(self.dir, self.serializer_name, self._entries, self._fsync)
+                # A crash before this: a stale index naming files that are gone, rebuilt by the
+                # next writer. Written by the background thread (never two writes at once),
+                # waited for: retention is not on the writer's hot path.
+                self._write_index(wait=True)
             except LogFailedError:
-                raise  # latched by _fsync_failed: keep its cause (the OSError)
+                raise  # latched already: keep its cause
             except BaseException as exc:
                 raise self._fail(exc, "removing old segments") from exc
         return victims, self.first_seq
@@ -853,15 +1064,25 @@ class SegmentLog:
         return LogFailedError(f"{self.dir}: {what} failed ({exc!r}); the log accepts no more work: close and reopen it")
 
     def close(self) -> None:
-        """Sync (unless the log failed), close current.wal, release the lock. Idempotent."""
+        """Sync (unless the log failed), give back current.wal's preallocated space, wait for
+        the background thread (the index), close current.wal and remove the spare, release the
+        lock. Idempotent. A closed log holds its frames and no preallocated space; the next
+        writer preallocates again."""
         if self._closed:
             return
         try:
             if self._failed is None:
                 self.sync()
+                # After the sync: what goes is zeros past the last frame. Not fsynced: after a
+                # power cut either length reads the same (zeros are the end of the data).
+                try:
+                    self._seg.trim()
+                except OSError as exc:
+                    log.warning("%s: could not give back current.wal's preallocated space: %r", self.dir, exc)
         finally:
             self._closed = True
             self._seg.close()
+            self._stop_background()
             if self._dirlock is not None:
                 self._dirlock.release()
             os.close(self._dir_fd)
@@ -877,6 +1098,22 @@ class SegmentLog:
             self._dirlock.release()
         os.close(self._dir_fd)
 
+    def _stop_background(self) -> None:
+        bg, self._bg = self._bg, None
+        if bg is None:
+            return
+        bg.close()
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.exception() is None:
+            os.close(spare.result())
+            try:
+                os.unlink(os.path.join(self.dir, SPARE))
+            except OSError:
+                pass  # a stray spare is removed by the next open
+        if bg.error is not None and self._failed is None:
+            what, exc = bg.error  # after the last sync: the index; the next open rebuilds it
+            log.error("%s: %s failed while closing: %r", self.dir, what, exc)
+
     def __enter__(self) -> SegmentLog:
         return self
 
@@ -889,6 +1126,12 @@ class SegmentLog:
         last = seg.next_seq - 1 if seg is not None else 0
         name = getattr(self, "serializer_name", "?")
         return f"<SegmentLog {getattr(self, 'dir', '?')} {state} serializer={name!r} last_seq={last}>"
+
+
+def _wait(job: Future[Any]) -> None:
+    """Wait for a background job; its failure, if any, is in ``_Background.error``."""
+    with contextlib.suppress(BaseException):
+        job.result()
 
 
 def _fsync_quietly(fsync: FsyncFn) -> FsyncFn:

@@ -54,17 +54,26 @@ Reading a live ``current.wal`` (the rule, in full in ``docs/FORMAT.md``)
     if ``current.wal`` was renamed meanwhile, the rest of the file is read as the sealed
     segment it became; otherwise it is corruption.
 
-Sealing and creating (the rotation steps that touch segment files; ``seglog.py`` orders them):
+Sealing and creating (the rotation steps that touch segment files; ``seglog.py`` orders them
+and names the crash window after each):
 
-1. ``seal``: ftruncate the preallocated tail away, fsync. A crash here leaves a complete
-   ``current.wal`` that recovery simply continues.
-2. rename ``current.wal`` -> ``NNNNNN.wal``, fsync the directory. A crash before the
-   directory fsync shows either name after reboot; both states open correctly (with no
-   ``current.wal`` the next writer starts one after the last completed segment).
-3. ``ActiveSegment.create``: the new active segment is built as ``current.wal.tmp`` (header
-   written, space preallocated, fsynced) and renamed into place, then the directory is
-   fsynced. So a ``current.wal`` always has a valid header; a crash leaves at most a stray
-   ``.tmp`` that the next writer deletes.
+* ``prepare_spare`` (ahead of time, off the writer's path): ``next.wal.tmp`` is created,
+  preallocated to ``segment_size`` and fsynced. The name is never a segment's, so no reader
+  opens it and recovery removes it.
+* ``seal``: ftruncate the preallocated tail away, fsync. A crash here leaves a complete
+  ``current.wal`` that recovery simply continues.
+* ``ActiveSegment.from_spare``: the new segment's header is written into the spare and
+  fdatasynced (an overwrite of allocated space), so ``current.wal`` never names a file
+  whose header is not durable.
+* rename ``current.wal`` -> ``NNNNNN.wal``, fsync the directory (before the next rename:
+  that one must never become durable without this one).
+* ``become_current``: rename ``next.wal.tmp`` -> ``current.wal``. Its directory fsync may
+  come later, but before anything in the new segment is acknowledged.
+* ``ActiveSegment.create`` (a new log, or no ``current.wal`` at open): built as
+  ``current.wal.tmp`` (header written, space preallocated, fsynced), renamed into place, the
+  directory fsynced. A crash leaves at most a stray ``.tmp`` that the next writer deletes.
+
+So a ``current.wal`` always has a valid, durable header.
 """
 
 from __future__ import annotations
@@ -76,7 +85,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._fileutil import Access, FsyncFn, create_file, fsync_dir, preallocate, writer_holds_lock
+from ._fileutil import Access, FsyncFn, create_file, fsync_dir, preallocate, start_writeback, writer_holds_lock
 from .errors import ClosedError, CorruptRecordError, CorruptSegmentError, FormatError, NoLogError
 from .format import (
     FORMAT_VERSION,
@@ -108,6 +117,7 @@ __all__ = [
     "NO_WRITER",
     "REREAD_DELAYS",
     "Reporter",
+    "SPARE",
     "SegmentScan",
     "TORN",
     "UNWRITTEN",
@@ -117,6 +127,7 @@ __all__ = [
     "list_segments",
     "log_id",
     "max_durable_claim",
+    "prepare_spare",
     "read_fd",
     "read_file",
     "read_header",
@@ -128,6 +139,10 @@ __all__ = [
 ]
 
 CURRENT = "current.wal"
+#: The next segment, prepared ahead of a rotation (``prepare_spare``). Never a segment name
+#: (neither ``current.wal`` nor ``NNNNNN.wal``), so no reader ever opens it; a writer removes
+#: one it finds at open (docs/FORMAT.md, "Rotation").
+SPARE = "next.wal.tmp"
 _SEGMENT_RE = re.compile(r"^(\d{6,})\.wal$")
 
 #: ``SegmentScan.outcome`` after a walk.
@@ -154,6 +169,12 @@ REREAD_DELAYS: tuple[float, ...] = (0.0, 0.002, 0.01, 0.04, 0.15, 0.3, 0.5)
 
 #: Bytes a scan that does not read a whole file loads at a time (a larger frame is read whole).
 READ_CHUNK = 1 << 20
+
+#: The active segment asks the kernel to start writing its frames to the disk every this many
+#: bytes (``ActiveSegment.write_back``), so that the fsync that seals it at a rotation, and a
+#: group commit's fdatasync, find little left to write: the writer does not stall for a
+#: whole segment's worth of writes at each rotation (RocksDB's ``wal_bytes_per_sync``).
+WRITEBACK_EVERY = 1 << 20
 
 _FileState = tuple[int, int, int, int, int]  # offset, inode, size, mtime, ctime
 
@@ -204,12 +225,15 @@ def read_file(path: str) -> bytes:
 
 
 def read_fd(fd: int, start: int = 0) -> bytes:
-    """Everything in an open file from ``start`` to its end (the file may be growing)."""
+    """Everything in an open file from ``start`` to its end (the file may be growing).
+
+    One read of the size ``fstat`` gives, then reads of at most 64 KiB past it until one
+    returns nothing: a reader holds one segment's bytes, not a megabyte more for the probe."""
     size = os.fstat(fd).st_size
     chunks = []
     pos = start
     while True:
-        chunk = os.pread(fd, max(size - pos, 1 << 20), pos)
+        chunk = os.pread(fd, max(size - pos, 1 << 16), pos)
         if not chunk:
             break
         chunks.append(chunk)
@@ -852,6 +876,31 @@ def scan_file(path: str, *, sealed: bool, holes: Holes | None = None) -> tuple[S
     return scan.header, scan
 
 
+def prepare_spare(directory: str, size: int, fsync: FsyncFn) -> int:
+    """Create (or empty) ``next.wal.tmp`` in ``directory``, preallocate ``size`` bytes (at least
+    a header's) and fsync it; return its descriptor (read-write). Its header is written at the
+    rotation that uses it (``ActiveSegment.from_spare``), when the first seq is known.
+
+    The fsync makes the allocation durable ahead of time, so that the rotation's fdatasync of
+    the header is an overwrite of allocated space. The name is not fsynced into the directory:
+    a spare lost in a crash is only made again (the rotation that uses it fsyncs the
+    directory before acknowledging anything in it). Raises OSError; the caller latches.
+    """
+    path = os.path.join(directory, SPARE)
+    try:  # made fresh: private (the directory's mode: create_file), whatever was there before
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = create_file(path, os.O_RDWR)
+    try:
+        preallocate(fd, max(size, SEGMENT_HEADER_SIZE))
+        fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class ActiveSegment:
     """The open ``current.wal``: appends whole frames at ``write_pos``, syncs, seals.
 
@@ -868,6 +917,7 @@ class ActiveSegment:
 
     fd: int | None = None
     kept: str | None = None  # recover: the file the cut bytes were kept in
+    _written_back = 0  # write_back started the kernel's writeback up to here
 
     def __init__(
         self,
@@ -911,6 +961,25 @@ class ActiveSegment:
             os.close(fd)
             raise
         return cls(path, fd, header, header.size, header.first_seq, 0)
+
+    @classmethod
+    def from_spare(cls, directory: str, fd: int, header: SegmentHeader) -> ActiveSegment:
+        """The prepared ``next.wal.tmp`` (``prepare_spare``, descriptor ``fd``, now owned by the
+        segment) as the next active segment: ``header`` is written into it, not synced (the
+        caller fdatasyncs it, ``sync``, before the file may take the name ``current.wal``).
+        It keeps the spare's name until ``become_current``. On an OSError ``fd`` is closed."""
+        try:
+            os.pwrite(fd, header.encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(os.path.join(directory, SPARE), fd, header, SEGMENT_HEADER_SIZE, header.first_seq, 0)
+
+    def become_current(self) -> None:
+        """Rename the segment (a spare) to ``current.wal``; no directory fsync (the caller's)."""
+        path = os.path.join(os.path.dirname(self.path), CURRENT)
+        os.rename(self.path, path)
+        self.path = path
 
     @classmethod
     def recover(
@@ -976,6 +1045,15 @@ class ActiveSegment:
         self.records += count
         return size
 
+    def write_back(self) -> None:
+        """Start the kernel writing the frames written since the last call to the disk, once
+        ``WRITEBACK_EVERY`` bytes have gathered (``_fileutil.start_writeback``; no waiting, no
+        durability: only ``sync`` and ``seal`` make frames durable). Raises OSError."""
+        start = self._written_back
+        if self.write_pos - start >= WRITEBACK_EVERY:
+            start_writeback(self._fd(), start, self.write_pos - start)
+            self._written_back = self.write_pos
+
     def sync(self, datasync: FsyncFn) -> None:
         """fdatasync the file; on success every frame written so far is durable."""
         pos, nxt = self.write_pos, self.next_seq
@@ -988,6 +1066,11 @@ class ActiveSegment:
         os.ftruncate(fd, self.write_pos)
         fsync(fd)
         self.durable_pos, self.durable_next = self.write_pos, self.next_seq
+
+    def trim(self) -> None:
+        """Drop the preallocated zeros after the last frame (an ftruncate, no fsync: a file of
+        either length reads the same). For a log being closed; the next writer preallocates."""
+        os.ftruncate(self._fd(), self.write_pos)
 
     def cut_back(self, pos: int) -> None:
         """Drop every frame from ``pos`` on (an ftruncate, no fsync: after a failed fsync this

@@ -4,10 +4,12 @@ The frame carries the seq (producers encode before a seq exists), so ``decode`` 
 Every segment header names the serializer its payloads were written with; ``get_serializer``
 finds it by that name, so a reader needs no configuration.
 
-Implementations override two batch methods where they can do better than one call per record:
-``frame_many`` (encode straight into the on-disk record layout, length prefix included) and
-``decode_batch`` (turn a checked frame body into Records). ``BinarySerializer`` decodes a batch
-whose records all have the same length entirely in C; that is replay's fast path.
+Implementations override batch methods where they can do better than one call per record:
+``frame_many`` (encode straight into the on-disk record layout, length prefix included),
+``decode_batch`` (turn a checked frame body into Records) and ``decode_span`` (the same, for a
+body still inside the segment's bytes: replay's call, so a frame is not copied out first).
+``BinarySerializer`` decodes a batch whose records all have the same length entirely in C,
+in place; that is replay's fast path.
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ class BaseSerializer(abc.ABC):
         """Records of a checksum-verified frame body. ``where`` is (path, offset) for errors."""
         decode = self.decode
         return [decode(payload, first_seq + i) for i, payload in enumerate(split_body(body, count, where))]
+
+    def decode_span(
+        self, buf: bytes, start: int, length: int, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)
+    ) -> Sequence[Record] | Iterator[Record]:
+        """Records of the checksum-verified frame body ``buf[start : start + length]`` (replay
+        passes a whole segment's bytes). This default copies the body out for ``decode_batch``;
+        override it to decode in place (the Records must copy what they keep)."""
+        return self.decode_batch(buf[start : start + length], count, first_seq, where)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -190,19 +200,29 @@ class BinarySerializer(BaseSerializer):
     def decode_batch(
         self, body: bytes, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)
     ) -> Sequence[Record] | Iterator[Record]:
-        (n,) = _unpack_len(body, 0) if len(body) >= 4 else (0,)
+        return self.decode_span(body, 0, len(body), count, first_seq, where)
+
+    def decode_span(
+        self, buf: bytes, start: int, length: int, count: int, first_seq: int, where: tuple[str, int] = ("?", 0)
+    ) -> Sequence[Record] | Iterator[Record]:
+        """Decoded in place: the fast path reads ``buf`` through a memoryview (no copy of the
+        body) and copies each record's data into its own ``bytes``."""
+        end = start + length
+        (n,) = _unpack_len(buf, start) if length >= 4 else (0,)
         stride = n + 4
-        if n >= 10 and stride * count == len(body):
+        if n >= 10 and stride * count == length:
             # Fast path: every record has the same length, so one Struct decodes them all in C.
             # The lengths are checked with four strided byte-slice compares, also in C.
             lb = n.to_bytes(4, "little")
             # Type 0 (reserved) needs both type bytes zero in one record; when no record has a
             # zero low byte (or none a zero high byte) there is none.
-            if all(body[k::stride] == lb[k : k + 1] * count for k in range(4)) and (
-                0 not in body[4::stride] or 0 not in body[5::stride]
+            if all(buf[start + k : end : stride] == lb[k : k + 1] * count for k in range(4)) and (
+                0 not in buf[start + 4 : end : stride] or 0 not in buf[start + 5 : end : stride]
             ):
                 s = _uniform_struct(n - 10)
+                body = buf if start == 0 and end == len(buf) else memoryview(buf)[start:end]
                 return map(_tuple_new, repeat(Record), map(add, s.iter_unpack(body), zip(_count(first_seq))))
+        body = buf[start:end]
         out: list[Record] = []
         append = out.append
         unpack = self._FRAMED.unpack_from

@@ -31,7 +31,7 @@ from .errors import FormatError
 from .format import MAX_FRAME_BODY, describe_walk, walk_records
 from .holes import HOLES_NAME, Hole, Holes, load_holes
 from .index import INDEX_NAME, load_index
-from .segment import CURRENT, LOST, TORN, LiveWriter, SegmentScan, list_segments, require_log, segment_number
+from .segment import CURRENT, LOST, SPARE, TORN, LiveWriter, SegmentScan, list_segments, require_log, segment_number
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -249,7 +249,10 @@ def verify(directory: str | os.PathLike[str], progress: Callable[[int, int], obj
     if progress is not None:
         progress(total, total)
     _check_index(directory, found, report)
-    for stray in ("current.wal.tmp", "wal_index.json.tmp"):
+    strays = ["current.wal.tmp", "wal_index.json.tmp"]
+    if not writer_holds_lock(directory):  # a running writer keeps its next segment ready there
+        strays.append(SPARE)
+    for stray in strays:
         if os.path.exists(os.path.join(directory, stray)):
             report.notes.append(
                 f"{os.path.join(directory, stray)}: left by an interrupted writer; the next writer removes it"

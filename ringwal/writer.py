@@ -129,7 +129,7 @@ class Writer:
         self.linger = linger  # None: run until stopped (serve); a number: exit when idle
         self._stop = False
         name = config.serializer.name
-        self.wal = wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync, prior=self._prior)
+        self.wal = wal = SegmentLog(config, name, fsync=fsync, fdatasync=fdatasync, prior=self._prior, at=self._at)
         side: WriterSide | None = None
         try:
             self.dir = wal.dir
@@ -219,7 +219,9 @@ class Writer:
         return first
 
     def _at(self, point: str) -> None:
-        """A named crash point: the tests' subclass kills the process here."""
+        """A named crash point: the tests' subclass kills the process here. The drain's
+        (``ring.py``), ``synced``, and the rotation's (``seglog.py``, "Rotation"; ``spare``,
+        ``named`` and ``indexed`` on the log's background thread)."""
 
     def sync(self) -> None:
         """One fdatasync covering every record written so far (group commit); wake its waiters,

@@ -1,17 +1,21 @@
 """Real processes killed with SIGKILL at named crash points; the log must open and replay.
 
-Rotation calls ``fsync`` (the seam) at six points, in this order; the child kills itself
-inside the N-th call, before it syncs, which lands exactly in each named crash window:
+A child appends and syncs record by record through a ``SegmentLog`` with 2 KiB segments
+and SIGKILLs itself at the N-th passage of one of rotation's named crash points (the ``at``
+seam; ``seglog.py``, "Rotation", names what is on disk after each):
 
-1. sealing current.wal             -> a complete current.wal, not yet renamed
-2. directory fsync after rename    -> NNNNNN.wal and no current.wal
-3. fsync of current.wal.tmp        -> a stray .tmp, no current.wal
-4. directory fsync after create    -> the new current.wal, the index not yet updated
-5. fsync of wal_index.json.tmp     -> a stale index and a stray index .tmp
-6. directory fsync after the index -> everything done but the last directory fsync
+* ``sealed``   current.wal truncated and fsynced, not renamed  -> continued; the spare removed
+* ``header``   the new header in next.wal.tmp, fdatasynced     -> the same
+* ``renamed``  current.wal -> NNNNNN.wal, directory fsynced    -> no current.wal; one is made
+* ``current``  next.wal.tmp -> current.wal                     -> the new, empty current.wal
+* ``named``    (background) the directory fsynced after it     -> a complete rotation
+* ``spare``    (background) the next next.wal.tmp preallocated -> a spare, removed at open
+* ``indexed``  (background) wal_index.json replaced            -> a complete rotation
 
 A process kill keeps the page cache, so these are the states of the namespace at each
-instant; the "either name after a power cut" cases are both covered because 1 and 2 are.
+instant; the "either name after a power cut" cases are the states of the points before
+(``renamed`` is what a power cut shows when the last rename was not yet durable).
+The background points fire on the log's own thread while the child may be further on.
 """
 
 from __future__ import annotations
@@ -22,36 +26,39 @@ import signal
 import pytest
 
 from ringwal import WAL, Config, replay, verify
+from ringwal.segment import CURRENT, SPARE, read_header
 
 from .conftest import rec, spawn_child
 
 CHILD = """
-import os, signal, sys
+import os, signal, sys, threading
 import ringwal
-directory, kill_at, records = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+from ringwal.seglog import SegmentLog
+from ringwal.serializers import BinarySerializer
+directory, point, nth, records = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+lock = threading.Lock()
+seen = {"n": 0}
 
-class Killer:
-    armed = False
-    calls = 0
-    def __call__(self, fd):
-        if self.armed:
-            self.calls += 1
-            if self.calls == kill_at:
+def at(name):
+    if name == point:
+        with lock:
+            seen["n"] += 1
+            if seen["n"] == nth:
                 os.kill(os.getpid(), signal.SIGKILL)
-        os.fsync(fd)
 
-killer = Killer()
-w = ringwal.WAL(ringwal.Config(dir=directory, segment_size=2048), fsync=killer)
-killer.armed = kill_at > 0
-for i in range(w.last_seq, w.last_seq + records):
-    w.append(ringwal.Record(1 + i % 3, i, b"crash-%06d" % i + bytes(80)))
-    print(w.sync(), flush=True)
+log = SegmentLog(ringwal.Config(dir=directory, segment_size=2048), "binary", at=at)
+frame = BinarySerializer().frame
+for i in range(log.last_seq, log.last_seq + records):
+    log.write_records([frame(ringwal.Record(1 + i % 3, i, b"crash-%06d" % i + bytes(80)))])
+    print(log.sync(), flush=True)
 print("done", flush=True)
 """
 
+POINTS = ["sealed", "header", "renamed", "current", "named", "spare", "indexed"]
 
-def run_until_killed(directory: str, kill_at: int, records: int) -> list[int]:
-    p = spawn_child(CHILD, directory, str(kill_at), str(records))
+
+def run_until_killed(directory: str, point: str, nth: int = 2, records: int = 200) -> list[int]:
+    p = spawn_child(CHILD, directory, point, str(nth), str(records))
     acked = [int(line) for line in p.stdout if line.strip().isdigit()]
     p.wait(60)
     assert p.returncode == -signal.SIGKILL, p.stderr.read()
@@ -65,29 +72,35 @@ def assert_log_sound(directory: str, acked: list[int]) -> None:
     with WAL(Config(dir=directory, segment_size=2048)) as w:
         assert w.last_seq == got[-1]
         assert w.append(rec(0)) == got[-1] + 1
+    assert not os.path.exists(os.path.join(directory, SPARE)), "a closed log leaves no spare"
     assert verify(directory).ok
     assert [r.seq for r in replay(directory)] == list(range(1, got[-1] + 2))
 
 
-@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 6], ids=[
-    "sealed", "renamed", "tmp-created", "created", "index-tmp", "index-renamed"])
-def test_crash_at_each_rotation_step(tmp_path, kill_at):
+@pytest.mark.parametrize("point", POINTS)
+def test_crash_at_each_rotation_step(tmp_path, point):
     d = str(tmp_path / "wal")
-    acked = run_until_killed(d, kill_at, 200)
+    acked = run_until_killed(d, point)
     assert acked, "the child died before acknowledging anything"
     names = set(os.listdir(d))
-    expect = {1: "current.wal", 2: "000001.wal", 3: "current.wal.tmp", 5: "wal_index.json.tmp"}
-    if kill_at in expect:
-        assert expect[kill_at] in names, names
-    if kill_at in (2, 3):
-        assert "current.wal" not in names
+    if point in ("sealed", "header"):
+        assert {"000001.wal", CURRENT} <= names and "000002.wal" not in names, names
+    if point == "header":  # a valid header in a file no reader opens
+        assert read_header(os.path.join(d, SPARE)).first_seq == acked[-1] + 1
+    if point == "renamed":
+        assert {"000002.wal", SPARE} <= names and CURRENT not in names, names
+    if point == "current":
+        assert CURRENT in names and SPARE not in names, names
+        assert read_header(os.path.join(d, CURRENT)).first_seq == acked[-1] + 1
+    # Readers with no writer: the spare is never taken for a segment, whatever it holds.
     assert_log_sound(d, acked)
 
 
 def test_crash_in_second_rotation_after_restart(tmp_path):
     d = str(tmp_path / "wal")
-    acked = run_until_killed(d, 2, 200)
-    acked += run_until_killed(d, 3, 200)
+    acked = run_until_killed(d, "renamed")
+    acked += run_until_killed(d, "header")
+    acked += run_until_killed(d, "current", nth=1)
     assert_log_sound(d, acked)
 
 
@@ -95,7 +108,7 @@ def test_crash_in_second_rotation_after_restart(tmp_path):
 def test_sigkill_mid_append_loses_no_acknowledged_record(tmp_path, after):
     """The parent kills the child after reading ``after`` acknowledgements (no sleeps)."""
     d = str(tmp_path / "wal")
-    p = spawn_child(CHILD, d, "0", "100000")
+    p = spawn_child(CHILD, d, "never", "0", "100000")
     acked = []
     for line in p.stdout:
         acked.append(int(line))

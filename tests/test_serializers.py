@@ -72,6 +72,40 @@ def test_binary_fast_path_rejects_type_zero():
         list(ser.decode_batch(body, 3, 1))
 
 
+@pytest.mark.parametrize("ser", SERIALIZERS, ids=lambda s: s.name)
+@given(
+    rs=st.lists(records, min_size=1, max_size=30),
+    uniform=st.booleans(),
+    before=st.binary(max_size=40),
+    after=st.binary(max_size=40),
+    first=st.integers(1, 1 << 60),
+)
+@settings(max_examples=80)
+def test_decode_span_in_place_equals_decode_batch_of_the_copied_body(ser, rs, uniform, before, after, first):
+    """Replay decodes each frame's body where it lies in the segment's bytes (decode_span);
+    the records are the same as from the body copied out, and own their data."""
+    if uniform:  # the binary fast path: every record of the first one's length
+        rs = [Record(r.type, r.time, rs[0].data) for r in rs]
+    body = b"".join(ser.frame_many(rs))
+    buf = before + body + after
+    got = list(ser.decode_span(buf, len(before), len(body), len(rs), first))
+    assert got == list(ser.decode_batch(body, len(rs), first)) == [r._replace(seq=first + i) for i, r in enumerate(rs)]
+    assert all(type(r) is Record and type(r.data) is bytes for r in got)
+
+
+def test_binary_decode_span_checks_only_its_span():
+    """A type-0 record or a wrong length outside the span is not the span's; inside it is."""
+    ser = BinarySerializer()
+    body = b"".join(ser.frame_many([Record(1, 2, b"ab")] * 3))
+    zero = b"".join(ser.frame_many([Record(1, 2, b"ab")]))
+    zero = zero[:4] + b"\x00\x00" + zero[6:]  # a type-0 record next to the span
+    buf = zero + body + zero
+    assert [r.seq for r in ser.decode_span(buf, len(zero), len(body), 3, 5)] == [5, 6, 7]
+    bad = body[:20] + b"\x00\x00" + body[22:]  # inside: the second record's type -> 0
+    with pytest.raises(CorruptRecordError):
+        list(ser.decode_span(zero + bad + zero, len(zero), len(bad), 3, 1))
+
+
 def test_registry_finds_builtin_and_custom_serializers():
     assert serializer_names()[:3] == ["binary", "json", "proto"]
     assert isinstance(get_serializer("json"), JSONSerializer)
