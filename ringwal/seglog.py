@@ -906,7 +906,7 @@ class SegmentLog:
         bg = self._bg
         if bg is not None and bg.error is not None:
             what, exc = bg.error
-            raise self._fail(exc, what)
+            raise self._fail(exc, what) from exc
 
     def _await_named(self) -> None:
         """Wait until current.wal's name is durable (step 5 of the last rotation)."""
