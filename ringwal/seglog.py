@@ -293,6 +293,8 @@ class SegmentLog:
     _seg_born: int  # monotonic ns at which current.wal had age 0
     _closed_at: dict[str, int]  # completed segment -> monotonic ns at which it had age 0
 
+    _id_pending: int | None = None  # a version 1 current.wal to give the log id to (records in it)
+
     def __init__(
         self,
         config: Config,
@@ -350,6 +352,13 @@ class SegmentLog:
         self._bg = _Background()
         self._prepare_next()
         self._closed = False
+        if self._id_pending is not None:
+            records, self._id_pending = self._id_pending, None
+            try:
+                self._give_id(records)
+            except BaseException:
+                self.close()
+                raise
 
     # ----------------------------------------------------------------- recovery
 
@@ -458,7 +467,7 @@ class SegmentLog:
             self.log_id = ids.chosen()
             self._seg_born = mono0 - max(0, wall0 - header.created_ns)
             if header.log_id is None:
-                self._give_id(scan.records)
+                self._id_pending = scan.records  # given once the background thread runs (_rotate needs a spare)
         else:
             if failed is not None:
                 holes = self._record_hole(failed[0], failed[1], what, 0, "in an earlier writer", holes)
