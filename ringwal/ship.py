@@ -461,24 +461,15 @@ class Shipper:
 
     async def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
         """``await call()`` again after transient errors, until ``retry_timeout`` without progress."""
-        from nats.js.errors import BadRequestError, NotFoundError
+        return await _retry_transient(what, call, self._give_up)
 
-        pause = 0.05
-        while True:
-            try:
-                return await call()
-            except (NotFoundError, BadRequestError):
-                raise
-            except Exception as exc:
-                if time.monotonic() > self._give_up_at():
-                    raise ShipError(
-                        f"{what} on stream {self.stream!r} kept failing for {self.retry_timeout:g}s: {exc!r}",
-                        stream=self.stream,
-                        seq=self.shipped_seq,
-                    ) from exc
-                log.debug("ship: %s: %r; trying again", what, exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
+    def _give_up(self, what: str, exc: BaseException) -> None:
+        if time.monotonic() > self._give_up_at():
+            raise ShipError(
+                f"{what} on stream {self.stream!r} kept failing for {self.retry_timeout:g}s: {exc!r}",
+                stream=self.stream,
+                seq=self.shipped_seq,
+            ) from exc
 
     async def _position(self, js: JetStreamContext) -> _Position:
         """Where the stream is: the last record of this log it holds, and its last sequence."""
@@ -815,18 +806,7 @@ class _Restore:
             seglog.close()
 
     async def _call(self, what: str, call: Callable[[], Any]) -> Any:
-        from nats.js.errors import BadRequestError, NotFoundError
-
-        pause = 0.05
-        while True:
-            try:
-                return await call()
-            except (NotFoundError, BadRequestError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - timeouts, elections: retried until retry_timeout
-                self._give_up(what, exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
+        return await _retry_transient(what, call, self._give_up)
 
     async def _start(self, js: JetStreamContext, seglog: SegmentLog) -> int:
         """The stream sequence to read from: its first, or the one after our last record."""
@@ -1032,3 +1012,23 @@ async def _quiet(exc: Exception) -> None:
 
 def _record(h: Any, data: bytes) -> Record:
     return Record(int(h[H_TYPE]), int(h[H_TIME]), data, int(h[H_SEQ]))
+
+
+async def _retry_transient(what: str, call: Callable[[], Any], give_up: Callable[[str, BaseException], None]) -> Any:
+    """``await call()``, again after each transient error (timeouts, a leader election, a node
+    restarting) with a pause of 50 ms doubling up to 1 s; NotFoundError and BadRequestError
+    pass through at once. ``give_up(what, exc)`` raises (a ShipError) once retrying has gone
+    on for too long. Shared by the shipper and restore."""
+    from nats.js.errors import BadRequestError, NotFoundError
+
+    pause = 0.05
+    while True:
+        try:
+            return await call()
+        except (NotFoundError, BadRequestError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - timeouts, elections: retried until give_up raises
+            give_up(what, exc)
+            log.debug("ship: %s: %r; trying again", what, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
