@@ -75,6 +75,54 @@ def child(piece: str, n: int) -> None:
     shutil.rmtree(d)
 
 
+def child_round(piece: str, n: int) -> None:
+    """``appends_K``: n times, one ``append`` on each of K handles (lanes). ``round_K``: the
+    same, then the writer's part of one group commit over those K spans (drain into one frame,
+    the written and durable progress, the wants, the wake), with no file and no fsync."""
+    import ringwal
+    from ringwal import Config, Record
+    from ringwal.ring import _WANT, L_WANT_DURABLE, M32, WriterSide, unlink_names
+
+    kind, k = piece.split("_")
+    lanes = int(k)
+    d = tempfile.mkdtemp(prefix="ringwal-instr-")
+    ringwal.WAL(Config(dir=d)).close()
+    w = WriterSide.open(d, lanes, 1 << 21, 1 << 20, "binary", lambda name: None)
+    w.recover(0, 1)
+    w.publish_ready()
+    nxt = [1]
+
+    def write(body: bytes, count: int) -> int:
+        first = nxt[0]
+        nxt[0] += count
+        return first
+
+    cfg = Config(dir=d, start_writer=False, ring_size=1 << 21, producer_slots=lanes)
+    logs = [ringwal.open(cfg) for _ in range(lanes)]
+    sides = [log._side for log in logs]
+    rec = Record(1, time.time_ns(), os.urandom(100))
+    appends = [log.append for log in logs]
+    writer = kind == "round"
+    for _ in range(n):
+        for append in appends:
+            append(rec)
+        if writer:
+            for side in sides:
+                side._ctl[L_WANT_DURABLE] = _WANT | (side.count & M32)  # each producer waits in sync()
+            w.drain(nxt[0], 1 << 20, write)
+            w.notify(durable=False)
+            w.sync_wanted()
+            w.mark_durable(nxt[0] - 1)
+            w.notify(durable=True)
+            w.count_fsync(100_000)
+    for log in logs:
+        log._side.release()
+        log._side = None
+    w.close()
+    unlink_names(d)
+    shutil.rmtree(d)
+
+
 def count(piece: str, n: int) -> int:
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--child", piece, str(n)],
@@ -90,7 +138,8 @@ def count(piece: str, n: int) -> int:
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]))
+        piece = sys.argv[2]
+        (child_round if "_" in piece else child)(piece, int(sys.argv[3]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=50_000, help="at most 70,000: 2N records must fit the lane")
@@ -98,9 +147,16 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is needed (Debian: apt-get install valgrind)")
+    per_op: dict[str, int] = {}
     for piece in args.pieces.split(","):
         a, b = count(piece, args.n), count(piece, 2 * args.n)
-        print(json.dumps({"bench": "hot_instr", "piece": piece, "instructions_per_op": round((b - a) / args.n)}), flush=True)
+        per_op[piece] = round((b - a) / args.n)
+        print(json.dumps({"bench": "hot_instr", "piece": piece, "instructions_per_op": per_op[piece]}), flush=True)
+        if piece.startswith("round_") and "appends_" + piece[6:] in per_op:
+            lanes = int(piece[6:])
+            writer = per_op[piece] - per_op["appends_" + piece[6:]]
+            print(json.dumps({"bench": "hot_instr", "piece": "writer_round_" + piece[6:], "lanes": lanes,
+                              "instructions_per_round": writer, "instructions_per_record": round(writer / lanes)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -413,9 +413,11 @@ _LITTLE = sys.byteorder == "little"
 _RUN_MIN = 16
 
 
-def same_length_run(buf: bytes | memoryview, count: int, max_record: int) -> tuple[int, int]:
+def same_length_run(buf: bytes | memoryview, count: int, max_record: int, min_run: int = _RUN_MIN) -> tuple[int, int]:
     """(m, bytes): the records that fit in ``buf`` at the first record's stride (at most
-    ``count``) all have the first one's length; (0, 0) when they do not (or are few).
+    ``count``) all have the first one's length; (0, 0) when they do not, or when fewer than
+    ``min_run`` fit (below about 16 records, walking one run costs less than the views'
+    set-up; a caller that would otherwise walk several runs one by one passes a smaller one).
 
     One strided compare of the length fields as u32 (as u16 pairs, or bytes, when the stride
     is not a multiple of 4) with themselves shifted by one record, all in C.
@@ -426,7 +428,7 @@ def same_length_run(buf: bytes | memoryview, count: int, max_record: int) -> tup
     (n,) = _unpack_len(buf, 0)
     stride = n + 4
     m = min(count, end // stride)
-    if not 0 < n <= max_record or m < _RUN_MIN:
+    if not 0 < n <= max_record or m < min_run:
         return 0, 0
     run = memoryview(buf)[: stride * m]
     # Each strided view holds one field of every length (all of it, or a u16 half, or a byte);

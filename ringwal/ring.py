@@ -2266,7 +2266,7 @@ class WriterSide:
             end = last[3] + last[4]
             records = count - (took[-1][2] if unchecked < len(took) else 0)
             if all(t[4] * records == t[2] * end for t in took[:unchecked]):  # the same bytes per record
-                run = same_length_run(body if end == len(body) else memoryview(body)[:end], records, maxrec)
+                run = same_length_run(body if end == len(body) else memoryview(body)[:end], records, maxrec, 2)
                 if run == (records, end):
                     return body, count
         mv = memoryview(body)
