@@ -176,7 +176,7 @@ class Handle:
         )
         self._count = 0  # records appended by this handle, ever (local numbering)
         self._publish: Callable[[bytes, int], int] = _no_room
-        self._publish_packed: Callable[[Callable[..., None], int, int, int, bytes], int] = _no_room_packed
+        self._publish_packed: Callable[[Callable[..., None], int, int, int, int, bytes], int] = _no_room_packed
         # The append fast path (a serializer whose frame body is a fixed head packed from the
         # record's type and time, then its data: ring.ProducerSide.publish_packed).
         packed = self._ser.packed_head()
@@ -321,14 +321,17 @@ class Handle:
 
     def append(self, record: Record) -> Receipt:
         """Put one record into the ring; return its receipt. Waits up to append_timeout if full."""
-        if record.__class__ is not Record or record[3]:
-            record = _as_record(record)
+        if record.__class__ is not Record:
+            record = _as_record(record)  # a Record again, or InvalidRecordError
+        typ, tm, data, seq = record  # one unpack costs less than the four subscripts it replaces
+        if seq:
+            _as_record(record)  # raises InvalidRecordError: the log assigns seqs
         pack_into = self._pack_into
         if pack_into is not None:
             hlen = self._hlen
-            data = record[2]
-            if hlen + len(data) > self._maxn:
-                raise _too_large(hlen - 4 + len(data), self._max_record)
+            n = hlen + len(data)
+            if n > self._maxn:
+                raise _too_large(n - 4, self._max_record)
             # _take and _give, inlined: a method call each would cost more than the pop.
             try:
                 self._tok.pop()
@@ -336,7 +339,7 @@ class Handle:
                 self._take_waiting()
             try:
                 try:
-                    c = self._publish_packed(pack_into, hlen, record[0], record[1], data)
+                    c = self._publish_packed(pack_into, hlen, n, typ, tm, data)
                 except LanePoisonedError as exc:
                     raise self._lane_lost(exc) from None
                 if c < 0:
@@ -725,7 +728,7 @@ def _no_room(blob: bytes, count: int) -> int:
     return -1
 
 
-def _no_room_packed(pack_into: Callable[..., None], hlen: int, a: int, b: int, data: bytes) -> int:
+def _no_room_packed(pack_into: Callable[..., None], hlen: int, n: int, a: int, b: int, data: bytes) -> int:
     """``_no_room`` for the packed path."""
     return -1
 

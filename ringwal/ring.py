@@ -1396,9 +1396,9 @@ class ProducerSide:
 
     Publishing state: ``_head`` is the head word as last stored; ``_off`` the offset in the
     mapping where the next record's bytes go (the lane's start plus ``pos32 % ring_size``);
-    ``_run`` how many bytes may be written from ``_off`` on without looking at the tail
-    again: at most the room seen at the last ``_refresh_room``, less what was published since,
-    and short of the lane's end by at least one byte. So a publication that fits ``_run`` is
+    ``_limit`` the offset in the mapping up to which bytes may be written without looking at
+    the tail again: within the room seen at the last ``_refresh_room``, and short of the
+    lane's end by at least one byte. So a publication that ends at or before ``_limit`` is
     one contiguous copy, and its head is ``_head + (count << 32) + n`` with no carry out of
     the pos half (pos32 reaches a multiple of 2**32 only at the lane's end, since ring_size
     divides 2**32). The count half can carry out of the 64 bits, every 2**32 records, only
@@ -1440,7 +1440,7 @@ class ProducerSide:
         self._spans_end = array("q")
         self._spans_start = array("q")
         self._spans_seq = array("q")
-        self._run = 0
+        self._limit = 0
         self._refresh_room()
 
     @classmethod
@@ -1499,17 +1499,14 @@ class ProducerSide:
         if self._ctl[L_POISON] == self._token:
             raise self.poison_error()
         n = len(blob)
-        run = self._run - n
-        if run < 0:
-            if self._refresh_room() < n:
-                return -1
-            run = self._run - n
-            if run < 0:
-                return self._publish_at_end(blob, count)
         off = self._off
         end = off + n
+        if end > self._limit:
+            if self._refresh_room() < n:
+                return -1
+            if end > self._limit:
+                return self._publish_at_end(blob, count)
         self._mm[off:end] = blob
-        self._run = run
         self._off = end
         old = self.count
         self.count = c = old + count
@@ -1543,10 +1540,12 @@ class ProducerSide:
             self._harvest()
         return c
 
-    def publish_packed(self, pack_into: Callable[..., None], hlen: int, a: int, b: int, data: bytes) -> int:
-        """``publish`` of one record whose frame-body bytes are ``pack_into(buf, off, length,
-        a, b)`` (``hlen`` bytes: the u32 record length, then the serializer's fixed head)
-        followed by ``data``, written straight into the lane: no framed copy is built.
+    def publish_packed(self, pack_into: Callable[..., None], hlen: int, n: int, a: int, b: int, data: bytes) -> int:
+        """``publish`` of one record of ``n`` bytes (``hlen + len(data)``: the caller has
+        checked it against ``max_record_size``) whose frame-body bytes are ``pack_into(buf,
+        off, n - 4, a, b)`` (``hlen`` bytes: the u32 record length, then the serializer's
+        fixed head) followed by ``data``, written straight into the lane: no framed copy is
+        built.
 
         The append fast path of a serializer with a fixed head (``BinarySerializer``); the
         same contract as ``publish`` (-1 when there is no room, LanePoisonedError), and the
@@ -1556,22 +1555,18 @@ class ProducerSide:
         """
         if self._ctl[L_POISON] == self._token:
             raise self.poison_error()
-        n = hlen + len(data)
-        run = self._run - n
-        if run < 0:
+        off = self._off
+        end = off + n
+        if end > self._limit:
             if self._refresh_room() < n:
                 return -1
-            run = self._run - n
-            if run < 0:
+            if end > self._limit:
                 blob = bytearray(hlen)
                 pack_into(blob, 0, n - 4, a, b)
                 return self.publish(bytes(blob) + data, 1)
-        off = self._off
-        end = off + n
         mm = self._mm
         pack_into(mm, off, n - 4, a, b)
         mm[off + hlen : end] = data
-        self._run = run
         self._off = end
         self.count = c = self.count + 1
         h = self._head + _ONE_RECORD + n  # no carry out of pos32: see the class docstring
@@ -1583,10 +1578,10 @@ class ProducerSide:
         return c
 
     def _refresh_room(self) -> int:
-        """Look at the tail: the room in the lane now (bytes), and ``_run`` from it."""
+        """Look at the tail: the room in the lane now (bytes); sets ``_limit`` from it."""
         used = ((self._head & M32) - self._ctl[L_TAIL]) & M32
         room = self._size - used
-        self._run = min(room, self._lane_end - 1 - self._off)
+        self._limit = min(self._off + room, self._lane_end - 1)
         if used >= self._size >> 1:
             self.post()  # half full: ask for a drain now rather than at the writer's idle timeout
         return room

@@ -243,7 +243,7 @@ def test_a_lane_whose_positions_and_counts_wrap_past_2_32_keeps_every_record_and
         # The first record ends exactly at pos32 == 2**32 (and the lane's end); then odd sizes.
         data = b"a:%d|" % i + bytes(5000 - hlen - 4 if i == 0 else i % 53)
         if packed and i % 3 != 1:
-            got = a.publish_packed(pack_into, hlen, 1, i, data)
+            got = a.publish_packed(pack_into, hlen, hlen + len(data), 1, i, data)
         else:
             got = a.publish(SER.frame(Record(1, i, data)), 1)
         assert got == (counts[-1] if counts else count32) + 1
