@@ -339,7 +339,10 @@ class Handle:
                 self._take_waiting()
             try:
                 try:
-                    c = self._publish_packed(pack_into, hlen, n, typ, tm, data)
+                    # Loaded under the token (close and fork replace it), and as an attribute:
+                    # a call spelt self._publish_packed(...) looks it up as a method, which costs more.
+                    publish = self._publish_packed
+                    c = publish(pack_into, hlen, n, typ, tm, data)
                 except LanePoisonedError as exc:
                     raise self._lane_lost(exc) from None
                 if c < 0:
