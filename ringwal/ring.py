@@ -1386,9 +1386,9 @@ class ProducerSide:
     truncation request. Everything else it only loads. It holds its lane's byte of
     ``wal.ring.lock`` (through its ring's ``locks``) from the claim until ``release``.
 
-    Not thread-safe: the handle serialises calls (one lock for publishing, one for waiting;
-    ``wait_progress`` and ``publish`` may run in two threads at once, since they store
-    different words and the local fields they share are only read by the waiter).
+    Not thread-safe: the handle serialises calls (its lane token for publishing, a lock for
+    waiting; ``wait_progress`` and ``publish`` may run in two threads at once, since they
+    store different words and the local fields they share are only read by the waiter).
 
     Local numbering: ``count`` is the number of records this side's owner (a handle) has
     published, ever; it agrees with the lane's count32 modulo 2**32, so the head word is
