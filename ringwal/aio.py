@@ -40,8 +40,8 @@ The bridge (why it is built this way)
     * on the loop's thread, and only there: encoding, ``ProducerSide.publish`` (a copy into
       shared memory and one word store), receipts' seq lookups, the waiter list. Each is
       microseconds; a large ``append_many`` is encoded in slices of ``ENCODE_SLICE`` records
-      with a yield to the loop between them. The handle's lock (``Handle._lock``) is taken
-      without waiting: only ``close`` and the giving back of a poisoned lane, both of
+      with a yield to the loop between them. The handle's lane token (``Handle._try_take``)
+      is taken without waiting: only ``close`` and the giving back of a poisoned lane, both of
       which end all work, hold it in another thread, and then the call raises at once;
     * on the waiter thread: ``ProducerSide.wait_progress`` (which the ring allows beside a
       publish in another thread: it loads progress and stores only the lane's want
@@ -264,7 +264,7 @@ class AsyncHandle:
         return self._side
 
     def _terminal(self) -> WALError:
-        """The error for a call that finds the handle's lock held by another thread."""
+        """The error for a call that finds the handle's lane token held by another thread."""
         if self._poisoned is not None:
             return self._poisoned
         if self._lost is not None:
@@ -281,18 +281,19 @@ class AsyncHandle:
 
     def _on_poison(self, exc: LanePoisonedError) -> None:
         """The writer dropped bytes of our lane (seen by a publish or a wait): refuse all work
-        from now on and give the lane back in a thread (``Handle._lane_lost`` waits up to 1 s)."""
+        from now on and give the lane back in a thread (``Handle._lose_lane`` takes the lane's
+        token, then waits up to 1 s)."""
         if self._poisoned is None:
             self._poisoned = exc
-            self._loop.run_in_executor(None, self._h._lane_lost, exc)
+            self._loop.run_in_executor(None, self._h._lose_lane, exc)
 
     # ------------------------------------------------------------------ appending
 
     def _try_publish(self, blob: bytes, count: int) -> int:
         """Publish now (loop thread): the new count, or -1 when the lane has no room."""
         side = self._usable()
-        lock = self._h._lock
-        if not lock.acquire(blocking=False):
+        h = self._h
+        if not h._try_take():
             raise self._terminal()
         try:
             c = side.publish(blob, count)
@@ -300,7 +301,7 @@ class AsyncHandle:
             self._on_poison(exc)
             raise
         finally:
-            lock.release()
+            h._give()
         if c >= 0:
             self._h._count = c
         return c

@@ -22,6 +22,29 @@ raises WriterGoneError.
 After ``fork`` the child's copy of a handle never touches the parent's lane: the child lets
 go of its copy of the lane's lock at once (so the lane dies with the parent), and its first
 call claims a lane of its own (receipts from before the fork raise in the child).
+
+The lane's token (threads)
+    The threads of a process that share a handle take turns on its lane through a *token*:
+    a list that holds one element. ``list.pop()`` takes it and ``list.append`` gives it
+    back, each one C call that no other thread can interleave with (under the GIL, and in
+    free-threaded builds, where every list has its own lock), and about a quarter of what
+    ``with threading.Lock()`` costs an append (``bench/hot_instr.py``). Whoever popped the
+    token is the only thread that publishes, gives the lane back or reads receipts' seqs;
+    every path gives it back in a ``finally``, and no path takes it while holding it (it is
+    not re-entrant: flush, sync, close and receipts each take it once, around code that
+    never takes it again). A pop that finds the list empty means another thread holds it:
+    the caller waits on a condition (``_take_waiting``), bounded (``_tok_patience``).
+
+    No lost wake-up: a waiter counts itself (``_tok_waiters``) under the condition's lock,
+    then retries the pop, still under it, and sleeps in ``wait``, which lets go of that lock
+    only once it sleeps. A holder gives the token back (``append``), then reads the count,
+    and when it is not zero notifies under the condition's lock. Pop and append are ordered
+    by the list (one lock, or the GIL): if the waiter's pop came first (and failed), its
+    count, stored before that pop, is seen by the holder's read after its append, and the
+    holder's notify, which needs the condition's lock, reaches a waiter that is asleep (or
+    one that, after a timeout, retries the pop once more before it leaves); if the append
+    came first, the waiter's pop finds the token. A woken waiter that finds the token taken
+    again sleeps again: the thread that took it notifies when it gives it back.
 """
 
 from __future__ import annotations
@@ -50,7 +73,7 @@ from .errors import (
 from .log import _as_record, _too_large
 from .record import Record, check_seq
 from .replay import replay_into
-from .ring import ProducerSide, Ring, check_platform
+from .ring import CLAIM_PATIENCE, ProducerSide, Ring, check_platform
 from .serializers import with_batch_methods
 
 __all__ = ["BatchReceipt", "Handle", "Receipt", "open"]
@@ -143,11 +166,17 @@ class Handle:
         self.dir = check_directory(config.dir, create=True, group=config.group)
         st = os.stat(self.dir)
         self._place = (st.st_dev, st.st_ino)  # the directory this handle opened (check_place)
-        self._lock = threading.Lock()  # guards the lane (appends)
+        self._new_token()  # guards the lane (module docstring, "The lane's token")
         self._wait_lock = threading.Lock()  # one waiter at a time; appends go on meanwhile
+        # The longest another thread may hold the token (its own waits are bounded: room or
+        # progress, a new writer after a dead one, a new lane after a fork), twice over for a
+        # busy machine: past that, a thread waiting for the token raises.
+        self._tok_patience = 2 * (
+            max(config.append_timeout, config.sync_timeout) + 2 * config.writer_wait + CLAIM_PATIENCE
+        )
         self._count = 0  # records appended by this handle, ever (local numbering)
         self._publish: Callable[[bytes, int], int] = _no_room
-        self._publish_packed: Callable[[Callable[..., None], int, int, int, bytes], int] = _no_room_packed
+        self._publish_packed: Callable[[Callable[..., None], int, int, int, int, bytes], int] = _no_room_packed
         # The append fast path (a serializer whose frame body is a fixed head packed from the
         # record's type and time, then its data: ring.ProducerSide.publish_packed).
         packed = self._ser.packed_head()
@@ -227,25 +256,101 @@ class Handle:
                 path=self.dir,
             )
 
+    # ------------------------------------------------------------------ the lane's token
+
+    def _new_token(self) -> None:
+        """Make the lane's token, free, and the condition its waiters sleep on (at open, and
+        in a forked child, where a thread of the parent may have held the old one)."""
+        self._tok = [True]
+        self._tok_cond = threading.Condition(threading.Lock())
+        self._tok_waiters = 0
+
+    def _take(self) -> None:
+        """Take the lane's token, waiting while another thread holds it; give it back with
+        ``_give`` in a ``finally``. ``append`` inlines both (the same steps)."""
+        try:
+            self._tok.pop()
+        except IndexError:
+            self._take_waiting()
+
+    def _try_take(self) -> bool:
+        """Take the lane's token if it is free now (True); never waits."""
+        try:
+            self._tok.pop()
+        except IndexError:
+            return False
+        return True
+
+    def _give(self) -> None:
+        """Give the lane's token back; wake a thread waiting for it, if any."""
+        self._tok.append(True)
+        if self._tok_waiters:  # after the append: see the module docstring
+            self._wake_taker()
+
+    def _take_waiting(self) -> None:
+        """The slow half of ``_take``: another thread holds the token. Wait until it is given
+        back; WaitTimeoutError after ``_tok_patience`` seconds (nothing done)."""
+        cond = self._tok_cond
+        deadline = time.monotonic() + self._tok_patience
+        with cond:
+            self._tok_waiters += 1  # before the pop below: see the module docstring
+            try:
+                while True:
+                    try:
+                        self._tok.pop()
+                        return
+                    except IndexError:
+                        pass
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WaitTimeoutError(
+                            f"{self.dir}: another thread of this process held this handle's lane for "
+                            f"{self._tok_patience:g}s, twice as long as its own waits may last (append_timeout "
+                            "or sync_timeout, whichever is longer, plus twice writer_wait); this call did nothing"
+                        )
+                    cond.wait(left)  # then one more pop, even after a timeout
+            finally:
+                self._tok_waiters -= 1
+
+    def _wake_taker(self) -> None:
+        cond = self._tok_cond
+        with cond:
+            cond.notify()
+
     # ------------------------------------------------------------------ appending
 
     def append(self, record: Record) -> Receipt:
         """Put one record into the ring; return its receipt. Waits up to append_timeout if full."""
-        if record.__class__ is not Record or record[3]:
-            record = _as_record(record)
+        if record.__class__ is not Record:
+            record = _as_record(record)  # a Record again, or InvalidRecordError
+        typ, tm, data, seq = record  # one unpack costs less than the four subscripts it replaces
+        if seq:
+            _as_record(record)  # raises InvalidRecordError: the log assigns seqs
         pack_into = self._pack_into
         if pack_into is not None:
             hlen = self._hlen
-            data = record[2]
-            if hlen + len(data) > self._maxn:
-                raise _too_large(hlen - 4 + len(data), self._max_record)
-            with self._lock:
+            n = hlen + len(data)
+            if n > self._maxn:
+                raise _too_large(n - 4, self._max_record)
+            # _take and _give, inlined: a method call each would cost more than the pop.
+            try:
+                self._tok.pop()
+            except IndexError:
+                self._take_waiting()
+            try:
                 try:
-                    c = self._publish_packed(pack_into, hlen, record[0], record[1], data)
+                    # Loaded under the token (close and fork replace it), and as an attribute:
+                    # a call spelt self._publish_packed(...) looks it up as a method, which costs more.
+                    publish = self._publish_packed
+                    c = publish(pack_into, hlen, n, typ, tm, data)
                 except LanePoisonedError as exc:
                     raise self._lane_lost(exc) from None
                 if c < 0:
                     c = self._publish_waiting(self._frame(record), 1, self.config.append_timeout)
+            finally:
+                self._tok.append(True)
+                if self._tok_waiters:
+                    self._wake_taker()
             r = Receipt()
             r._handle = self
             r._count = c
@@ -253,13 +358,16 @@ class Handle:
         b = self._frame(record)
         if len(b) > self._maxn:
             raise _too_large(len(b) - 4, self._max_record)
-        with self._lock:
+        self._take()
+        try:
             try:
                 c = self._publish(b, 1)
             except LanePoisonedError as exc:
                 raise self._lane_lost(exc) from None
             if c < 0:
                 c = self._publish_waiting(b, 1, self.config.append_timeout)
+        finally:
+            self._give()
         r = Receipt()
         r._handle = self
         r._count = c
@@ -272,7 +380,8 @@ class Handle:
         b = self._frame(record)
         if len(b) > self._maxn:
             raise _too_large(len(b) - 4, self._max_record)
-        with self._lock:
+        self._take()
+        try:
             side = self._usable_side()
             try:
                 c = side.publish(b, 1)
@@ -281,6 +390,8 @@ class Handle:
             if c < 0:
                 side.post()
                 return None
+        finally:
+            self._give()
         r = Receipt()
         r._handle = self
         r._count = c
@@ -302,7 +413,8 @@ class Handle:
             if len(f) > limit:
                 raise _too_large(len(f) - 4, limit - 4)
         blob = b"".join(framed)
-        with self._lock:
+        self._take()
+        try:
             side = self._usable_side()
             first = side.count + 1
             if not framed:
@@ -317,9 +429,11 @@ class Handle:
                 )
             self._publish_waiting(blob, len(framed), self.config.append_timeout)
             return BatchReceipt(self, first, len(framed))
+        finally:
+            self._give()
 
     def _publish_waiting(self, blob: bytes, count: int, timeout: float) -> int:
-        """Publish, waiting up to ``timeout`` for room; the new count (lock held)."""
+        """Publish, waiting up to ``timeout`` for room; the new count (token held)."""
         side = self._usable_side()
         try:
             c = side.publish(blob, count)
@@ -337,7 +451,7 @@ class Handle:
 
     def _lane_lost(self, exc: LanePoisonedError) -> LanePoisonedError:
         """The writer dropped a span of our lane: refuse all work from now on and give the
-        lane back (lock held). Returns the error to raise.
+        lane back (token held). Returns the error to raise.
 
         Before giving it back, wait (briefly) until the writer has dropped whatever else we
         published, so the next owner of the lane does not inherit records of ours.
@@ -352,11 +466,19 @@ class Handle:
                 side.release()
         return self._poisoned
 
+    def _lose_lane(self, exc: LanePoisonedError) -> LanePoisonedError:
+        """``_lane_lost`` from a thread that does not hold the token (a waiter; ``ringwal.aio``)."""
+        self._take()
+        try:
+            return self._lane_lost(exc)
+        finally:
+            self._give()
+
     # ------------------------------------------------------------------ waiting
 
     def _wait(self, side: ProducerSide, durable: bool, count: int, *, locked: bool = False) -> int:
         """Wait (bounded by sync_timeout) until our records up to ``count`` are written or
-        durable. ``locked``: the caller holds ``_lock``."""
+        durable. ``locked``: the caller holds the lane's token."""
         deadline = time.monotonic() + self.config.sync_timeout
         try:
             seq = side.wait_progress(durable, count, deadline, self._writer_changed)
@@ -366,10 +488,7 @@ class Handle:
                 self._stop_publishing()  # appends take the slow path, which raises it
             raise
         except LanePoisonedError as exc:
-            if locked:
-                raise self._lane_lost(exc) from None
-            with self._lock:
-                raise self._lane_lost(exc) from None
+            raise (self._lane_lost(exc) if locked else self._lose_lane(exc)) from None
         except (AttributeError, ValueError):
             if self._poisoned is not None:  # another thread gave the lane back while we waited
                 raise self._poisoned from None
@@ -415,9 +534,12 @@ class Handle:
 
     def flush(self) -> None:
         """Return once the writer has written every record appended here to the OS."""
-        with self._lock:
+        self._take()
+        try:
             side = self._usable_side()
             target = self._count = side.count
+        finally:
+            self._give()
         if target > side.base:
             with self._wait_lock:
                 self._wait(side, False, target)
@@ -428,9 +550,12 @@ class Handle:
         Raises LogFailedError (with ``first_seq``/``last_seq``) when some of them were lost to
         a writer's failed fsync instead: they are never acknowledged, and the handle refuses
         all work from then on (open a new one). WaitTimeoutError after ``sync_timeout``."""
-        with self._lock:
+        self._take()
+        try:
             side = self._usable_side()
             target = self._count = side.count
+        finally:
+            self._give()
         if target <= side.base:
             return 0
         with self._wait_lock:
@@ -445,8 +570,11 @@ class Handle:
         ``after_seq >= seq - 1`` is unaffected. Waits up to ``sync_timeout``.
         """
         check_seq(seq, "truncate_before's seq")
-        with self._lock:
+        self._take()
+        try:
             side = self._usable_side()
+        finally:
+            self._give()
         first = side.truncate_before(seq, time.monotonic() + self.config.sync_timeout, self._writer_changed)
         if first is None:
             raise WaitTimeoutError(
@@ -458,7 +586,8 @@ class Handle:
     # ------------------------------------------------------------------ receipts
 
     def _seq_of(self, count: int) -> int:
-        with self._lock:
+        self._take()
+        try:
             if self._poisoned is not None:
                 raise self._poisoned
             side = self._side
@@ -476,6 +605,8 @@ class Handle:
             if seq is None:
                 raise WALError(f"the seq of record #{count} of this handle is no longer known (span history trimmed)")
             return seq
+        finally:
+            self._give()
 
     # ------------------------------------------------------------------ reading, lifecycle
 
@@ -521,7 +652,7 @@ class Handle:
         # Runs in the child right after fork, before any other thread exists there.
         self._forked = True
         self._stop_publishing()
-        self._lock = threading.Lock()
+        self._new_token()  # a thread of the parent may have held the old one: it does not exist here
         self._wait_lock = threading.Lock()
 
     def _reattach_after_fork(self) -> None:
@@ -545,7 +676,8 @@ class Handle:
     def _close(self, *, sync: bool) -> None:
         """``close``; with ``sync=False`` the lane is given back without waiting for the
         writer (``ringwal.aio`` has waited already, or gave up after its own deadline)."""
-        with self._lock:
+        self._take()
+        try:
             if self._closed:
                 return
             failure: BaseException | None = None
@@ -568,10 +700,12 @@ class Handle:
             self._side = None
             if failure is not None:
                 raise failure
+        finally:
+            self._give()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         # multiprocessing's spawn and forkserver pickle a Process's arguments. A handle is this
-        # process's lane of the ring (its locks, its mapping), which cannot travel: say so
+        # process's lane of the ring (its token, its mapping), which cannot travel: say so
         # instead of pickle's "cannot pickle '_thread.lock' object".
         raise TypeError(
             f"a ringwal.Handle cannot be sent to another process (pickled): it is this process's lane of the "
@@ -597,7 +731,7 @@ def _no_room(blob: bytes, count: int) -> int:
     return -1
 
 
-def _no_room_packed(pack_into: Callable[..., None], hlen: int, a: int, b: int, data: bytes) -> int:
+def _no_room_packed(pack_into: Callable[..., None], hlen: int, n: int, a: int, b: int, data: bytes) -> int:
     """``_no_room`` for the packed path."""
     return -1
 

@@ -393,8 +393,10 @@ __all__ = [
 ]
 
 M32 = 0xFFFFFFFF
+M64 = (1 << 64) - 1
 _HALF = 1 << 31
 _WANT = 1 << 32
+_ONE_RECORD = 1 << 32  # one more record in a head word's count half
 _MAGIC_WORD = int.from_bytes(RING_MAGIC, "little")
 _U32 = struct.Struct("<I")
 #: Seconds between writer-liveness checks while a producer waits.
@@ -1384,13 +1386,25 @@ class ProducerSide:
     truncation request. Everything else it only loads. It holds its lane's byte of
     ``wal.ring.lock`` (through its ring's ``locks``) from the claim until ``release``.
 
-    Not thread-safe: the handle serialises calls (one lock for publishing, one for waiting;
-    ``wait_progress`` and ``publish`` may run in two threads at once, since they store
-    different words and the local fields they share are only read by the waiter).
+    Not thread-safe: the handle serialises calls (its lane token for publishing, a lock for
+    waiting; ``wait_progress`` and ``publish`` may run in two threads at once, since they
+    store different words and the local fields they share are only read by the waiter).
 
     Local numbering: ``count`` is the number of records this side's owner (a handle) has
     published, ever; it agrees with the lane's count32 modulo 2**32, so the head word is
     ``(count & M32) << 32 | pos``. ``base`` is ``count`` when the lane was claimed.
+
+    Publishing state: ``_head`` is the head word as last stored; ``_off`` the offset in the
+    mapping where the next record's bytes go (the lane's start plus ``pos32 % ring_size``);
+    ``_limit`` the offset in the mapping up to which bytes may be written without looking at
+    the tail again: within the room seen at the last ``_refresh_room``, and short of the
+    lane's end by at least one byte. So a publication that ends at or before ``_limit`` is
+    one contiguous copy, and its head is ``_head + (count << 32) + n`` with no carry out of
+    the pos half (pos32 reaches a multiple of 2**32 only at the lane's end, since ring_size
+    divides 2**32). The count half can carry out of the 64 bits, every 2**32 records, only
+    when the count passes a multiple of 256: there the head is masked, beside the span-log
+    harvest. Everything else (a record reaching the lane's end, no room) takes the general
+    path, which computes the head from its halves.
     """
 
     _closed = False
@@ -1402,13 +1416,13 @@ class ProducerSide:
         self._token = token
         self._words = ring.words
         self._ctl = ring.lane_ctl(lane)
-        self._data = ring.lane_data(lane)
         # The mapping itself and the lane's offset in it: mmap's own slice assignment and
         # struct.pack_into on it cost less than through a memoryview (publish_packed).
         mm = ring._mm
         assert mm is not None  # a mapped ring (Ring.close unmaps it only after its sides are gone)
         self._mm = mm
         self._lane_off = ring.data_off + lane * ring.ring_size
+        self._lane_end = self._lane_off + ring.ring_size
         self._spanlog = ring.span_log(lane)
         self._size = ring.ring_size
         self._mask = ring.ring_size - 1
@@ -1417,7 +1431,8 @@ class ProducerSide:
         self._wsem = ring.writer_sem()
         self.generation = ring.words[RH_WRITER_GEN]
         head = self._ctl[L_HEAD]
-        self._pos = head & M32
+        self._head = head
+        self._off = self._lane_off + (head & self._mask)
         self.count = count + (((head >> 32) - count) & M32)
         self.base = self.count
         self._harvested = self._ctl[L_SPAN_HEAD]
@@ -1425,7 +1440,7 @@ class ProducerSide:
         self._spans_end = array("q")
         self._spans_start = array("q")
         self._spans_seq = array("q")
-        self._room = 0
+        self._limit = 0
         self._refresh_room()
 
     @classmethod
@@ -1484,73 +1499,92 @@ class ProducerSide:
         if self._ctl[L_POISON] == self._token:
             raise self.poison_error()
         n = len(blob)
-        room = self._room - n
-        if room < 0:
-            self._refresh_room()
-            room = self._room - n
-            if room < 0:
-                return -1
-        pos = self._pos
-        off = pos & self._mask
+        off = self._off
         end = off + n
-        if end <= self._size:
-            self._data[off:end] = blob
-        else:
-            cut = self._size - off
-            self._data[off:] = blob[:cut]
-            self._data[: end - self._size] = blob[cut:]
+        if end > self._limit:
+            if self._refresh_room() < n:
+                return -1
+            if end > self._limit:
+                return self._publish_at_end(blob, count)
+        self._mm[off:end] = blob
+        self._off = end
         old = self.count
-        self._room = room
-        self._pos = pos = (pos + n) & M32
         self.count = c = old + count
-        self._ctl[L_HEAD] = ((c & M32) << 32) | pos  # publish: one 8-byte store, after the copy
+        h = self._head + (count << 32) + n  # no carry out of pos32: see the class docstring
         if (old ^ c) >> 8:
+            self._ctl[L_HEAD] = self._head = h & M64  # publish: one 8-byte store, after the copy
             self._harvest()  # about every 256 records: keep up with the span log
+        else:
+            self._ctl[L_HEAD] = self._head = h  # publish: one 8-byte store, after the copy
         return c
 
-    def publish_packed(self, pack_into: Callable[..., None], hlen: int, a: int, b: int, data: bytes) -> int:
-        """``publish`` of one record whose frame-body bytes are ``pack_into(buf, off, length,
-        a, b)`` (``hlen`` bytes: the u32 record length, then the serializer's fixed head)
-        followed by ``data``, written straight into the lane: no framed copy is built.
+    def _publish_at_end(self, blob: bytes, count: int) -> int:
+        """``publish`` of a span that reaches the lane's end (room checked): the copy is split
+        there (or ends there), and the head is computed from its halves."""
+        n = len(blob)
+        mm = self._mm
+        off = self._off
+        cut = self._lane_end - off
+        if n <= cut:
+            mm[off : off + n] = blob
+        else:
+            mm[off : self._lane_end] = blob[:cut]
+            mm[self._lane_off : self._lane_off + n - cut] = blob[cut:]
+        old = self.count
+        self.count = c = old + count
+        pos = ((self._head & M32) + n) & M32
+        self._off = self._lane_off + (pos & self._mask)
+        self._ctl[L_HEAD] = self._head = ((c & M32) << 32) | pos  # publish: one 8-byte store, after the copy
+        self._refresh_room()
+        if (old ^ c) >> 8:
+            self._harvest()
+        return c
+
+    def publish_packed(self, pack_into: Callable[..., None], hlen: int, n: int, a: int, b: int, data: bytes) -> int:
+        """``publish`` of one record of ``n`` bytes (``hlen + len(data)``: the caller has
+        checked it against ``max_record_size``) whose frame-body bytes are ``pack_into(buf,
+        off, n - 4, a, b)`` (``hlen`` bytes: the u32 record length, then the serializer's
+        fixed head) followed by ``data``, written straight into the lane: no framed copy is
+        built.
 
         The append fast path of a serializer with a fixed head (``BinarySerializer``); the
         same contract as ``publish`` (-1 when there is no room, LanePoisonedError), and the
-        same single head store after the copy. A record that would wrap around the lane's end
-        is built as bytes and goes through ``publish``. ``pack_into`` raises struct.error
+        same single head store after the copy. A record that would reach the lane's end is
+        built as bytes and goes through ``publish``. ``pack_into`` raises struct.error
         (nothing published) for values its format cannot hold.
         """
         if self._ctl[L_POISON] == self._token:
             raise self.poison_error()
-        n = hlen + len(data)
-        room = self._room - n
-        if room < 0:
-            self._refresh_room()
-            room = self._room - n
-            if room < 0:
+        off = self._off
+        end = off + n
+        if end > self._limit:
+            if self._refresh_room() < n:
                 return -1
-        pos = self._pos
-        off = pos & self._mask
-        if off + n > self._size:
-            blob = bytearray(hlen)
-            pack_into(blob, 0, n - 4, a, b)
-            return self.publish(bytes(blob) + data, 1)
-        off += self._lane_off
+            if end > self._limit:
+                blob = bytearray(hlen)
+                pack_into(blob, 0, n - 4, a, b)
+                return self.publish(bytes(blob) + data, 1)
         mm = self._mm
         pack_into(mm, off, n - 4, a, b)
-        mm[off + hlen : off + n] = data
-        self._room = room
-        self._pos = pos = (pos + n) & M32
+        mm[off + hlen : end] = data
+        self._off = end
         self.count = c = self.count + 1
-        self._ctl[L_HEAD] = ((c & M32) << 32) | pos  # publish: one 8-byte store, after the copy
-        if not c & 0xFF:
-            self._harvest()  # every 256 records: keep up with the span log
+        h = self._head + _ONE_RECORD + n  # no carry out of pos32: see the class docstring
+        if c & 0xFF:
+            self._ctl[L_HEAD] = self._head = h  # publish: one 8-byte store, after the copy
+        else:  # every 256 records: keep up with the span log (and count32 may wrap here)
+            self._ctl[L_HEAD] = self._head = h & M64
+            self._harvest()
         return c
 
-    def _refresh_room(self) -> None:
-        used = (self._pos - self._ctl[L_TAIL]) & M32
-        self._room = self._size - used
+    def _refresh_room(self) -> int:
+        """Look at the tail: the room in the lane now (bytes); sets ``_limit`` from it."""
+        used = ((self._head & M32) - self._ctl[L_TAIL]) & M32
+        room = self._size - used
+        self._limit = min(self._off + room, self._lane_end - 1)
         if used >= self._size >> 1:
             self.post()  # half full: ask for a drain now rather than at the writer's idle timeout
+        return room
 
     def post(self) -> None:
         """Wake the writer (it sleeps on its semaphore when idle)."""
@@ -1559,12 +1593,10 @@ class ProducerSide:
     def wait_room(self, n: int, deadline: float, check_writer: Callable[[], bool]) -> bool:
         """Wait until ``n`` bytes fit in the lane; False at ``deadline`` (time.monotonic)."""
         while True:
-            self._refresh_room()
-            if n <= self._room:
+            if n <= self._refresh_room():
                 return True
             if self.wait_progress(False, self.count, deadline, check_writer) is None:
-                self._refresh_room()
-                return n <= self._room
+                return n <= self._refresh_room()
 
     # ------------------------------------------------------------------ waiting
 
@@ -1833,7 +1865,7 @@ class ProducerSide:
         if self._closed:
             return
         self._closed = True
-        del self._ctl, self._data, self._spanlog, self._words
+        del self._ctl, self._spanlog, self._words
         with contextlib.suppress(posix_ipc.Error):
             self._wsem.close()
         self.ring.close()

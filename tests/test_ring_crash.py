@@ -77,7 +77,7 @@ if sys.argv[2] == "packed":  # append's fast path: header packed into the mappin
     side._mm = HalfCopy(real)
 else:  # the framed path (any other serializer): one copy of the framed bytes
     h._pack_into = None
-    h._side._data = HalfCopy(h._side._data)
+    h._side._mm = HalfCopy(h._side._mm)
 h.append(ringwal.Record(1, 60, b"dead:60|" + bytes(4000)))
 """
 

@@ -17,7 +17,7 @@ import posix_ipc
 import pytest
 
 from ringwal import WAL, BinarySerializer, Config, LanePoisonedError, Record
-from ringwal.format import L_HEAD, L_POISON, L_TAIL
+from ringwal.format import L_DURABLE_COUNT, L_HEAD, L_PENDING_TAIL, L_POISON, L_TAIL, L_WRITTEN_COUNT
 from ringwal.ring import ProducerSide, Ring, WriterSide, ring_names
 
 SER = BinarySerializer()
@@ -213,6 +213,52 @@ def test_records_straddling_the_end_of_a_lane_arrive_whole(rdir):
         drain_all(w, disk, budget=5000)
     check(disk, {"a": n})
     assert total > 5 * RING_SIZE
+    a.release()
+    w.close()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_lane_whose_positions_and_counts_wrap_past_2_32_keeps_every_record_and_receipt(rdir, packed):
+    """pos32 and count32 wrap every 4 GiB and 4G records; start a lane just short of both
+    (as a long-lived ring's lane would be) and publish across them: the head word's halves
+    wrap on their own (no carry from one into the other), nothing is lost or doubled, and
+    receipts name the seqs."""
+    disk = Disk()
+    w = open_writer(rdir, disk)
+    w.close()  # the ring stays; set lane 0 up as if 2**32 - 300 records, 2**32 - 5000 bytes went through
+    count32, pos32 = (1 << 32) - 300, (1 << 32) - 5000
+    ring = Ring.attach(rdir)
+    c = ring.lane_ctl(0)
+    c[L_HEAD] = c[L_TAIL] = c[L_PENDING_TAIL] = count32 << 32 | pos32
+    c[L_WRITTEN_COUNT] = c[L_DURABLE_COUNT] = count32
+    ring.close()
+    w = open_writer(rdir, disk)
+    a = producer(rdir)
+    assert a.lane == 0 and a.count == count32
+    pack_into, hlen = SER.packed_head() or (None, 0)
+    assert pack_into is not None
+    counts = []
+    ctl = a.ring.lane_ctl(0)
+    for i in range(900):
+        # The first record ends exactly at pos32 == 2**32 (and the lane's end); then odd sizes.
+        data = b"a:%d|" % i + bytes(5000 - hlen - 4 if i == 0 else i % 53)
+        if packed and i % 3 != 1:
+            got = a.publish_packed(pack_into, hlen, hlen + len(data), 1, i, data)
+        else:
+            got = a.publish(SER.frame(Record(1, i, data)), 1)
+        assert got == (counts[-1] if counts else count32) + 1
+        counts.append(got)
+        head = ctl[L_HEAD]
+        assert head >> 32 == got & 0xFFFFFFFF
+        if i % 40 == 39:
+            drain_all(w, disk, budget=700)
+    drain_all(w, disk)
+    assert counts[-1] > 1 << 32 and head & 0xFFFFFFFF < 60_000  # both halves wrapped
+    check(disk, {"a": 900})
+    where = seq_map(disk)
+    for i in (0, 299, 300, 301, 899):
+        assert a.wait_progress(False, counts[i], time.monotonic() + 5, no_writer_change) is not None
+        assert a.seq_of(counts[i]) == where[b"a:%d" % i]
     a.release()
     w.close()
 
@@ -484,7 +530,7 @@ def test_the_rest_of_a_cut_span_that_turns_out_not_records_is_dropped_and_others
     w.drain(disk.last_seq + 1, BUDGET, disk.write)  # cut: the rest waits in the lane
     written = len(disk.records())
     tail = a._ctl[L_TAIL] & (RING_SIZE - 1)
-    a._data[tail : tail + 4] = b"\xff\xff\xff\x7f"  # something scribbles over the rest
+    a.ring.lane_data(a.lane)[tail : tail + 4] = b"\xff\xff\xff\x7f"  # something scribbles over the rest
     for i in range(5):
         b.publish(rec("b", i), 1)
     drain_all(w, disk, budget=BUDGET)
