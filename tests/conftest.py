@@ -120,6 +120,30 @@ def wdir(tmp_path):
     kill_writers(d)
 
 
+@pytest.fixture
+def served(wdir):
+    """Start a ``ringwal serve`` on ``wdir`` (``served(*extra_args)``; a test may stop it with
+    SIGSTOP); each one is resumed and terminated afterwards."""
+    import contextlib
+
+    from .ringhelp import start_serve
+
+    procs = []
+
+    def start(*extra: str):
+        p = start_serve(wdir, *extra)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGCONT)
+            p.terminate()
+        with contextlib.suppress(Exception):
+            p.communicate(timeout=30)
+
+
 def write_log(directory: str, n: int, *, segment_size: int = 2048) -> Config:
     """A log of ``n`` records, one frame each, rotated into several segments."""
     from ringwal import WAL

@@ -132,6 +132,12 @@ def writer_pid(directory: str) -> int:
         ring.close()
 
 
+def stop_process(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until it is stopped (kill returns before the signal lands)."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 20, f"pid {pid} to stop")
+
+
 def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> None:
     """Poll ``cond`` (another process's progress) until true; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

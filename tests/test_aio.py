@@ -14,13 +14,11 @@ costs here (the writer is stopped for seconds).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import threading
 import time
 
-import psutil
 import pytest
 
 import ringwal
@@ -28,32 +26,7 @@ import ringwal.aio
 from ringwal import Config, Record, replay
 from ringwal.ring import RingView
 
-from .ringhelp import start_serve, wait_until
-
-
-@pytest.fixture
-def served(wdir):
-    """A ``ringwal serve`` on ``wdir`` that a test may stop (SIGSTOP) and resume."""
-    procs = []
-
-    def start(*extra: str):
-        p = start_serve(wdir, *extra)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGCONT)
-            p.terminate()
-        with contextlib.suppress(Exception):
-            p.communicate(timeout=30)
-
-
-def stop(pid: int) -> None:
-    """SIGSTOP ``pid`` and wait until it is stopped (kill returns before the signal lands)."""
-    os.kill(pid, signal.SIGSTOP)
-    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 20, f"pid {pid} to stop")
+from .ringhelp import stop_process, wait_until
 
 
 def cfg_for(d: str, **kw) -> Config:
@@ -164,7 +137,7 @@ def test_loop_keeps_running_while_sync_waits_for_a_stopped_writer(wdir, served):
         async with ringwal.aio.open(cfg_for(wdir)) as log:
             await log.append(Record(1, 1, b"before"))
             await log.sync()
-            stop(p.pid)
+            stop_process(p.pid)
             try:
                 await log.append(Record(1, 2, b"while stopped"))
                 with Ticker() as ticker:
@@ -187,7 +160,7 @@ def test_cancelled_sync_leaves_the_handle_usable(wdir, served):
 
     async def main() -> None:
         async with ringwal.aio.open(cfg_for(wdir)) as log:
-            stop(p.pid)
+            stop_process(p.pid)
             try:
                 await log.append(Record(1, 1, b"one"))
                 task = asyncio.ensure_future(log.sync())
@@ -223,7 +196,7 @@ def test_append_waits_for_room_without_blocking_and_a_cancelled_one_writes_nothi
 
     async def main() -> int:
         async with ringwal.aio.open(cfg_for(wdir, ring_size=64 * 1024, max_record_size=4096)) as log:
-            stop(p.pid)
+            stop_process(p.pid)
             try:
                 n = _fill_lane(log, 0)
                 assert n > 100
@@ -256,7 +229,7 @@ def test_close_with_pending_waiters_is_bounded(wdir, served):
 
     async def main() -> None:
         log = await ringwal.aio.open(cfg_for(wdir, ring_size=64 * 1024, max_record_size=4096, sync_timeout=1.0))
-        stop(p.pid)
+        stop_process(p.pid)
         try:
             _fill_lane(log, 0)
             syncs = [asyncio.ensure_future(log.sync()) for _ in range(5)]
@@ -293,7 +266,7 @@ def test_writer_killed_while_coroutines_wait_is_replaced(wdir):
             await log.sync()
             with RingView.attach(wdir) as view:
                 pid = view.writer_stats()["pid"]  # same PID namespace here
-            stop(pid)
+            stop_process(pid)
             for i in range(50):
                 await log.append(Record(2, i, b"w%d" % i))
             syncs = [asyncio.ensure_future(log.sync()) for _ in range(20)]
@@ -371,7 +344,7 @@ def test_released_waiters_are_answered_a_slice_per_loop_iteration(wdir, served):
 
     async def main() -> int:
         async with ringwal.aio.open(cfg_for(wdir)) as log:
-            stop(p.pid)
+            stop_process(p.pid)
             try:
                 for i in range(500):
                     await log.append(Record(1, i, b"s%d" % i))

@@ -37,7 +37,17 @@ from ringwal.format import ring_layout
 from ringwal.ring import Ring
 
 from .conftest import ROOT
-from .ringhelp import PRODUCER, check_log, collect, read_line, ring_objects, spawn, start_serve, wait_until
+from .ringhelp import (
+    PRODUCER,
+    check_log,
+    collect,
+    read_line,
+    ring_objects,
+    spawn,
+    start_serve,
+    stop_process,
+    wait_until,
+)
 
 #: A producer that attaches, syncs a few records, says so, then waits for a line on stdin
 #: (the test stops, resumes or kills it meanwhile) before it appends and syncs more.
@@ -234,11 +244,6 @@ def lane_owner(directory: str, lane: int) -> int:
         ring.close()
 
 
-def stop(p: subprocess.Popen | psutil.Process) -> None:
-    os.kill(p.pid, signal.SIGSTOP)
-    wait_until(lambda: psutil.Process(p.pid).status() == psutil.STATUS_STOPPED, what=f"pid {p.pid} to stop")
-
-
 def cleanup(*procs: subprocess.Popen | None) -> None:
     """Resume and kill whatever is left of ``procs`` (a failed test must not leave them stopped)."""
     for p in procs:
@@ -314,8 +319,8 @@ def test_a_stopped_producer_and_a_stopped_claim_lock_holder_delay_no_one(wdir):
         assert read_line(holder).startswith("attached")
         claimer = spawn(CLAIM_HOLDER, wdir, stdin=subprocess.PIPE)
         assert read_line(claimer) == "holding"
-        stop(holder)  # it owns a lane
-        stop(claimer)  # it holds the claim lock
+        stop_process(holder.pid)  # it owns a lane
+        stop_process(claimer.pid)  # it holds the claim lock
         opener = spawn(OPENER, wdir, "free")
         kind, _lane, seq, took = read_line(opener, timeout=60).split()[:4]
         assert kind == "synced" and int(seq) > 0 and float(took) < 15, (kind, seq, took)
@@ -350,8 +355,8 @@ def test_a_killed_producers_lane_is_freed_while_another_holds_the_claim_lock_sto
         victim_lane = int(read_line(victim).split()[1])
         claimer = spawn(CLAIM_HOLDER, wdir, stdin=subprocess.PIPE)
         assert read_line(claimer) == "holding"
-        stop(claimer)
-        stop(holder)
+        stop_process(claimer.pid)
+        stop_process(holder.pid)
         victim.kill()
         victim.wait(30)
         wait_until(lambda: lane_owner(wdir, victim_lane) == 0, timeout=30, what="the dead producer's lane to be freed")
@@ -381,7 +386,7 @@ def test_follow_and_stats_go_on_while_a_stopped_process_holds_the_claim_lock(wdi
     try:
         claimer = spawn(CLAIM_HOLDER, wdir, stdin=subprocess.PIPE)
         assert read_line(claimer) == "holding"
-        stop(claimer)
+        stop_process(claimer.pid)
         follower = spawn(FOLLOWER, wdir, "20")
         opener = spawn(OPENER, wdir, "free")
         assert read_line(opener, timeout=60).startswith("synced")

@@ -14,13 +14,11 @@ token") against a real writer process, real shared memory and real files.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
 import threading
 
-import psutil
 import pytest
 
 import ringwal
@@ -28,7 +26,7 @@ from ringwal import ClosedError, Config, Record, RingFullError, replay
 from ringwal.ring import Ring
 
 from .conftest import spawn_child
-from .ringhelp import check_log, read_line, start_serve, wait_until, writer_pid
+from .ringhelp import check_log, read_line, stop_process, wait_until, writer_pid
 
 JOIN = 120.0  # seconds: a generous bound for a busy machine; a wedged thread fails the test
 
@@ -38,31 +36,6 @@ def cfg(d: str, **kw) -> Config:
     appends also wait for room; the writer exits once the last handle is closed."""
     kw.setdefault("writer_linger", 0)
     return Config(dir=d, ring_size=64 * 1024, max_record_size=16 * 1024, **kw)
-
-
-@pytest.fixture
-def served(wdir):
-    """A ``ringwal serve`` on ``wdir`` that a test may stop (SIGSTOP) and resume."""
-    procs = []
-
-    def start():
-        p = start_serve(wdir)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGCONT)
-            p.terminate()
-        with contextlib.suppress(Exception):
-            p.communicate(timeout=30)
-
-
-def stop(pid: int) -> None:
-    """SIGSTOP ``pid`` and wait until it is stopped (kill returns before the signal lands)."""
-    os.kill(pid, signal.SIGSTOP)
-    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 20, f"pid {pid} to stop")
 
 
 def record(tag: str, i: int, pad: int = 0) -> Record:
@@ -220,7 +193,7 @@ def test_close_from_another_thread_ends_the_appends_with_closed_error_and_gives_
 def test_a_thread_waiting_for_the_lane_is_woken_when_the_holder_gives_it_back(wdir):
     h = ringwal.open(cfg(wdir, append_timeout=120))
     writer = writer_pid(wdir)
-    stop(writer)
+    stop_process(writer)
     n = 0
     while h.try_append(record("a", n, 1000)) is not None:  # fill the lane: the writer drains nothing now
         n += 1
@@ -251,7 +224,7 @@ def test_a_thread_waiting_for_the_lane_is_woken_when_the_holder_gives_it_back(wd
 def test_a_holder_that_raises_gives_the_lane_back(wdir):
     h = ringwal.open(cfg(wdir, append_timeout=0.2))
     writer = writer_pid(wdir)
-    stop(writer)
+    stop_process(writer)
     n = 0
     while h.try_append(record("a", n, 1000)) is not None:
         n += 1

@@ -21,7 +21,7 @@ import ringwal
 from ringwal import Config, ConfigError, replay
 
 from .conftest import rec, spawn_child
-from .ringhelp import read_line, start_serve, wait_until
+from .ringhelp import read_line, start_serve, stop_process
 
 STRATEGIES = ["blocking", "yielding", "busy-spin"]
 
@@ -59,8 +59,7 @@ def test_a_blocking_waiter_sleeps_and_a_yielding_one_polls_while_the_writer_is_s
     writer = start_serve(wdir)
     waiters: list = []
     try:
-        os.kill(writer.pid, signal.SIGSTOP)
-        wait_until(lambda: psutil.Process(writer.pid).status() == psutil.STATUS_STOPPED, what="the writer to stop")
+        stop_process(writer.pid)
         waiters = [spawn_child(WAITER, wdir, s) for s in ("blocking", "yielding")]
         for w in waiters:
             assert read_line(w) == "waiting"
