@@ -30,14 +30,17 @@ import tempfile
 import time
 
 
-def child(piece: str, n: int) -> None:
+def _in_process_ring(lanes: int, ring_size: int):  # type: ignore[no-untyped-def]
+    """A log directory, an in-process ``WriterSide`` serving a ring of ``lanes`` lanes, a
+    ``write`` for its drains that hands out seqs (no file), the next seq it hands out (a
+    one-item list), and ``lanes`` handles on the ring."""
     import ringwal
-    from ringwal import Config, Record
-    from ringwal.ring import WriterSide, unlink_names
+    from ringwal import Config
+    from ringwal.ring import WriterSide
 
     d = tempfile.mkdtemp(prefix="ringwal-instr-")
     ringwal.WAL(Config(dir=d)).close()  # a log (its first segment names the log id the ring carries)
-    w = WriterSide.open(d, 1, 1 << 24, 1 << 20, "binary", lambda name: None)
+    w = WriterSide.open(d, lanes, ring_size, 1 << 20, "binary", lambda name: None)
     w.recover(0, 1)
     w.publish_ready()
     nxt = [1]
@@ -47,7 +50,27 @@ def child(piece: str, n: int) -> None:
         nxt[0] += count
         return first
 
-    log = ringwal.open(Config(dir=d, start_writer=False, ring_size=1 << 24, producer_slots=1))
+    cfg = Config(dir=d, start_writer=False, ring_size=ring_size, producer_slots=lanes)
+    return d, w, write, nxt, [ringwal.open(cfg) for _ in range(lanes)]
+
+
+def _close_in_process_ring(d: str, w, logs) -> None:  # type: ignore[no-untyped-def]
+    """Give the handles' lanes back without waiting for a writer, close the ring, remove it all."""
+    from ringwal.ring import unlink_names
+
+    for log in logs:
+        log._side.release()
+        log._side = None
+    w.close()
+    unlink_names(d)
+    shutil.rmtree(d)
+
+
+def child(piece: str, n: int) -> None:
+    from ringwal import Record
+
+    d, w, _write, _nxt, logs = _in_process_ring(1, 1 << 24)
+    log = logs[0]
     data = os.urandom(100)
     tn = time.time_ns
     R = Record
@@ -66,39 +89,19 @@ def child(piece: str, n: int) -> None:
             for _ in range(m):
                 R(1, tn(), data)
         k += m
-    side = log._side
-    assert side is not None
-    side.release()
-    log._side = None
-    w.close()
-    unlink_names(d)
-    shutil.rmtree(d)
+    _close_in_process_ring(d, w, logs)
 
 
 def child_round(piece: str, n: int) -> None:
     """``appends_K``: n times, one ``append`` on each of K handles (lanes). ``round_K``: the
     same, then the writer's part of one group commit over those K spans (drain into one frame,
     the written and durable progress, the wants, the wake), with no file and no fsync."""
-    import ringwal
-    from ringwal import Config, Record
-    from ringwal.ring import _WANT, L_WANT_DURABLE, M32, WriterSide, unlink_names
+    from ringwal import Record
+    from ringwal.ring import _WANT, L_WANT_DURABLE, M32
 
     kind, k = piece.split("_")
     lanes = int(k)
-    d = tempfile.mkdtemp(prefix="ringwal-instr-")
-    ringwal.WAL(Config(dir=d)).close()
-    w = WriterSide.open(d, lanes, 1 << 21, 1 << 20, "binary", lambda name: None)
-    w.recover(0, 1)
-    w.publish_ready()
-    nxt = [1]
-
-    def write(body: bytes, count: int) -> int:
-        first = nxt[0]
-        nxt[0] += count
-        return first
-
-    cfg = Config(dir=d, start_writer=False, ring_size=1 << 21, producer_slots=lanes)
-    logs = [ringwal.open(cfg) for _ in range(lanes)]
+    d, w, write, nxt, logs = _in_process_ring(lanes, 1 << 21)
     sides = [log._side for log in logs]
     rec = Record(1, time.time_ns(), os.urandom(100))
     appends = [log.append for log in logs]
@@ -115,17 +118,21 @@ def child_round(piece: str, n: int) -> None:
             w.mark_durable(nxt[0] - 1)
             w.notify(durable=True)
             w.count_fsync(100_000)
-    for log in logs:
-        log._side.release()
-        log._side = None
-    w.close()
-    unlink_names(d)
-    shutil.rmtree(d)
+    _close_in_process_ring(d, w, logs)
 
 
 def count(piece: str, n: int) -> int:
     out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--child", piece, str(n)],
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            piece,
+            str(n),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -155,8 +162,14 @@ def main() -> None:
         if piece.startswith("round_") and "appends_" + piece[6:] in per_op:
             lanes = int(piece[6:])
             writer = per_op[piece] - per_op["appends_" + piece[6:]]
-            print(json.dumps({"bench": "hot_instr", "piece": "writer_round_" + piece[6:], "lanes": lanes,
-                              "instructions_per_round": writer, "instructions_per_record": round(writer / lanes)}), flush=True)
+            line = {
+                "bench": "hot_instr",
+                "piece": "writer_round_" + piece[6:],
+                "lanes": lanes,
+                "instructions_per_round": writer,
+                "instructions_per_record": round(writer / lanes),
+            }
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
