@@ -490,8 +490,13 @@ class Handle:
         except LanePoisonedError as exc:
             raise (self._lane_lost(exc) if locked else self._lose_lane(exc)) from None
         except (AttributeError, ValueError):
-            if self._poisoned is not None:  # another thread gave the lane back while we waited
+            # Another thread gave the lane back while we waited (its words are gone).
+            if self._poisoned is not None:
                 raise self._poisoned from None
+            if self._closed:
+                raise ClosedError(
+                    f"this handle on {self.dir} was closed by another thread while this call waited"
+                ) from None
             raise
         if seq is None:
             raise WaitTimeoutError(
@@ -590,6 +595,10 @@ class Handle:
         try:
             if self._poisoned is not None:
                 raise self._poisoned
+            if self._closed:
+                raise ClosedError(
+                    f"this handle on {self.dir} is closed: a receipt's seq is known only while it is open"
+                )
             side = self._side
             if self._forked or side is None or count <= side.forgotten:
                 raise WALError(

@@ -290,3 +290,58 @@ def test_a_child_forked_while_a_thread_holds_the_token_gets_its_own(wdir, served
             p.kill()
             p.wait(30)
     check_log(wdir, {}, {"parent": 2, "child": 1})
+
+
+class _Gate:
+    """Stands in for a handle's ``_wait_lock`` (the lock a ``sync`` or ``flush`` takes after it
+    has given the lane's token back and before it waits): the caller stops inside it until
+    the test opens it, which fixes the interleaving with another thread's ``close``."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self.entered.set()
+        assert self.opened.wait(JOIN), "the test never opened the gate"
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("call", ["sync", "flush"])
+def test_a_wait_that_another_thread_closes_the_handle_under_raises_closed_error(wdir, call):
+    log = ringwal.open(cfg(wdir))
+    log.append(record("w", 1))
+    gate = _Gate()
+    log._wait_lock = gate
+    raised: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            getattr(log, call)()
+        except BaseException as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert gate.entered.wait(JOIN), f"{call} never reached its wait"
+    log.close()  # syncs the record and gives the lane back while the waiter holds its side
+    gate.opened.set()
+    t.join(JOIN)
+    assert not t.is_alive(), f"{call} is still waiting after close"
+    assert len(raised) == 1 and isinstance(raised[0], ClosedError), raised
+    assert "closed by another thread" in str(raised[0])
+
+
+def test_a_receipt_read_after_close_raises_closed_error(wdir):
+    log = ringwal.open(cfg(wdir))
+    first = log.append(record("r", 1))
+    assert first.seq == 1
+    second = log.append(record("r", 2))
+    log.close()
+    with pytest.raises(ClosedError, match="is closed"):
+        second.seq  # noqa: B018 - the property raises
+    assert [(r.seq, r.data) for r in replay(wdir, 0)] == [(1, b"r:1|"), (2, b"r:2|")]  # both were written
